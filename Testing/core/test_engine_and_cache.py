@@ -1,0 +1,59 @@
+"""The single-slice engine and the embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from minisam.embedding_cache import EmbeddingCache
+from minisam.engine import SamEngine
+from minisam.model_config import build_sam, preset
+from minisam.prompts import Prompt
+from minisam.volume_session import VolumeSession
+
+
+@pytest.fixture()
+def engine() -> SamEngine:
+    torch.manual_seed(0)
+    config = preset("tiny")
+    return SamEngine(build_sam(config), config)
+
+
+def test_masks_have_the_slice_size_and_scores_are_sorted(engine: SamEngine) -> None:
+    rgb = np.random.default_rng(0).uniform(0, 255, (70, 90, 3)).astype(np.float32)
+    embedding = engine.embed(rgb)
+    single = engine.predict(embedding, Prompt.create(box=[10, 10, 40, 50]))
+    assert single.masks.shape == (1, 70, 90) and single.masks.dtype == bool
+    multi = engine.predict(
+        embedding, Prompt.create(positive=[[20, 30]], negative=[[80, 60]]), multimask=True
+    )
+    assert multi.masks.shape == (3, 70, 90)
+    assert np.all(np.diff(multi.scores) <= 0)
+    assert multi.low_res_logits.shape == (3, 64, 64)  # 4x the 16x16 embedding grid
+    again = engine.predict(embedding, Prompt.create(box=[10, 10, 40, 50]))
+    np.testing.assert_array_equal(single.masks, again.masks)
+
+
+def test_cache_is_lru_under_a_byte_budget(engine: SamEngine) -> None:
+    embedding = engine.embed(np.zeros((32, 32, 3), np.float32))
+    cache = EmbeddingCache(max_bytes=3 * embedding.nbytes)
+    for key in "abc":
+        cache.put(key, embedding)
+    assert cache.get("a") is embedding  # "a" becomes most recent
+    cache.put("d", embedding)
+    assert "b" not in cache and {"a", "c", "d"} == {k for k in "abcd" if k in cache}
+    assert cache.nbytes == 3 * embedding.nbytes
+    assert cache.hits == 1
+
+
+def test_session_caches_per_axis_and_slice(engine: SamEngine) -> None:
+    volume = np.random.default_rng(1).uniform(0, 255, (6, 20, 30)).astype(np.float32)
+    session = VolumeSession(engine, volume)
+    prompt = Prompt.create(box=[2, 2, 10, 10])
+    session.predict(0, 3, prompt)
+    session.predict(0, 3, Prompt.create(positive=[[5, 5]]))
+    assert session.cache.misses == 1 and session.cache.hits == 1
+    result = session.predict(1, 4, Prompt.create(box=[2, 1, 10, 4]))
+    assert result.masks.shape[1:] == (6, 30)  # coronal slice of a (Z, Y, X) array is (Z, X)
+    assert session.cache.misses == 2

@@ -1,0 +1,235 @@
+"""Checkpoints: segment-anything's official ``.pth`` layout and MiniSAM's self-describing safetensors.
+
+A MiniSAM checkpoint is one ``.safetensors`` file whose metadata holds the :class:`SamConfig` as JSON (and an
+optional model card), so the file alone rebuilds its model. Official ``.pth`` files are plain state dicts
+(image_encoder.*, prompt_encoder.*, mask_decoder.*); their architecture is read off the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from minisam.atomic import atomic_output
+from minisam.errors import ModelError
+from minisam.model_config import PRESETS, SamConfig, build_sam
+
+FORMAT = "minisam.sam/1"
+_ENCODER = "image_encoder."
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run SAM model and where it came from."""
+
+    sam: torch.nn.Module
+    config: SamConfig
+    name: str
+    source: Path | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    sam: torch.nn.Module, config: SamConfig, path: str | Path, card: dict[str, Any] | None = None
+) -> Path:
+    """Write ``sam``'s weights and ``config`` (and an optional model card) atomically to a safetensors file."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sam.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+    if card:
+        metadata["card"] = json.dumps(card)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata dict of a safetensors file, or a one-line ModelError if it cannot be parsed."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
+
+
+def load_minisam_checkpoint(path: str | Path) -> LoadedModel:
+    """Rebuild the model stored in a MiniSAM safetensors checkpoint."""
+    path = Path(path)
+    metadata = read_safetensors_metadata(path)
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise ModelError(
+            f"checkpoint {path} has no MiniSAM model config in its metadata (format {FORMAT})"
+        )
+    try:
+        config = SamConfig.from_dict(json.loads(metadata["config"]))
+        card = json.loads(metadata.get("card", "{}"))
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"checkpoint {path} has an invalid model config ({exc})") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"checkpoint {path} is truncated or corrupt ({exc})") from None
+    sam = build_sam(config)
+    _load_state(sam, state, path, config)
+    return LoadedModel(
+        sam=sam, config=config, name=card.get("name", path.stem), source=path, card=card
+    )
+
+
+def load_official_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
+    """Load a ``.pth`` state dict in segment-anything's key layout (``torch.load(weights_only=True)``).
+
+    Arguments:
+      path: the checkpoint file.
+      arch: a preset name; when None the architecture is inferred from the tensor shapes and matched to a
+        preset when one fits (a file named ``medsam*`` gets MedSAM's preprocessing).
+    """
+    path = Path(path)
+    state = _torch_load_state_dict(path)
+    if arch is not None:
+        if arch not in PRESETS:
+            raise ModelError(f"unknown architecture {arch!r}; known: {', '.join(PRESETS)}")
+        config = PRESETS[arch]
+    else:
+        config = infer_config(state, path)
+        if "medsam" in path.name.lower():
+            config = config.replace(**_preprocessing_of(PRESETS["medsam_vit_b"]))
+    sam = build_sam(config)
+    _load_state(sam, state, path, config)
+    return LoadedModel(sam=sam, config=config, name=path.stem, source=path)
+
+
+def save_official_layout(sam: torch.nn.Module, path: str | Path) -> Path:
+    """Write a plain state dict in segment-anything's layout (as the official ``.pth`` files are), atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in sam.state_dict().items()}, tmp)
+    return path
+
+
+def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    ) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"checkpoint {path} cannot be read: truncated, corrupt or not a state dict ({reason})"
+        ) from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # training checkpoints (MedSAM fine-tuning) wrap the state dict
+    if not isinstance(state, dict) or not any(str(k).startswith(_ENCODER) for k in state):
+        raise ModelError(f"checkpoint {path} is not a SAM state dict (no {_ENCODER}* keys)")
+    return state
+
+
+def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise ModelError(
+            f"checkpoint {path} lacks {key}: not a SAM checkpoint or another architecture"
+        )
+    return tuple(state[key].shape)
+
+
+def infer_config(state: dict[str, torch.Tensor], path: Path = Path("<state dict>")) -> SamConfig:
+    """Read a SAM architecture off a state dict's tensor shapes; prefer an exactly matching preset."""
+    embed_dim, _, patch, _ = _shape(state, "image_encoder.patch_embed.proj.weight", path)
+    _, grid, _, _ = _shape(state, "image_encoder.pos_embed", path)
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
+    rel_sizes = [
+        _shape(state, f"image_encoder.blocks.{i}.attn.rel_pos_h", path) for i in range(depth)
+    ]
+    global_blocks = tuple(i for i, (n, _) in enumerate(rel_sizes) if n == 2 * grid - 1)
+    window_sizes = {(n + 1) // 2 for i, (n, _) in enumerate(rel_sizes) if i not in global_blocks}
+    head_dim = rel_sizes[0][1]
+    prompt_dim = _shape(state, "image_encoder.neck.0.weight", path)[0]
+    decoder_depth = 1 + max(
+        int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
+    )
+    mlp_dim = _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", path)[0]
+    iou_hidden = _shape(state, "mask_decoder.iou_prediction_head.layers.0.weight", path)[0]
+    mask_in = _shape(state, "prompt_encoder.mask_downscaling.0.weight", path)[0] * 4
+    inferred = SamConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        encoder_embed_dim=embed_dim,
+        encoder_depth=depth,
+        encoder_num_heads=max(1, embed_dim // head_dim),
+        encoder_global_attn_indexes=global_blocks,
+        encoder_window_size=window_sizes.pop() if len(window_sizes) == 1 else 14,
+        prompt_embed_dim=prompt_dim,
+        mask_in_chans=mask_in,
+        decoder_depth=decoder_depth,
+        decoder_mlp_dim=mlp_dim,
+        # The head count of the decoder's attention does not change any tensor shape; SAM uses 8.
+        decoder_num_heads=8 if prompt_dim % 8 == 0 else 1,
+        iou_head_hidden_dim=iou_hidden,
+    )
+    for name in ("vit_b", "vit_l", "vit_h"):
+        if _architecture_of(PRESETS[name]) == _architecture_of(inferred):
+            return PRESETS[name]
+    return inferred
+
+
+def _architecture_of(config: SamConfig) -> dict[str, Any]:
+    data = config.to_dict()
+    for key in ("pixel_mean", "pixel_std", "resize_mode", "extra", "decoder_num_heads"):
+        data.pop(key)
+    return data
+
+
+def _preprocessing_of(config: SamConfig) -> dict[str, Any]:
+    return {
+        "pixel_mean": config.pixel_mean,
+        "pixel_std": config.pixel_std,
+        "resize_mode": config.resize_mode,
+    }
+
+
+def _load_state(
+    sam: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, config: SamConfig
+) -> None:
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise ModelError(
+            f"checkpoint {path} does not fit the {_describe(config)} architecture: "
+            f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. {example})"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelError(
+                f"checkpoint {path} does not fit the {_describe(config)} architecture: {key} has shape "
+                f"{tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    sam.load_state_dict(state, strict=True)
+    sam.eval()
+
+
+def _describe(config: SamConfig) -> str:
+    for name, candidate in PRESETS.items():
+        if candidate == config:
+            return name
+    return (
+        f"{config.encoder_embed_dim}-wide {config.encoder_depth}-block ViT at {config.image_size}px"
+    )

@@ -1,0 +1,1 @@
+"""The ``minisam`` command line."""

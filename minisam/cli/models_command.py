@@ -1,0 +1,43 @@
+"""``minisam models``: the models ``--model`` accepts and what is in the cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from minisam import weights
+from minisam.model_config import PRESETS, build_sam, count_parameters
+from minisam.model_loader import DEFAULT_MODEL, RANDOM_PREFIX
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("models", help="list known models and what is cached")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from minisam.checkpoints import read_safetensors_metadata
+
+    print("Embedded default:")
+    if DEFAULT_MODEL.is_file():
+        card = read_safetensors_metadata(DEFAULT_MODEL).get("card", "{}")
+        print(f"  default  {DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB  {DEFAULT_MODEL}")
+        print(f"           card: {card[:200]}")
+    else:
+        print(f"  default  missing ({DEFAULT_MODEL})")
+    print(f"\nOfficial checkpoints (cache: {weights.cache_dir()}):")
+    for row in weights.describe_cache():
+        state = f"cached at {row['path']}" if row["cached"] else "not cached"
+        print(f"  {row['name']:<14} {row['arch']:<13} {row['size']:>9}  {state}")
+    print("\nUntrained architectures (timing, tests):")
+    for name, config in PRESETS.items():
+        encoder = (
+            count_parameters(build_sam(config).image_encoder)
+            if name in ("tiny", "compact")
+            else None
+        )
+        extra = f", encoder {encoder / 1e6:.1f} M params" if encoder else ""
+        print(
+            f"  {RANDOM_PREFIX}{name:<13} input {config.image_size}px, ViT {config.encoder_embed_dim}x"
+            f"{config.encoder_depth}{extra}"
+        )
+    return 0

@@ -1,0 +1,76 @@
+"""A memory-bounded LRU cache of slice embeddings keyed by (volume, axis, slice)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from minisam.engine import SliceEmbedding
+
+DEFAULT_BUDGET_BYTES = 512 * 1024**2
+
+
+class EmbeddingCache:
+    """Least-recently-used store of :class:`SliceEmbedding` under a byte budget; thread-safe.
+
+    The Slicer effect precomputes the embedding under the cursor in a background thread while the user
+    works, so lookups and inserts may race; a lock keeps the bookkeeping consistent.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, SliceEmbedding] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Hashable) -> SliceEmbedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: Hashable, embedding: SliceEmbedding) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key).nbytes
+            self._items[key] = embedding
+            self._bytes += embedding.nbytes
+            # Keep at least the newest item even if it alone exceeds the budget.
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def get_or_compute(
+        self, key: Hashable, compute: Callable[[], SliceEmbedding]
+    ) -> SliceEmbedding:
+        """Return the cached embedding for ``key`` or compute, store and return it."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        embedding = compute()
+        self.put(key, embedding)
+        return embedding
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0

@@ -1,0 +1,103 @@
+"""Set an image once, prompt many times: segment-anything's predictor flow on plain torch.
+
+``SamEngine.embed`` runs the (expensive) image encoder on one 2D slice; ``SamEngine.predict`` runs the (cheap)
+prompt encoder and mask decoder against that embedding. Nothing here knows about volumes or caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from minisam.model_config import SamConfig
+from minisam.prompts import Prompt
+from minisam.transforms import ResizeTransform
+
+
+@dataclass
+class SliceEmbedding:
+    """The image encoder's output for one slice and the transform that produced its input."""
+
+    features: torch.Tensor  # (1, C, g, g)
+    transform: ResizeTransform
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+@dataclass
+class Prediction:
+    """Masks for one prompt on one slice, best first when ``multimask`` was asked."""
+
+    masks: np.ndarray  # (K, H, W) bool
+    scores: np.ndarray  # (K,) predicted IoU
+    low_res_logits: np.ndarray  # (K, 4g, 4g) float32, usable as the next prompt's mask_logits
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[0]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[0])
+
+
+class SamEngine:
+    """Wraps a segment-anything ``Sam`` module for single-slice inference."""
+
+    def __init__(
+        self, sam: torch.nn.Module, config: SamConfig, device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = torch.device(device)
+        self.sam = sam.to(self.device).eval()
+        self.config = config
+
+    @torch.inference_mode()
+    def embed(self, rgb: np.ndarray) -> SliceEmbedding:
+        """Encode an (H, W, 3) image with values in 0..255 (see :mod:`minisam.intensity`)."""
+        transform = ResizeTransform.create(
+            rgb.shape[:2], self.config.image_size, self.config.resize_mode
+        )
+        tensor = transform.image_to_input(rgb).to(self.device)
+        features = self.sam.image_encoder(self.sam.preprocess(tensor))
+        return SliceEmbedding(features=features, transform=transform)
+
+    @torch.inference_mode()
+    def predict(
+        self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool = False
+    ) -> Prediction:
+        """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted by score."""
+        transform = embedding.transform
+        points = None
+        if prompt.points is not None:
+            coords = torch.as_tensor(transform.points_to_input(prompt.points), dtype=torch.float32)
+            labels = torch.as_tensor(prompt.labels, dtype=torch.int64)
+            points = (coords[None].to(self.device), labels[None].to(self.device))
+        boxes = None
+        if prompt.box is not None:
+            boxes = torch.as_tensor(transform.boxes_to_input(prompt.box), dtype=torch.float32).to(
+                self.device
+            )
+        masks_in = None
+        if prompt.mask_logits is not None:
+            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float32)[None].to(
+                self.device
+            )
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        logits = self.sam.postprocess_masks(low_res, transform.input_size, transform.original_size)
+        order = torch.argsort(iou[0], descending=True)
+        return Prediction(
+            masks=(logits[0, order] > self.sam.mask_threshold).cpu().numpy(),
+            scores=iou[0, order].float().cpu().numpy(),
+            low_res_logits=low_res[0, order].float().cpu().numpy(),
+        )

@@ -1,0 +1,1 @@
+"""Training: slice datasets, prompt simulation, base training (and later distillation and adapters)."""

@@ -1,0 +1,83 @@
+"""The data mix behind the embedded default model, with licences, split by case.
+
+Only sets whose terms allow redistributing derived weights are used for the shipped model: Montgomery chest
+X-rays (U.S. NLM public release; the Shenzhen masks are CC BY-NC-SA and left out), TotalSegmentator's example
+CT/MR volumes (Apache-2.0 repository; labels are model predictions), pyradiomics and dcmqi test data (BSD-style),
+and the multi-site prostate MRI slices (Apache-2.0 repository, upstream challenge terms). Ultrasound (HC18) is
+held out entirely: it is the unseen modality for few-shot adapters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minisam.training.slice_samples import SliceSample, samples_from_pairs, samples_from_volume
+
+LICENCES = {
+    "cxr_montgomery": "U.S. NLM Montgomery County CXR set, public release (Jaeger et al. 2014); masks via "
+    "rochadiego/MultiResUNet-lung-segmentation (MIT repository)",
+    "totalsegmentator_example": "TotalSegmentator repository test files, Apache-2.0 (labels are model outputs)",
+    "pyradiomics_testdata": "pyradiomics repository test data, BSD-3-Clause-style licence",
+    "dcmqi_ct3slice_seg": "dcmqi repository test data, BSD-style licence",
+    "prostate_mri_multisite": "finetune-SAM repository (Apache-2.0); upstream NCI-ISBI 2013 / PROMISE12 / I2CVB "
+    "terms apply",
+}
+VALIDATION_CXR_EVERY = 8  # every 8th Montgomery case is held out for validation (by case)
+
+
+def _pairs(folder: Path, pattern: str, mask_name) -> list[tuple[Path, Path]]:
+    images = sorted((folder / "images").glob(pattern))
+    return [(image, folder / "masks" / mask_name(image)) for image in images]
+
+
+def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSample]]:
+    """(train, validation) samples for the embedded default, split by case."""
+    cxr = _pairs(data_root / "cxr_lung_montgomery_shenzhen", "MCUCXR_*.png", lambda p: p.name)
+    cxr_val = cxr[::VALIDATION_CXR_EVERY]
+    cxr_train = [pair for pair in cxr if pair not in cxr_val]
+    prostate = _pairs(
+        data_root / "prostate_mri_multisite_5shot_finetuneSAM", "*.png", lambda p: p.name
+    )
+    prostate_val = [pair for pair in prostate if pair[0].name.startswith("UCL")]
+    prostate_train = [pair for pair in prostate if pair not in prostate_val]
+
+    ts = data_root / "totalsegmentator_example"
+    radiomics = data_root / "pyradiomics_testdata"
+    dcmqi = data_root / "dcmqi_ct3slice_seg"
+    train = samples_from_pairs(cxr_train, "cxr_montgomery", "xray", split_components=True)
+    train += samples_from_pairs(prostate_train, "prostate_mri_multisite", "mr")
+    train += samples_from_volume(
+        ts / "example_ct_sm.nii.gz",
+        ts / "example_seg.nii.gz",
+        "totalsegmentator_example",
+        "ct",
+        min_area=30,
+    )
+    train += samples_from_volume(
+        ts / "example_ct_dicom",
+        ts / "example_seg_dicom.nii.gz",
+        "totalsegmentator_example",
+        "ct",
+        min_area=200,
+        every=2,
+    )
+    for name in ("brain1", "brain2", "breast1"):
+        image = radiomics / f"{name}_image.nrrd"
+        if image.exists():
+            train += samples_from_volume(
+                image, radiomics / f"{name}_label.nrrd", "pyradiomics_testdata", "mr"
+            )
+    train += samples_from_volume(
+        dcmqi / "ct_dicom", dcmqi / "liver_spine_seg.nrrd", "dcmqi_ct3slice_seg", "ct", min_area=100
+    )
+    val = samples_from_pairs(cxr_val, "cxr_montgomery", "xray", split_components=True)
+    val += samples_from_pairs(prostate_val, "prostate_mri_multisite", "mr")
+    val += samples_from_volume(
+        ts / "example_mr_sm.nii.gz",
+        ts / "example_seg_mr.nii.gz",
+        "totalsegmentator_example",
+        "mr",
+        min_area=30,
+        every=2,
+    )
+    return train, val
