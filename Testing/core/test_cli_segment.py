@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,6 +124,31 @@ def test_a_coronal_prompt_on_a_volume(shared_data: Path, tmp_path: Path) -> None
     assert sitk.ReadImage(str(out)).GetSize() == (122, 101, 30)
 
 
+def test_prompts_file_on_two_slices(shared_data: Path, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.json"
+    entries = [{"slice": 10, "box": [30, 30, 80, 70]}, {"slice": 20, "points": [[55, 50]]}]
+    prompts.write_text(json.dumps(entries))
+    out = tmp_path / "mask.nrrd"
+    assert (
+        main(
+            [
+                "segment",
+                str(shared_data / CT),
+                "--prompts",
+                str(prompts),
+                "--output",
+                str(out),
+                "--model",
+                "random:tiny",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "prompted slice 10" in printed and "prompted slice 20" in printed
+    assert sitk.ReadImage(str(out)).GetSize() == (122, 101, 30)
+
+
 def _bad_inputs(data: Path, tmp: Path, out_dir: Path) -> list[tuple[str, list[str], str]]:
     cxr, ct = str(data / CXR), str(data / CT)
     empty = tmp / "empty.png"
@@ -144,8 +170,21 @@ def _bad_inputs(data: Path, tmp: Path, out_dir: Path) -> list[tuple[str, list[st
     save_official_layout(build_sam(preset("tiny")), other)
     not_a_dir = tmp / "file.txt"
     not_a_dir.write_text("x")
+    bad_json = tmp / "bad.json"
+    bad_json.write_text('[{"slice": 3, "box": [1, 2, 3, 4]},')
+    twice = tmp / "twice.json"
+    twice.write_text(
+        json.dumps([{"slice": 3, "box": [1, 1, 5, 5]}, {"slice": 3, "points": [[2, 2]]}])
+    )
+    unknown_key = tmp / "unknown_key.json"
+    unknown_key.write_text(json.dumps([{"slice": 3, "boxes": [1, 1, 5, 5]}]))
+    off_slice = tmp / "off_slice.json"
+    off_slice.write_text(
+        json.dumps([{"slice": 3, "box": [1, 1, 5, 5]}, {"slice": 31, "box": [1, 1, 5, 5]}])
+    )
     box = ["--box", "60", "60", "250", "450"]
     out = ["--output", str(out_dir / "m.png")]
+    vol_out = ["--output", str(out_dir / "m.nii.gz")]
     return [
         ("missing image", ["segment", str(tmp / "nope.png"), *box, *out], "nope.png"),
         ("empty image", ["segment", str(empty), *box, *out], "empty.png"),
@@ -289,6 +328,31 @@ def _bad_inputs(data: Path, tmp: Path, out_dir: Path) -> list[tuple[str, list[st
         ("unknown modality", ["segment", cxr, *box, *out, "--modality", "pet"], "pet"),
         ("min-score out of range", ["segment", cxr, *box, *out, "--min-score", "2"], "--min-score"),
         ("bad number", ["segment", cxr, "--box", "a", "1", "2", "3", *out], "invalid float"),
+        (
+            "prompts file not JSON",
+            ["segment", ct, "--prompts", str(bad_json), *vol_out],
+            "bad.json",
+        ),
+        (
+            "slice prompted twice",
+            ["segment", ct, "--prompts", str(twice), *vol_out],
+            "slice 3 is prompted twice",
+        ),
+        (
+            "unknown key in prompts",
+            ["segment", ct, "--prompts", str(unknown_key), *vol_out],
+            "entry 1",
+        ),
+        (
+            "prompts file slice out of range",
+            ["segment", ct, "--prompts", str(off_slice), *vol_out],
+            "--slice 31",
+        ),
+        (
+            "prompts and --box together",
+            ["segment", ct, "--prompts", str(twice), *box, *vol_out],
+            "--prompts",
+        ),
         ("unknown device", ["segment", cxr, *box, *out, "--device", "tpu9"], "tpu9"),
     ]
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from minisam.atomic import full_suffix
 from minisam.errors import OutputError, PromptError
+from minisam.overlay import render_overlay
 from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
 
@@ -56,6 +58,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="negative click (repeatable)",
     )
     volume = parser.add_argument_group("volumes")
+    prompts.add_argument(
+        "--prompts",
+        metavar="JSON",
+        help="prompts for one or more slices from a JSON file (see minisam/prompt_file.py)",
+    )
     volume.add_argument(
         "--slice", type=int, help="index of the prompted slice (required for volumes)"
     )
@@ -119,22 +126,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _stem(path: Path) -> str:
-    name = path.name.rstrip("/")
-    for suffix in (
-        ".nii.gz",
-        ".nii",
-        ".nrrd",
-        ".nhdr",
-        ".mha",
-        ".mhd",
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".dcm",
-    ):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """The input's name without its file-type suffix (``ct.nii.gz`` → ``ct``; folders keep their name)."""
+    suffix = "" if path.is_dir() else full_suffix(path)
+    return path.name[: len(path.name) - len(suffix)]
 
 
 def _check_number(name: str, value: float | None, low: float, high: float) -> None:
@@ -143,23 +137,66 @@ def _check_number(name: str, value: float | None, low: float, high: float) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from minisam.geometry import slice_axis_for
-    from minisam.imageio import check_output_path, read_image, write_mask, write_rgb_png
+    """Validate everything cheap first (arguments, input, outputs, prompts), then load, predict, write."""
+    from minisam.imageio import read_image
     from minisam.intensity import guess_modality, normalize_intensity
     from minisam.model_loader import load_model
-    from minisam.overlay import render_overlay
 
-    input_path = Path(args.input)
     _check_number("--min-score", args.min_score, 0.0, 1.0)
     if args.max_slices is not None and args.max_slices < 1:
         raise PromptError(f"--max-slices {args.max_slices} must be at least 1")
-    prompt = Prompt.create(args.point, args.negative_point, args.box)
-    if prompt.is_empty:
-        raise PromptError("no prompt given: pass --box X0 Y0 X1 Y1 and/or --point X Y")
-
+    input_path = Path(args.input)
     image = read_image(input_path)
-    suffixes = MASK_SUFFIXES_3D if image.is_volume else MASK_SUFFIXES_2D
-    default_suffix = ".nii.gz" if image.is_volume else ".png"
+    mask_path, overlay_path = _output_paths(args, input_path, image.is_volume)
+    axis, prompts = _prompts(args, image)
+
+    modality = guess_modality(image) if args.modality == "auto" else args.modality
+    window = tuple(args.window) if args.window else None
+    normalized = normalize_intensity(image.array, modality, window=window)
+    loaded = load_model(args.model, download=not args.no_download)
+    session = _session(loaded, normalized, image.is_rgb, args.device)
+    settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
+    bar = None
+    if args.propagate and not args.quiet:
+        bar = tqdm(
+            total=session.slice_count(axis), desc="propagating", unit="slice", file=sys.stderr
+        )
+
+    def progress(done: int, total: int) -> bool:
+        if bar is not None:
+            bar.update(done - bar.n)
+        return True  # the CLI is cancelled with Ctrl-C
+
+    result = session.segment(
+        axis,
+        prompts,
+        propagate=args.propagate,
+        settings=settings,
+        multimask=args.multimask,
+        progress=progress,
+    )
+    if bar is not None:
+        bar.close()
+    first = min(prompts)
+    overlay = None
+    if overlay_path is not None:
+        overlay = render_overlay(
+            session.slice_image(axis, first), result.slices[first].mask, prompts[first]
+        )
+    labels = result.labels if image.is_volume else result.labels[0] * 255
+    _write_all(labels, image, mask_path, overlay, overlay_path)
+    if not args.quiet:
+        _summary(loaded, result, mask_path, overlay_path, image.is_volume)
+    return 0
+
+
+def _output_paths(
+    args: argparse.Namespace, input_path: Path, is_volume: bool
+) -> tuple[Path, Path | None]:
+    from minisam.imageio import check_output_path
+
+    suffixes = MASK_SUFFIXES_3D if is_volume else MASK_SUFFIXES_2D
+    default_suffix = ".nii.gz" if is_volume else ".png"
     mask_path = Path(args.output or f"{_stem(input_path)}_mask{default_suffix}")
     check_output_path(mask_path, suffixes)
     overlay_path = Path(args.overlay) if args.overlay else None
@@ -169,80 +206,39 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(overlay_path, (".png",))
         if overlay_path.resolve() == mask_path.resolve():
             raise OutputError(f"--overlay {overlay_path} is the same file as the mask output")
+    return mask_path, overlay_path
 
-    if image.is_volume:
-        try:
-            axis = slice_axis_for(image, args.axis)
-        except PromptError as error:
-            raise PromptError(f"--axis {args.axis}: {error}") from None
-        if args.slice is None:
-            raise PromptError(
-                f"--slice is required for the volume {input_path} (axis {args.axis} has "
-                f"{image.array.shape[axis]} slices)"
-            )
-        index = args.slice
+
+def _prompts(args: argparse.Namespace, image) -> tuple[int, dict[int, Prompt]]:
+    """The slicing axis and the validated prompts per slice, from the flags or ``--prompts``."""
+    from minisam.geometry import slice_axis_for
+    from minisam.prompt_file import read_prompt_file
+
+    flag_prompt = Prompt.create(args.point, args.negative_point, args.box)
+    if args.prompts and (not flag_prompt.is_empty or args.slice is not None):
+        raise PromptError("--prompts replaces --box/--point/--slice: give one or the other")
+    if args.prompts:
+        prompts = read_prompt_file(args.prompts)
+    elif flag_prompt.is_empty:
+        raise PromptError("no prompt given: pass --box X0 Y0 X1 Y1 and/or --point X Y")
+    elif image.is_volume and args.slice is None:
+        raise PromptError(f"--slice is required for the volume {args.input}")
     else:
-        if args.slice not in (None, 0) or args.propagate:
-            raise PromptError(f"--slice/--propagate apply to volumes; {input_path} is a 2D image")
-        axis, index = 0, 0
+        prompts = {args.slice if args.slice is not None else 0: flag_prompt}
 
-    shape = (
-        image.array.shape[:2]
-        if not image.is_volume
-        else _slice_shape(image.array.shape, axis, index)
-    )
-    prompt.validate(shape, where=_where(image.is_volume, index, args.axis))
-    modality = guess_modality(image) if args.modality == "auto" else args.modality
-    normalized = normalize_intensity(
-        image.array, modality, window=tuple(args.window) if args.window else None
-    )
-    loaded = load_model(args.model, download=not args.no_download)
-    session = _session(loaded, normalized, image.is_rgb, args.device)
-
-    settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
-    progress_bar = (
-        None
-        if args.quiet or not args.propagate
-        else tqdm(
-            total=session.slice_count(axis), desc="propagating", unit="slice", file=sys.stderr
-        )
-    )
-
-    def progress(done: int, total: int) -> bool:
-        if progress_bar is not None:
-            progress_bar.n = done
-            progress_bar.refresh()
-        return True
-
-    result = session.segment(
-        axis,
-        {index: prompt},
-        propagate=args.propagate,
-        settings=settings,
-        multimask=args.multimask,
-        progress=progress,
-    )
-    if progress_bar is not None:
-        progress_bar.close()
-    labels = result.labels if image.is_volume else result.labels[0]
-
-    written: list[Path] = []
+    if not image.is_volume:
+        if set(prompts) != {0} or args.propagate:
+            raise PromptError(f"--slice/--propagate apply to volumes; {args.input} is a 2D image")
+        prompts[0].validate(image.array.shape[:2], where="the image")
+        return 0, prompts
     try:
-        write_mask(labels if image.is_volume else labels * 255, image, mask_path)
-        written.append(mask_path)
-        if overlay_path is not None:
-            write_rgb_png(
-                render_overlay(session.slice_image(axis, index), result.slices[index].mask, prompt),
-                overlay_path,
-            )
-            written.append(overlay_path)
-    except BaseException:
-        for path in written:  # all or nothing: no mask without its requested overlay
-            path.unlink(missing_ok=True)
-        raise
-    if not args.quiet:
-        _summary(loaded, result, index, mask_path, overlay_path, image.is_volume)
-    return 0
+        axis = slice_axis_for(image, args.axis)
+    except PromptError as error:
+        raise PromptError(f"--axis {args.axis}: {error}") from None
+    for index, prompt in prompts.items():
+        shape = _slice_shape(image.array.shape, axis, index)
+        prompt.validate(shape, where=f"slice {index} ({args.axis})")
+    return axis, prompts
 
 
 def _slice_shape(shape: tuple[int, ...], axis: int, index: int) -> tuple[int, int]:
@@ -254,8 +250,26 @@ def _slice_shape(shape: tuple[int, ...], axis: int, index: int) -> tuple[int, in
     return rest[0], rest[1]
 
 
-def _where(is_volume: bool, index: int, axis: str) -> str:
-    return f"slice {index} ({axis})" if is_volume else "the image"
+def _write_all(
+    labels: np.ndarray,
+    image,
+    mask_path: Path,
+    overlay: np.ndarray | None,
+    overlay_path: Path | None,
+) -> None:
+    """Write the mask and the overlay; all or nothing (no mask left without its requested overlay)."""
+    from minisam.imageio import write_mask, write_rgb_png
+
+    written: list[Path] = []
+    try:
+        write_mask(labels, image, mask_path)
+        written.append(mask_path)
+        if overlay_path is not None:
+            write_rgb_png(overlay, overlay_path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _session(loaded, normalized: np.ndarray, is_rgb: bool, device: str):
@@ -271,14 +285,13 @@ def _session(loaded, normalized: np.ndarray, is_rgb: bool, device: str):
     return VolumeSession(engine, normalized, is_rgb=is_rgb)
 
 
-def _summary(
-    loaded, result, index: int, mask_path: Path, overlay_path: Path | None, is_volume: bool
-) -> None:
-    seed = result.slices[index]
-    lines = [
-        f"model: {loaded.name}",
-        f"prompted slice {index}: predicted IoU {seed.score:.3f}, {int(seed.mask.sum())} pixels",
-    ]
+def _summary(loaded, result, mask_path: Path, overlay_path: Path | None, is_volume: bool) -> None:
+    lines = [f"model: {loaded.name}"]
+    for index, item in sorted(result.slices.items()):
+        if item.prompted:
+            lines.append(
+                f"prompted slice {index}: predicted IoU {item.score:.3f}, {int(item.mask.sum())} pixels"
+            )
     if is_volume:
         filled = sorted(result.slices)
         lines.append(f"slices with mask: {len(filled)} ({filled[0]}..{filled[-1]})")
