@@ -7,6 +7,7 @@ optional model card), so the file alone rebuilds its model. Official ``.pth`` fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import zipfile
@@ -35,6 +36,27 @@ class LoadedModel:
     name: str
     source: Path | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    _hash: str | None = field(default=None, repr=False)
+
+    def base_hash(self) -> str:
+        """:func:`weights_hash` of the model as loaded (computed once, before any quantization)."""
+        if self._hash is None:
+            self._hash = weights_hash(self.sam)
+        return self._hash
+
+
+def weights_hash(sam: torch.nn.Module) -> str:
+    """SHA-256 (hex, first 16 chars) over a model's tensor names, shapes, dtypes and bytes, in name order.
+
+    Identifies a base model for adapters: an adapter trained on one base must not be applied to another.
+    Computed on the full-precision weights, before any quantization.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(sam.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tuple(data.shape)}:{data.dtype};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(
