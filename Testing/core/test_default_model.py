@@ -1,0 +1,88 @@
+"""The embedded default model: it loads, says what trained it, segments held-out chest X-rays, and the
+README's main job works exactly as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from minisam.engine import SamEngine
+from minisam.imageio import read_image
+from minisam.intensity import normalize_intensity, to_rgb
+from minisam.metrics import dice
+from minisam.model_loader import DEFAULT_MODEL, load_model
+from minisam.prompts import Prompt, mask_bounding_box
+from minisam.training.default_recipe import VALIDATION_CXR_EVERY
+from minisam.training.slice_samples import read_mask_2d
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+CXR = "cxr_lung_montgomery_shenzhen"
+
+
+def _held_out_cxr(shared_data: Path) -> list[Path]:
+    images = sorted((shared_data / CXR / "images").glob("MCUCXR_*.png"))
+    return images[::VALIDATION_CXR_EVERY]
+
+
+def test_default_model_card_names_data_and_licences() -> None:
+    loaded = load_model("default")
+    assert DEFAULT_MODEL.stat().st_size < 60e6
+    card = loaded.card
+    assert card["trained"] is True and card["name"].startswith("minisam-default")
+    assert "cxr_montgomery" in card["datasets"]
+    # Non-commercial sets and the held-out modality stay out of the shipped weights.
+    assert not any(
+        word in str(card["datasets"]).lower() for word in ("shenzhen", "ham10000", "hc18")
+    )
+    assert all(len(text) > 20 for text in card["datasets"].values())
+    assert "scripts/train_default.py" in card["command"]
+
+
+def test_default_model_segments_held_out_lungs_from_a_box(shared_data: Path) -> None:
+    loaded = load_model("default")
+    engine = SamEngine(loaded.sam, loaded.config)
+    scores = []
+    for path in _held_out_cxr(shared_data):
+        truth = read_mask_2d(shared_data / CXR / "masks" / path.name)
+        embedding = engine.embed(to_rgb(normalize_intensity(read_image(path).array, "xray")))
+        components, count = ndimage.label(truth)
+        for label in range(1, count + 1):
+            lung = components == label
+            if lung.sum() > 1000:
+                prediction = engine.predict(embedding, Prompt(box=mask_bounding_box(lung)))
+                scores.append(dice(prediction.mask, lung))
+    assert len(scores) >= 20
+    assert np.mean(scores) > 0.85, scores
+    assert np.min(scores) > 0.6, scores
+
+
+def _readme_main_job() -> list[str]:
+    text = README.read_text()
+    block = re.search(r"\*\*1\..*?```bash\n(.*?)\n```", text, re.S)
+    assert block, "README lost its first command"
+    install, _, job = block.group(1).partition(" && ")
+    assert install.startswith("pip install") and job.startswith("minisam segment")
+    return shlex.split(job)
+
+
+def test_readme_main_job_as_written(shared_data: Path, tmp_path: Path) -> None:
+    argv = [arg.replace("../shared/data", str(shared_data)) for arg in _readme_main_job()]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    mask_name = argv[argv.index("--output") + 1]
+    mask = read_image(tmp_path / mask_name).array > 127
+    assert mask.shape == (512, 512)
+    assert (tmp_path / argv[argv.index("--overlay") + 1]).is_file()
+    # The README's box frames the right lung (image left) of a held-out case: compare with it.
+    image = Path(argv[2])
+    assert image in _held_out_cxr(shared_data)
+    truth = read_mask_2d(shared_data / CXR / "masks" / image.name)
+    components, _ = ndimage.label(truth)
+    box = [float(v) for v in argv[argv.index("--box") + 1 : argv.index("--box") + 5]]
+    lung = components == components[int((box[1] + box[3]) / 2), int((box[0] + box[2]) / 2)]
+    assert dice(mask, lung) > 0.85
