@@ -100,6 +100,20 @@ def box_from_mask(
     )
 
 
+def dominant_region(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """``mask`` without stray islands: the connected components at least ``min_fraction`` of the largest.
+
+    SAM masks often carry a few isolated pixels far from the object; a bounding box drawn around them would
+    prompt the next slice with a box several times too large.
+    """
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool, copy=True)
+    sizes = np.bincount(components.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.isin(components, keep)
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray | None:
     """The (x, y) of the foreground pixel farthest from the mask border (a safe positive click), or None."""
     if not mask.any():

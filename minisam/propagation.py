@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minisam.prompts import Prompt, box_from_mask, interior_point
+from minisam.prompts import Prompt, box_from_mask, dominant_region, interior_point
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,13 @@ def next_prompt(
     mask: np.ndarray, logits: np.ndarray | None, settings: PropagationSettings
 ) -> Prompt | None:
     """The prompt for the neighbouring slice derived from ``mask`` (None if the mask is empty)."""
-    box = box_from_mask(mask, margin=settings.box_margin)
+    region = dominant_region(mask)
+    box = box_from_mask(region, margin=settings.box_margin)
     if box is None:
         return None
     prompt = Prompt(box=box)
     if settings.add_interior_point:
-        point = interior_point(mask)
+        point = interior_point(region)
         prompt.points, prompt.labels = point[None], np.array([1])
     if settings.use_previous_logits and logits is not None:
         prompt.mask_logits = logits[None]

@@ -86,3 +86,30 @@ def test_readme_main_job_as_written(shared_data: Path, tmp_path: Path) -> None:
     box = [float(v) for v in argv[argv.index("--box") + 1 : argv.index("--box") + 5]]
     lung = components == components[int((box[1] + box[3]) / 2), int((box[0] + box[2]) / 2)]
     assert dice(mask, lung) > 0.85
+
+
+def test_default_model_propagates_the_liver_from_one_box(shared_data: Path, tmp_path: Path) -> None:
+    # The example CT is in the training mix, so this guards propagation behaviour, not generalisation.
+    ct = shared_data / "totalsegmentator_example"
+    out = tmp_path / "liver.nii.gz"
+    argv = [
+        "minisam",
+        "segment",
+        str(ct / "example_ct_sm.nii.gz"),
+        "--slice",
+        "24",
+        "--box",
+        "44",
+        "27",
+        "104",
+        "81",
+        "--propagate",
+        "--output",
+        str(out),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    liver = read_image(ct / "example_seg.nii.gz").array == 5  # TotalSegmentator label 5
+    predicted = read_image(out).array > 0
+    assert (predicted.reshape(30, -1).sum(1) > 0).sum() >= 15
+    assert dice(predicted, liver) > 0.7

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from minisam.errors import PromptError
-from minisam.prompts import Prompt, box_from_mask, interior_point, mask_bounding_box
+from minisam.prompts import (
+    Prompt,
+    box_from_mask,
+    dominant_region,
+    interior_point,
+    mask_bounding_box,
+)
+from minisam.propagation import PropagationSettings, next_prompt
 from minisam.transforms import ResizeTransform
 
 
@@ -61,3 +68,16 @@ def test_prompts_from_masks() -> None:
         box_from_mask(np.zeros((5, 5), bool)) is None
         and interior_point(np.zeros((5, 5), bool)) is None
     )
+
+
+def test_stray_pixels_do_not_inflate_the_propagated_box() -> None:
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:60, 40:70] = True  # the object: 600 pixels
+    mask[2, 2] = mask[95, 97] = True  # isolated pixels far away
+    mask[45:50, 75:90] = True  # a sizeable second part (75 px >= 10 % of 600) is kept
+    region = dominant_region(mask)
+    assert not region[2, 2] and not region[95, 97] and region[47, 80] and region[50, 50]
+    prompt = next_prompt(mask, None, PropagationSettings(box_margin=0.0))
+    np.testing.assert_array_equal(
+        prompt.box, [38, 38, 91, 61]
+    )  # bounding box ± the 2 px minimum margin
