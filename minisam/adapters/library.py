@@ -1,0 +1,181 @@
+"""Installed adapters, side by side under one folder, and the choice of adapter for an image's modality."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from minisam.adapters.adapter_io import (
+    WEIGHTS_FILE,
+    adapter_folder_size,
+    atomic_folder,
+    modality_family,
+    read_adapter,
+    read_metadata,
+)
+from minisam.adapters.lora import check_adapter_name
+from minisam.errors import ModelError, OutputError
+
+ENV_ROOT = "MINISAM_ADAPTERS"
+# Explicit "use no adapter" choices for a manual override.
+_NO_ADAPTER = ("none", "base")
+
+
+def default_root() -> Path:
+    """``$MINISAM_ADAPTERS``, else ``~/.local/share/minisam/adapters``."""
+    configured = os.environ.get(ENV_ROOT)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "minisam" / "adapters"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """One installed adapter, as listed."""
+
+    name: str
+    modality: str
+    base_hash: str
+    base_model: str
+    method: str
+    rank: int | None
+    trainable_params: int
+    size_bytes: int
+    created: str
+    path: Path
+
+
+class AdapterLibrary:
+    """Adapters installed as ``<root>/<name>/`` folders (see :mod:`minisam.adapters.adapter_io`)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    def path(self, name: str) -> Path:
+        """Folder of installed adapter ``name`` (ModelError if it is not installed)."""
+        folder = self.root / check_adapter_name(name)
+        if not folder.is_dir():
+            installed = ", ".join(info.name for info in self.list()) or "none"
+            raise ModelError(
+                f"adapter {name!r} is not installed in {self.root} (installed: {installed})"
+            )
+        return folder
+
+    def install(self, folder: str | os.PathLike[str], replace: bool = False) -> AdapterInfo:
+        """Validate an adapter folder and copy it in as ``<root>/<name>/``, atomically.
+
+        Arguments:
+          folder: an adapter folder (from :func:`save_adapter`).
+          replace: overwrite an installed adapter of the same name (else ModelError).
+        """
+        contents = read_adapter(folder)  # the whole folder must read back before it is installed
+        name = check_adapter_name(contents.metadata.name)
+        target = self.root / name
+        if target.exists() and not replace:
+            raise ModelError(
+                f"adapter {name!r} is already installed in {self.root}; remove it or pass replace=True"
+            )
+        try:
+            with atomic_folder(target) as tmp:
+                for item in sorted(Path(folder).iterdir()):
+                    if item.is_file() and not item.name.startswith("."):
+                        shutil.copy2(item, tmp / item.name)
+        except OSError as exc:
+            raise OutputError(f"cannot install adapter {name!r} into {self.root} ({exc})") from None
+        return self._info(target)
+
+    def remove(self, name: str) -> None:
+        """Uninstall adapter ``name``: rename it out of sight first, so no half-deleted folder is listed."""
+        folder = self.path(name)
+        trash = self.root / f".{name}.removed-{secrets.token_hex(4)}"
+        try:
+            os.replace(folder, trash)
+        except OSError as exc:
+            raise OutputError(f"cannot remove adapter {name!r} from {self.root} ({exc})") from None
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def list(self) -> list[AdapterInfo]:
+        """Installed adapters by name; unreadable folders are skipped with a warning."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue  # hidden: temporary folders of an install or removal in progress
+            try:
+                found.append(self._info(folder))
+            except ModelError as exc:
+                warnings.warn(f"skipping adapter folder {folder}: {exc}", stacklevel=2)
+        return found
+
+    def for_modality(
+        self, dicom_modality: str | None, base_hash: str, override: str | None = None
+    ) -> AdapterInfo | None:
+        """The installed adapter to use for an image of DICOM Modality ``dicom_modality`` on a base model.
+
+        Arguments:
+          dicom_modality: the image's (0008,0060) code ("CT", "MR", "DX", ...) or a family name ("XRAY").
+          base_hash: ``LoadedModel.base_hash()`` of the model in use; only adapters trained on it qualify.
+          override: the user's choice: an adapter name (used whatever the modality, but it must fit the
+            base), or "none"/"base" for the base model; None chooses automatically.
+
+        Returns:
+          the adapter, or None for the base model (no adapter for this modality and base). Among several
+          candidates the most recently created wins.
+        """
+        if override is not None:
+            if override.strip().lower() in _NO_ADAPTER:
+                return None
+            info = self._info(self.path(override))
+            if info.base_hash != base_hash:
+                raise ModelError(
+                    f"adapter {info.name} was trained for base {info.base_hash}, "
+                    f"the loaded model is {base_hash}"
+                )
+            return info
+        family = modality_family(dicom_modality)
+        if family is None:
+            return None
+        candidates = [a for a in self.list() if a.modality == family and a.base_hash == base_hash]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda a: (a.created, a.name))
+
+    def _info(self, folder: Path) -> AdapterInfo:
+        meta = read_metadata(folder)
+        if meta.name != folder.name:
+            raise ModelError(
+                f"adapter folder {folder} holds adapter {meta.name!r}; its folder must be named so"
+            )
+        # The tensor header gives the parameter count without reading the weights.
+        try:
+            with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+                params = 0
+                for key in handle.keys():
+                    count = 1
+                    for size in handle.get_slice(key).get_shape():
+                        count *= int(size)
+                    params += count
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"adapter {folder}: unreadable {WEIGHTS_FILE} ({exc})") from None
+        spec = meta.spec or {}
+        method = str(spec.get("method", "lora"))
+        rank = spec.get("init_r") if method == "adalora" else spec.get("rank")
+        return AdapterInfo(
+            name=meta.name,
+            modality=meta.modality,
+            base_hash=meta.base_hash,
+            base_model=meta.base_model,
+            method=method,
+            rank=int(rank) if isinstance(rank, int) else None,
+            trainable_params=params,
+            size_bytes=adapter_folder_size(folder),
+            created=meta.created,
+            path=folder,
+        )
