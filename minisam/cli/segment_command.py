@@ -90,6 +90,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="'default' (embedded), an official name (sam_vit_b, ...), random:<arch>, or a path",
     )
     model.add_argument(
+        "--adapter",
+        default="none",
+        help="modality adapter: an installed name, an adapter folder, 'auto' (by the image's DICOM "
+        "modality, from the adapter library) or 'none' (default)",
+    )
+    model.add_argument(
         "--modality",
         default="auto",
         help="intensity normalisation: auto, ct, ct-lung, ct-bone, ct-brain, ct-abdomen, mr, us, "
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     window = tuple(args.window) if args.window else None
     normalized = normalize_intensity(image.array, modality, window=window)
     loaded = load_model(args.model, download=not args.no_download)
+    adapter = _apply_adapter(args.adapter, loaded, image.modality or modality)
     session = _session(loaded, normalized, image.is_rgb, args.device)
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
     bar = None
@@ -186,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     labels = result.labels if image.is_volume else result.labels[0] * 255
     _write_all(labels, image, mask_path, overlay, overlay_path)
     if not args.quiet:
-        _summary(loaded, result, mask_path, overlay_path, image.is_volume)
+        _summary(loaded, adapter, result, mask_path, overlay_path, image.is_volume)
     return 0
 
 
@@ -285,8 +292,28 @@ def _session(loaded, normalized: np.ndarray, is_rgb: bool, device: str):
     return VolumeSession(engine, normalized, is_rgb=is_rgb)
 
 
-def _summary(loaded, result, mask_path: Path, overlay_path: Path | None, is_volume: bool) -> None:
-    lines = [f"model: {loaded.name}"]
+def _apply_adapter(choice: str, loaded, modality: str) -> str | None:
+    """Load the adapter ``choice`` names onto ``loaded`` and return its name (None: the base model)."""
+    if choice.strip().lower() == "none":
+        return None
+    from minisam.adapters import AdapterLibrary, load_adapter  # peft: imported only when asked
+
+    folder = Path(choice).expanduser()
+    if not folder.is_dir():
+        library = AdapterLibrary()
+        override = None if choice == "auto" else choice
+        info = library.for_modality(modality, loaded.base_hash(), override=override)
+        if info is None:
+            return None
+        folder = info.path
+    load_adapter(loaded.sam, folder, loaded.base_hash())
+    return folder.name
+
+
+def _summary(
+    loaded, adapter: str | None, result, mask_path: Path, overlay_path: Path | None, is_volume: bool
+) -> None:
+    lines = [f"model: {loaded.name}" + (f" + adapter {adapter}" if adapter else "")]
     for index, item in sorted(result.slices.items()):
         if item.prompted:
             lines.append(
