@@ -41,7 +41,8 @@ class LoadedModel:
     def base_hash(self) -> str:
         """:func:`weights_hash` of the model as loaded (computed once, before any quantization)."""
         if self._hash is None:
-            self._hash = weights_hash(self.sam)
+            # quantize_encoder records the fp32 hash on the module before changing any layer
+            self._hash = getattr(self.sam, "minisam_base_hash", None) or weights_hash(self.sam)
         return self._hash
 
 

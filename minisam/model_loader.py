@@ -57,6 +57,13 @@ def load_model(spec: str, *, download: bool = True, seed: int = 0) -> LoadedMode
         if not path.is_file():
             raise ModelError(f"--model {spec}: no such checkpoint file")
         if path.suffix == ".safetensors":
+            from minisam.quantized_checkpoint import (
+                is_quantized_checkpoint,
+                load_quantized_checkpoint,
+            )
+
+            if is_quantized_checkpoint(path):
+                return load_quantized_checkpoint(path)
             return load_minisam_checkpoint(path)
         return load_official_checkpoint(path)
     raise ModelError(
