@@ -90,6 +90,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="'default' (embedded), an official name (sam_vit_b, ...), random:<arch>, or a path",
     )
     model.add_argument(
+        "--quant",
+        default="fp32",
+        help="quantize the image encoder: fp32 (default), nf4, int8, or a scheme such as "
+        "'nf4:mlp+int8:attn' (bitsandbytes; see minisam/quantization.py)",
+    )
+    model.add_argument(
         "--adapter",
         default="none",
         help="modality adapter: an installed name, an adapter folder, 'auto' (by the image's DICOM "
@@ -160,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     window = tuple(args.window) if args.window else None
     normalized = normalize_intensity(image.array, modality, window=window)
     loaded = load_model(args.model, download=not args.no_download)
+    if args.quant != "fp32":
+        from minisam.quantization import quantize_model
+
+        quantize_model(loaded, args.quant, device=args.device)
     adapter = _apply_adapter(args.adapter, loaded, image.modality or modality)
     session = _session(loaded, normalized, image.is_rgb, args.device)
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
@@ -193,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     labels = result.labels if image.is_volume else result.labels[0] * 255
     _write_all(labels, image, mask_path, overlay, overlay_path)
     if not args.quiet:
-        _summary(loaded, adapter, result, mask_path, overlay_path, image.is_volume)
+        _summary(loaded, args.quant, adapter, result, mask_path, overlay_path, image.is_volume)
     return 0
 
 
@@ -311,9 +321,16 @@ def _apply_adapter(choice: str, loaded, modality: str) -> str | None:
 
 
 def _summary(
-    loaded, adapter: str | None, result, mask_path: Path, overlay_path: Path | None, is_volume: bool
+    loaded,
+    args_quant: str,
+    adapter: str | None,
+    result,
+    mask_path: Path,
+    overlay_path: Path | None,
+    is_volume: bool,
 ) -> None:
-    lines = [f"model: {loaded.name}" + (f" + adapter {adapter}" if adapter else "")]
+    quant = "" if args_quant == "fp32" else f" ({args_quant})"
+    lines = [f"model: {loaded.name}{quant}" + (f" + adapter {adapter}" if adapter else "")]
     for index, item in sorted(result.slices.items()):
         if item.prompted:
             lines.append(
