@@ -24,7 +24,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from minisam import __version__
-    from minisam.cli import adapters_command, models_command, segment_command
+    from minisam.cli import adapters_command, bench_command, models_command, segment_command
 
     parser = OneLineArgumentParser(
         prog="minisam",
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment_command.register(commands)
     models_command.register(commands)
     adapters_command.register(commands)
+    bench_command.register(commands)
     return parser
 
 

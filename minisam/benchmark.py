@@ -1,0 +1,216 @@
+"""``minisam bench``: speed and size of SAM configurations side by side, measured in one run.
+
+Every configuration runs in its own subprocess, so its peak RSS is its own and no configuration warms the
+caches of the next. Timings are medians over repeats after a warm-up pass (one pass only for encoders over
+200 M parameters, where a single forward takes tens of seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LARGE_ENCODER_PARAMS = 200_000_000
+RANDOM_MODELS = ("vit_h", "vit_l", "vit_b", "compact", "small", "tiny")
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One row: a model ("default" or a preset measured with random weights), quantization, adapter."""
+
+    model: str
+    quant: str = "fp32"
+    adapter: bool = False
+    input_size: int | None = None  # None: the model's own
+    repeats: int = 3
+    clicks: int = 20
+    device: str = "cpu"
+
+
+def _load(case: BenchCase):
+    from minisam.checkpoints import LoadedModel
+    from minisam.model_config import build_sam, preset
+    from minisam.model_loader import load_model
+
+    if case.model not in RANDOM_MODELS:
+        return load_model(case.model)
+    config = preset(case.model)
+    if case.input_size:
+        config = config.replace(image_size=case.input_size)
+    torch.manual_seed(0)
+    return LoadedModel(sam=build_sam(config), config=config, name=f"random:{case.model}")
+
+
+def _state_bytes(module: torch.nn.Module) -> int:
+    return sum(
+        t.numel() * t.element_size() for t in module.state_dict().values() if torch.is_tensor(t)
+    )
+
+
+def _file_mb(loaded, quantized: bool, folder: Path) -> float:
+    from minisam.checkpoints import save_checkpoint
+    from minisam.quantized_checkpoint import save_quantized_checkpoint
+
+    path = folder / "model.safetensors"
+    if quantized:
+        save_quantized_checkpoint(loaded.sam, loaded.config, path)
+    else:
+        save_checkpoint(loaded.sam, loaded.config, path)
+    size = path.stat().st_size / 1e6
+    path.unlink()
+    return size
+
+
+def _attach_adapter(loaded, folder: Path) -> float:
+    """Attach a rank-8 LoRA (non-zero B) to the encoder's attention; return its saved folder size, MB."""
+    from minisam.adapters import AdapterSpec, attach_adapter, save_adapter
+
+    model = attach_adapter(loaded.sam, AdapterSpec(rank=8), "bench")
+    for key, parameter in model.named_parameters():
+        if "lora_B" in key:
+            parameter.data.normal_(0, 0.01)
+    meta = {"modality": "CT", "base_hash": loaded.base_hash(), "base_model": loaded.name}
+    saved = save_adapter(model, "bench", folder / "bench_adapter", meta)
+    return sum(p.stat().st_size for p in saved.iterdir()) / 1e6
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(case: BenchCase) -> dict[str, Any]:
+    """Measure one configuration in this process (call through :func:`run_case` for a clean RSS)."""
+    from minisam.engine import SamEngine
+    from minisam.model_config import count_parameters
+    from minisam.prompts import Prompt
+    from minisam.quantization import quantize_model
+
+    device = torch.device(case.device)
+    loaded = _load(case)
+    loaded.base_hash()  # of the fp32 weights, before quantization or adapters change the state dict
+    encoder_params = count_parameters(loaded.sam.image_encoder)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if case.quant != "fp32":
+            quantize_model(loaded, case.quant, device=device)
+        file_mb = _file_mb(loaded, case.quant != "fp32", folder)
+        adapter_mb = _attach_adapter(loaded, folder) if case.adapter else 0.0
+    engine = SamEngine(loaded.sam, loaded.config, device=device)
+    size = loaded.config.image_size
+    rgb = np.random.default_rng(0).uniform(0, 255, (size, size, 3)).astype(np.float32)
+    large = encoder_params > LARGE_ENCODER_PARAMS
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    encoder_ms = []
+    for index in range(1 if large else case.repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        embedding = engine.embed(rgb)
+        _sync(device)
+        if large or index > 0:  # the first pass of a small model is warm-up
+            encoder_ms.append((time.perf_counter() - start) * 1e3)
+    decoder_ms = []
+    rng = np.random.default_rng(1)
+    for index in range(case.clicks + 1):
+        prompt = Prompt.create(positive=[rng.uniform(0, size - 1, 2).tolist()])
+        _sync(device)
+        start = time.perf_counter()
+        engine.predict(embedding, prompt)
+        _sync(device)
+        if index > 0:
+            decoder_ms.append((time.perf_counter() - start) * 1e3)
+    row = {
+        **asdict(case),
+        "name": loaded.name,
+        "input_size": size,
+        "encoder_params": encoder_params,
+        "encoder_ms": statistics.median(encoder_ms),
+        "decoder_ms": statistics.median(decoder_ms),
+        "weights_mb": _state_bytes(loaded.sam) / 1e6,
+        "encoder_weights_mb": _state_bytes(loaded.sam.image_encoder) / 1e6,
+        "file_mb": file_mb,
+        "adapter_mb": adapter_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        row["slices_per_s"] = 1e3 / (row["encoder_ms"] + row["decoder_ms"])
+        row["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 1e6
+    return row
+
+
+def run_case(case: BenchCase, timeout_s: float = 1800) -> dict[str, Any]:
+    """Measure ``case`` in a fresh Python process; returns its row (or an ``error`` row)."""
+    command = [sys.executable, "-m", "minisam.benchmark", json.dumps(asdict(case))]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=os.environ
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**asdict(case), "error": reason}
+    return json.loads(lines[-1])
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add encoder speed-up and weight share relative to the fp32 vit_h row of the same run."""
+    reference = next(
+        (
+            r
+            for r in rows
+            if r["model"] == "vit_h"
+            and r["quant"] == "fp32"
+            and not r["adapter"]
+            and "error" not in r
+        ),
+        None,
+    )
+    for row in rows:
+        if reference is not None and "error" not in row:
+            row["encoder_speedup_vs_vit_h"] = reference["encoder_ms"] / row["encoder_ms"]
+            row["encoder_weights_pct_of_vit_h"] = (
+                100 * row["encoder_weights_mb"] / reference["encoder_weights_mb"]
+            )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (ratios to vit_h when it was measured)."""
+    header = (
+        "| model | quant | adapter | input | encoder ms | decoder ms | weights MB | encoder MB | file MB "
+        "| peak RSS MB | encoder × faster than vit_h | encoder weights % of vit_h |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | {r['quant']} | {'yes' if r['adapter'] else 'no'} | – "
+                f"| error: {r['error']} |" + " |" * 7
+            )
+            continue
+        speed = r.get("encoder_speedup_vs_vit_h")
+        share = r.get("encoder_weights_pct_of_vit_h")
+        lines.append(
+            f"| {r['name']} | {r['quant']} | {'LoRA r8' if r['adapter'] else 'no'} | {r['input_size']} "
+            f"| {r['encoder_ms']:.0f} | {r['decoder_ms']:.1f} | {r['weights_mb']:.1f} "
+            f"| {r['encoder_weights_mb']:.1f} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} "
+            f"| {'–' if speed is None else f'{speed:.1f}'} | {'–' if share is None else f'{share:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(BenchCase(**json.loads(sys.argv[1])))))

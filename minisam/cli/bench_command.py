@@ -1,0 +1,107 @@
+"""``minisam bench``: SAM vit_h / vit_b against MiniSAM's models, fp32 / NF4 / INT8, ± adapter, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from minisam.errors import InputError
+
+LARGE = ("vit_h", "vit_l")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="measure encoder/decoder time, memory and file size side by side",
+        description="Measure configurations one after another in separate processes on this machine and "
+        "print them side by side with ratios to SAM vit_h. Large models use random weights (timing only).",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["vit_h", "vit_b", "default", "compact"],
+        help="default (embedded), or presets with random weights: vit_h vit_l vit_b "
+        "compact small tiny (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quants",
+        nargs="+",
+        default=["fp32", "nf4", "int8"],
+        help="quantizations for MiniSAM's models; vit_* run fp32 only (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-adapter-rows", action="store_true", help="skip the rows with an active LoRA adapter"
+    )
+    parser.add_argument("--skip-large", action="store_true", help="skip vit_h and vit_l")
+    parser.add_argument(
+        "--input-sizes",
+        nargs="+",
+        type=int,
+        help="input sizes for the random-weight presets (default: each model's own)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed encoder passes per row")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
+    parser.set_defaults(run=run)
+
+
+def plan(args: argparse.Namespace) -> list:
+    """The rows to measure, in order."""
+    from minisam.benchmark import RANDOM_MODELS, BenchCase
+
+    cases = []
+    for model in args.models:
+        if model in LARGE and args.skip_large:
+            continue
+        if model != "default" and model not in RANDOM_MODELS:
+            raise InputError(
+                f"--models {model}: choose default or one of {', '.join(RANDOM_MODELS)}"
+            )
+        sizes = args.input_sizes if (args.input_sizes and model != "default") else [None]
+        quants = ["fp32"] if model.startswith("vit_") else args.quants
+        for size in sizes:
+            for quant in quants:
+                common = dict(
+                    model=model,
+                    quant=quant,
+                    input_size=size,
+                    repeats=args.repeats,
+                    device=args.device,
+                )
+                cases.append(BenchCase(**common))
+                if not model.startswith("vit_") and not args.no_adapter_rows:
+                    cases.append(BenchCase(adapter=True, **common))
+    return cases
+
+
+def run(args: argparse.Namespace) -> int:
+    from minisam.benchmark import markdown_table, run_case, with_ratios
+
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats} must be at least 1")
+    if args.json_path:
+        from minisam.imageio import check_output_path
+
+        check_output_path(Path(args.json_path), (".json",))
+    cases = plan(args)
+    rows = []
+    for case in tqdm(cases, desc="bench", unit="config", file=sys.stderr):
+        rows.append(run_case(case))
+    rows = with_ratios(rows)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.system()}, "
+        f"torch threads {rows[0].get('torch_threads', '?')}, device {args.device}\n"
+    )
+    print(markdown_table(rows))
+    if args.json_path:
+        from minisam.atomic import atomic_output
+
+        with atomic_output(args.json_path) as tmp:
+            Path(tmp).write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in row for row in rows) else 0
