@@ -1,0 +1,341 @@
+"""MiniSAM Segment Editor effect: clicks and boxes on a slice view -> SAM mask -> selected segment.
+
+Thin Qt glue. Left click = positive point, Shift+left or right click = negative point, left drag = box.
+View positions become voxel indices with the base class's ``xyToIjk``; everything else is in the Qt-free
+``MiniSAMSegmentLib`` modules (imported on first use, after the dependencies are installed).
+"""
+
+import logging
+import os
+
+import qt
+import slicer
+import vtk
+from SegmentEditorEffects.AbstractScriptedSegmentEditorEffect import (
+    AbstractScriptedSegmentEditorEffect,
+)
+
+__all__ = ["SegmentEditorEffect"]
+
+DRAG_THRESHOLD_PX = 4
+DEVICES = ("auto", "cpu", "cuda")
+PARAMETER_DEFAULTS = {
+    "Model": "default",
+    "Modality": "auto",
+    "Device": "auto",
+    "MinScore": 0.5,
+    "MaxSlices": 0,
+}
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Promptable SAM segmentation of the selected segment, slice by slice, with propagation."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "MiniSAM"
+        scriptedEffect.title = "MiniSAM"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.logic = None
+        self.book = None
+        self._press = None  # (xy, negative) while the left button is down
+        self._bands = {}  # view widget -> (points, actor) of the box being dragged
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
+
+    def helpText(self):
+        return (
+            "<html>Segment Anything on the slice views.<p>"
+            "<b>Left click</b>: part of the structure. <b>Shift + left click</b> or <b>right click</b>: "
+            "not part of it. <b>Left drag</b>: a box around it. Each prompt updates the selected segment on "
+            "that slice (Undo reverts it).<p><b>Propagate</b> extends the mask from the prompted slices to "
+            "their neighbours until the structure ends.</html>"
+        )
+
+    # -- options -------------------------------------------------------------------------------------------
+
+    def setupOptionsFrame(self):
+        from minisam.intensity import MODALITIES
+
+        self.modelEdit = qt.QLineEdit()
+        self.modelEdit.toolTip = (
+            "'default' (embedded), sam_vit_b/l/h, medsam_vit_b, or a checkpoint path"
+        )
+        self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelEdit)
+        self.modalityCombo = qt.QComboBox()
+        for name in MODALITIES:
+            self.modalityCombo.addItem(name)
+        self.modalityCombo.toolTip = "Intensity normalisation; auto reads the DICOM modality"
+        self.scriptedEffect.addLabeledOptionsWidget("Modality:", self.modalityCombo)
+        self.deviceCombo = qt.QComboBox()
+        for name in DEVICES:
+            self.deviceCombo.addItem(name)
+        self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceCombo)
+        self.minScoreSpin = qt.QDoubleSpinBox()
+        self.minScoreSpin.setRange(0.0, 1.0)
+        self.minScoreSpin.setSingleStep(0.05)
+        self.minScoreSpin.toolTip = "Propagation stops where the predicted IoU drops below this"
+        self.scriptedEffect.addLabeledOptionsWidget("Minimum score:", self.minScoreSpin)
+        self.maxSlicesSpin = qt.QSpinBox()
+        self.maxSlicesSpin.setRange(0, 100000)
+        self.maxSlicesSpin.specialValueText = "no limit"
+        self.scriptedEffect.addLabeledOptionsWidget("Max slices each way:", self.maxSlicesSpin)
+        self.propagateButton = qt.QPushButton("Propagate")
+        self.propagateButton.toolTip = (
+            "Extend the mask from the prompted slices to their neighbours"
+        )
+        self.clearButton = qt.QPushButton("Clear prompts")
+        buttons = qt.QHBoxLayout()
+        buttons.addWidget(self.propagateButton)
+        buttons.addWidget(self.clearButton)
+        self.scriptedEffect.addOptionsWidget(buttons)
+        self.statusLabel = qt.QLabel("")
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        self.modelEdit.connect("editingFinished()", self.updateMRMLFromGUI)
+        self.modalityCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.deviceCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.minScoreSpin.connect("valueChanged(double)", self.updateMRMLFromGUI)
+        self.maxSlicesSpin.connect("valueChanged(int)", self.updateMRMLFromGUI)
+        self.propagateButton.connect("clicked()", self.onPropagate)
+        self.clearButton.connect("clicked()", self.onClearPrompts)
+
+    def setMRMLDefaults(self):
+        for name, value in PARAMETER_DEFAULTS.items():
+            self.scriptedEffect.setParameterDefault(name, value)
+
+    def updateGUIFromMRML(self):
+        widgets = (
+            self.modelEdit,
+            self.modalityCombo,
+            self.deviceCombo,
+            self.minScoreSpin,
+            self.maxSlicesSpin,
+        )
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.modelEdit.text = self.scriptedEffect.parameter("Model")
+        self.modalityCombo.setCurrentText(self.scriptedEffect.parameter("Modality"))
+        self.deviceCombo.setCurrentText(self.scriptedEffect.parameter("Device"))
+        self.minScoreSpin.value = self.scriptedEffect.doubleParameter("MinScore")
+        self.maxSlicesSpin.value = self.scriptedEffect.integerParameter("MaxSlices")
+        for widget in widgets:
+            widget.blockSignals(False)
+
+    def updateMRMLFromGUI(self):
+        self.scriptedEffect.setParameter("Model", self.modelEdit.text.strip() or "default")
+        self.scriptedEffect.setParameter("Modality", self.modalityCombo.currentText)
+        self.scriptedEffect.setParameter("Device", self.deviceCombo.currentText)
+        self.scriptedEffect.setParameter("MinScore", self.minScoreSpin.value)
+        self.scriptedEffect.setParameter("MaxSlices", self.maxSlicesSpin.value)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def deactivate(self):
+        self._press = None
+        for viewWidget in list(self._bands):
+            self._removeBand(viewWidget)
+
+    def sourceVolumeNodeChanged(self):
+        if self.book is not None:
+            self.book.clear()
+
+    def createCursor(self, widget):
+        mainWindow = slicer.util.mainWindow()
+        return mainWindow.cursor if mainWindow else qt.QCursor()
+
+    # -- interaction ---------------------------------------------------------------------------------------
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        xy = tuple(callerInteractor.GetEventPosition())
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            self._press = (xy, bool(callerInteractor.GetShiftKey()))
+            return True
+        if eventId == vtk.vtkCommand.MouseMoveEvent and self._press is not None:
+            self._showBand(viewWidget, self._press[0], xy)
+            return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self._press is not None:
+            start, negative = self._press
+            self._press = None
+            self._removeBand(viewWidget)
+            if max(abs(xy[0] - start[0]), abs(xy[1] - start[1])) > DRAG_THRESHOLD_PX:
+                self._run(self._segmentSlice, viewWidget, box=(start, xy))
+            elif negative:
+                self._run(self._segmentSlice, viewWidget, negative=[xy])
+            else:
+                self._run(self._segmentSlice, viewWidget, positive=[xy])
+            return True
+        if eventId == vtk.vtkCommand.RightButtonPressEvent:
+            self._run(self._segmentSlice, viewWidget, negative=[xy])
+            return True
+        if eventId == vtk.vtkCommand.RightButtonReleaseEvent:
+            return True
+        return False
+
+    def _showBand(self, viewWidget, start, end):
+        if viewWidget not in self._bands:
+            points = vtk.vtkPoints()
+            points.SetNumberOfPoints(5)
+            lines = vtk.vtkCellArray()
+            lines.InsertNextCell(5)
+            for index in range(5):
+                lines.InsertCellPoint(index)
+            polyData = vtk.vtkPolyData()
+            polyData.SetPoints(points)
+            polyData.SetLines(lines)
+            mapper = vtk.vtkPolyDataMapper2D()
+            mapper.SetInputData(polyData)
+            actor = vtk.vtkActor2D()
+            actor.SetMapper(mapper)
+            actor.GetProperty().SetColor(1.0, 0.8, 0.1)
+            self.scriptedEffect.addActor2D(viewWidget, actor)
+            self._bands[viewWidget] = (points, actor)
+        points, _ = self._bands[viewWidget]
+        (x0, y0), (x1, y1) = start, end
+        for index, (x, y) in enumerate([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]):
+            points.SetPoint(index, x, y, 0.0)
+        points.Modified()
+        self.scriptedEffect.scheduleRender(viewWidget)
+
+    def _removeBand(self, viewWidget):
+        band = self._bands.pop(viewWidget, None)
+        if band is not None:
+            self.scriptedEffect.removeActor2D(viewWidget, band[1])
+            self.scriptedEffect.scheduleRender(viewWidget)
+
+    # -- actions -------------------------------------------------------------------------------------------
+
+    def _run(self, action, *args, **kwargs):
+        """Run an action; a failure is shown as one message (details in the log), never raised into VTK."""
+        try:
+            with slicer.util.tryWithErrorDisplay("MiniSAM:", waitCursor=True):
+                action(*args, **kwargs)
+        except Exception:
+            logging.debug("MiniSAM action failed", exc_info=True)
+
+    def _logic(self):
+        from MiniSAMSegmentLib.dependencies import ensure_dependencies
+
+        ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
+        from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+        from MiniSAMSegmentLib.prompt_book import PromptBook
+
+        if self.logic is None:
+            self.logic = MiniSAMSegmentLogic()
+            self.book = PromptBook()
+        self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
+        self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
+        self.logic.device = self.scriptedEffect.parameter("Device") or "auto"
+        return self.logic
+
+    def _nodes(self):
+        from minisam.errors import InputError
+
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        volumeNode = parameterSetNode.GetSourceVolumeNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        if volumeNode is None or segmentationNode is None:
+            raise InputError("select a segmentation and a source volume first")
+        return volumeNode, segmentationNode
+
+    def _segmentSlice(self, viewWidget, positive=(), negative=(), box=None):
+        volumeNode, segmentationNode = self._nodes()
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return
+        logic = self._logic()
+        glue = logic_module()
+        sliceToRas = viewWidget.mrmlSliceNode().GetSliceToRAS()
+        normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
+        geometry = glue.geometry_image(volumeNode)
+        transform = volumeNode.GetParentTransformNode()
+
+        def toIjk(xy):
+            return self.xyToIjk(xy, viewWidget, geometry, transform)
+
+        slicePrompt = glue.ijk_to_slice_prompt(
+            glue.volume_arrays(volumeNode).array.shape,
+            glue.slice_axis(volumeNode, normal),
+            positive_ijk=[toIjk(xy) for xy in positive],
+            negative_ijk=[toIjk(xy) for xy in negative],
+            box_ijk=None if box is None else [toIjk(xy) for xy in box],
+            where=f"volume '{volumeNode.GetName()}'",
+        )
+        axis, index = slicePrompt.axis, slicePrompt.index
+        prompt = self.book.add(volumeNode.GetID(), axis, index, slicePrompt.prompt)
+        mask, score = logic.predict_on_slice(volumeNode, axis, index, prompt)
+        self._apply(volumeNode, segmentationNode, mask, axis, [index])
+        self.statusLabel.text = (
+            f"Slice {index}: predicted IoU {score:.2f}, {int(mask.sum())} voxels."
+        )
+
+    def _apply(self, volumeNode, segmentationNode, labels, axis, indices):
+        """Replace the given slices of the selected segment with ``labels`` as one undoable step."""
+        clear, add = logic_module().replace_modifiers(
+            volumeNode, labels, axis, indices, segmentationNode
+        )
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        self.scriptedEffect.saveStateForUndo()
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(clear, modes.ModificationModeRemove)
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(add, modes.ModificationModeAdd)
+
+    def onClearPrompts(self):
+        if self.book is not None:
+            self.book.clear()
+        self.statusLabel.text = "Prompts cleared."
+
+    def onPropagate(self):
+        self._run(self._propagate)
+
+    def _propagate(self):
+        from minisam.errors import PromptError
+        from minisam.propagation import PropagationSettings
+
+        volumeNode, segmentationNode = self._nodes()
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return
+        logic = self._logic()
+        axis = self.book.axis
+        prompts = self.book.prompts(volumeNode.GetID(), axis) if axis is not None else {}
+        if not prompts:
+            raise PromptError("click on the structure or drag a box on a slice before propagating")
+        maxSlices = self.scriptedEffect.integerParameter("MaxSlices")
+        settings = PropagationSettings(
+            min_score=self.scriptedEffect.doubleParameter("MinScore"),
+            max_slices=maxSlices if maxSlices > 0 else None,
+        )
+        dialog = slicer.util.createProgressDialog(
+            labelText="MiniSAM: propagating the mask...", windowTitle="MiniSAM", maximum=0
+        )
+
+        def progress(done, total):
+            dialog.maximum = total
+            dialog.value = done
+            slicer.app.processEvents()
+            return not dialog.wasCanceled
+
+        try:
+            result = logic.propagate(volumeNode, axis, prompts, settings, progress)
+        finally:
+            dialog.close()
+        self._apply(volumeNode, segmentationNode, result.labels, axis, sorted(result.slices))
+        cancelled = " (cancelled)" if result.cancelled else ""
+        self.statusLabel.text = f"Propagation filled {len(result.slices)} slices{cancelled}."
+
+
+def logic_module():
+    """MiniSAMSegmentLib.logic, imported on first use (it needs torch, installed on demand)."""
+    from MiniSAMSegmentLib import logic
+
+    return logic

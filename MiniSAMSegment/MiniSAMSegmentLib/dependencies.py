@@ -1,0 +1,155 @@
+"""Python packages MiniSAM needs inside Slicer: installed on first use, after one confirmation.
+
+torch comes from the PyTorch extension (PyTorchUtils picks the CUDA or CPU build for this computer); the
+rest comes from ``slicer.util.pip_install``. Nothing is installed unless ``confirm`` returns True, and
+packages Slicer ships (numpy, SimpleITK) are never reinstalled. Every function takes its side effects as
+arguments so it runs, and is tested, without the application.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+
+from minisam.errors import MiniSAMError
+
+__all__ = [
+    "PIP_REQUIREMENTS",
+    "TORCH_REQUIREMENT",
+    "InstallError",
+    "ensure_dependencies",
+    "missing_requirements",
+    "nvidia_gpu_present",
+    "resolve_device",
+]
+
+TORCH_REQUIREMENT = ">=2.1"
+PIP_REQUIREMENTS: dict[str, str] = {
+    # import name -> pip requirement (what the segmentation path of minisam imports besides torch)
+    "segment_anything": "segment-anything>=1.0",
+    "safetensors": "safetensors>=0.4",
+    "scipy": "scipy>=1.10",
+    "tqdm": "tqdm>=4.60",
+}
+
+Confirm = Callable[[str], bool]
+Installer = Callable[[str], object]
+
+
+class InstallError(MiniSAMError):
+    """A required package is missing and was not, or could not be, installed."""
+
+
+def nvidia_gpu_present() -> bool:
+    """True when an NVIDIA driver tool is on PATH (PyTorchUtils then picks a CUDA build of torch)."""
+    return shutil.which("nvidia-smi") is not None
+
+
+def resolve_device(choice: str = "auto") -> str:
+    """'auto' -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu"."""
+    if choice.strip().lower() != "auto":
+        return choice.strip()
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def missing_requirements(
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+) -> tuple[bool, list[str]]:
+    """(torch missing?, pip requirements of the other missing packages)."""
+    torch_missing = find_spec("torch") is None
+    missing = [req for name, req in PIP_REQUIREMENTS.items() if find_spec(name) is None]
+    return torch_missing, missing
+
+
+def _install_torch_with_pytorchutils() -> object:
+    """Install torch through the PyTorch extension's logic; return the torch module or None."""
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise InstallError(
+            "MiniSAM needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, "
+            "restart Slicer and try again"
+        ) from None
+    logic = PyTorchUtils.PyTorchUtilsLogic()
+    if logic.torchInstalled():
+        return logic.torch
+    # One confirmation covers everything: ours was given already, so PyTorchUtils must not ask again.
+    return logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+
+
+def _pip_install(requirement: str) -> object:
+    import slicer
+
+    return slicer.util.pip_install(requirement)
+
+
+def _message(torch_missing: bool, missing: Sequence[str]) -> str:
+    parts = list(missing)
+    if torch_missing:
+        build = "CUDA build, an NVIDIA GPU was found" if nvidia_gpu_present() else "CPU build"
+        parts.insert(0, f"PyTorch {TORCH_REQUIREMENT} ({build}, via the PyTorch extension)")
+    return (
+        f"MiniSAM needs these Python packages, which will be downloaded and installed now "
+        f"(this can take several minutes): {', '.join(parts)}. Continue?"
+    )
+
+
+def ensure_dependencies(
+    confirm: Confirm,
+    pip_install: Installer = _pip_install,
+    install_torch: Callable[[], object] = _install_torch_with_pytorchutils,
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+) -> list[str]:
+    """Install what is missing after one ``confirm(message)``; return what was installed ([] if nothing).
+
+    Arguments:
+      confirm: asks the user once (``slicer.util.confirmOkCancelDisplay`` in the application).
+      pip_install: installs one requirement string (default ``slicer.util.pip_install``).
+      install_torch: installs torch and returns the module or None (default: the PyTorch extension).
+      find_spec: tells whether an import name is available (default ``importlib.util.find_spec``).
+
+    Raises:
+      InstallError: the user declined, or an installation failed (one sentence; details in the log).
+    """
+    torch_missing, missing = missing_requirements(find_spec)
+    if not torch_missing and not missing:
+        return []
+    if not confirm(_message(torch_missing, missing)):
+        raise InstallError("MiniSAM cannot run until its Python packages are installed")
+    installed: list[str] = []
+    if torch_missing:
+        try:
+            torch = install_torch()
+        except InstallError:
+            raise
+        except Exception as exc:
+            logging.exception("PyTorch installation failed")
+            raise InstallError(
+                f"installing PyTorch failed ({_first_line(exc)}); see the Python console for details"
+            ) from exc
+        if torch is None:
+            raise InstallError("PyTorch was not installed, so MiniSAM cannot run")
+        installed.append(f"torch{TORCH_REQUIREMENT}")
+    for requirement in missing:
+        try:
+            pip_install(requirement)
+        except Exception as exc:
+            logging.exception("pip install %s failed", requirement)
+            raise InstallError(
+                f"installing {requirement} failed ({_first_line(exc)}); see the Python console for details"
+            ) from exc
+        installed.append(requirement)
+    importlib.invalidate_caches()
+    return installed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,291 @@
+"""Masks into segments: oriented modifier images for the Segment Editor, and headless writes. No Qt.
+
+Two routes, both in the source volume's voxel grid:
+- the effect passes :func:`replace_modifiers` images to ``scriptedEffect.modifySelectedSegmentByLabelmap``
+  (Remove the slices, then Add the mask), so undo, masking and overwrite settings work as for any effect;
+- scripts and tests call :func:`write_mask_to_segment`, which goes through a temporary labelmap volume node
+  and ``vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode`` and leaves other segments alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from minisam.errors import InputError, OutputError
+
+from .volume_node import node_label, volume_arrays
+
+__all__ = [
+    "MODES",
+    "labelmap_oriented_image",
+    "replace_modifiers",
+    "segment_array",
+    "write_mask_to_segment",
+    "write_segmentation",
+]
+
+MODES = ("replace_slice", "union", "replace")
+DEFAULT_SEGMENT_NAME = "MiniSAM"
+
+
+def _volume_to_segmentation(volume_node, segmentation_node) -> np.ndarray:
+    """4x4 from the volume's local RAS to the segmentation's local RAS (their parent transforms)."""
+    if segmentation_node is None:
+        return np.eye(4)
+    matrix = vtk.vtkMatrix4x4()
+    linear = slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+        volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), matrix
+    )
+    if not linear:
+        raise InputError("the volume and the segmentation are related by a non-linear transform")
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def _slab(labels: np.ndarray, shape: tuple[int, ...], axis: int | None, indices: list[int]):
+    """(3D array, extent offset per IJK axis) holding ``labels`` for the given slices of ``shape``."""
+    labels = np.asarray(labels)
+    if labels.ndim == 3:
+        if labels.shape != shape:
+            raise InputError(f"labels of shape {labels.shape} do not match the volume {shape}")
+        if axis is None or not indices:
+            return labels, (0, 0, 0)
+        low, high = min(indices), max(indices)
+        slab = np.take(labels, range(low, high + 1), axis=axis)
+    else:
+        if axis is None or len(indices) != 1:
+            raise InputError("a 2D mask needs its slice axis and index")
+        expected = tuple(n for a, n in enumerate(shape) if a != axis)
+        if labels.shape != expected:
+            raise InputError(f"a slice mask of shape {labels.shape} does not match {expected}")
+        low = indices[0]
+        if not 0 <= low < shape[axis]:
+            raise InputError(f"slice {low} is outside the volume (0..{shape[axis] - 1})")
+        slab = np.expand_dims(labels, axis)
+    offset = [0, 0, 0]
+    offset[2 - axis] = low  # numpy axis -> IJK axis
+    return slab, tuple(offset)
+
+
+def labelmap_oriented_image(
+    volume_node,
+    labels: np.ndarray,
+    axis: int | None = None,
+    index: int | None = None,
+    segmentation_node=None,
+    indices: Iterable[int] | None = None,
+):
+    """A binary vtkOrientedImageData (1 = inside) on the volume's voxel grid.
+
+    Arguments:
+      volume_node: gives the grid (extent and IJK-to-RAS).
+      labels: (Z, Y, X) labels of the whole volume, or one (H, W) slice mask.
+      axis, index: where a 2D mask lies; for 3D labels, ``axis`` with ``indices`` (or ``index``) limits the
+        image to those slices' span.
+      segmentation_node: express the image in this segmentation's coordinates (its parent transform).
+
+    Returns:
+      the image; its extent covers only the given slices when they were given.
+    """
+    shape = volume_arrays(volume_node).array.shape
+    chosen = sorted(set(indices)) if indices is not None else ([index] if index is not None else [])
+    slab, offset = _slab(labels, shape, axis, chosen)
+    image = slicer.vtkOrientedImageData()
+    extent = []
+    for ijk_axis in range(3):
+        extent += [offset[ijk_axis], offset[ijk_axis] + slab.shape[2 - ijk_axis] - 1]
+    image.SetExtent(*extent)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(slab.shape)
+    voxels[:] = np.asarray(slab) != 0
+    ijk_to_ras = (
+        _volume_to_segmentation(volume_node, segmentation_node)
+        @ volume_arrays(volume_node).ijk_to_ras
+    )
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    return image
+
+
+def replace_modifiers(
+    volume_node, labels, axis: int, indices: Iterable[int], segmentation_node=None
+):
+    """(clear, add) modifier images that replace the given slices of a segment with ``labels``.
+
+    Apply ``clear`` with ModificationModeRemove, then ``add`` with ModificationModeAdd. (ModificationModeSet
+    would empty the whole segment, not only these slices.)
+    """
+    indices = sorted(set(int(i) for i in indices))
+    shape = volume_arrays(volume_node).array.shape
+    plane = tuple(n for a, n in enumerate(shape) if a != axis)
+    if np.asarray(labels).ndim == 2:
+        ones = np.ones(plane, dtype=np.uint8)
+    else:
+        ones = np.zeros(shape, dtype=np.uint8)
+        np.moveaxis(ones, axis, 0)[indices] = 1
+        labels = np.where(ones != 0, np.asarray(labels), 0)  # only the listed slices
+    clear = labelmap_oriented_image(
+        volume_node, ones, axis, segmentation_node=segmentation_node, indices=indices
+    )
+    add = labelmap_oriented_image(
+        volume_node, labels, axis, segmentation_node=segmentation_node, indices=indices
+    )
+    return clear, add
+
+
+def _scene(node):
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        raise InputError(f"{node_label(node)} is not in a MRML scene")
+    return scene
+
+
+def _ids(segment_id: str):
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    return ids
+
+
+def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """One segment as a (Z, Y, X) uint8 0/1 array on the volume's grid (a copy)."""
+    scene = _scene(segmentation_node)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_export__")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node,
+            _ids(segment_id),
+            labelmap,
+            volume_node,
+            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+        )
+        if not ok:
+            raise OutputError(f"segment {segment_id!r} cannot be exported from the segmentation")
+        return (slicer.util.arrayFromVolume(labelmap) != 0).astype(np.uint8)
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def _ensure_segment(segmentation_node, segment_id: str | None, volume_node) -> str:
+    segmentation = segmentation_node.GetSegmentation()
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    if not segmentation.GetConversionParameter(parameter):
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    if segment_id:
+        if segmentation.GetSegment(segment_id) is None:
+            raise InputError(
+                f"segment {segment_id!r} does not exist in {node_label(segmentation_node)}"
+            )
+        return segment_id
+    new_id = segmentation.AddEmptySegment("", DEFAULT_SEGMENT_NAME)
+    if not new_id:
+        raise OutputError(
+            "a segment cannot be created: register vtkSlicerSegmentationsModuleLogic on the scene first"
+        )
+    return new_id
+
+
+def _combined(existing, labels, axis, index, mode, indices) -> np.ndarray:
+    labels = np.asarray(labels) != 0
+    if labels.ndim == 2:
+        if axis is None or index is None:
+            raise InputError("a 2D mask needs its slice axis and index")
+        full = np.zeros(existing.shape, dtype=bool)
+        plane = np.moveaxis(full, axis, 0)
+        if labels.shape != plane.shape[1:] or not 0 <= index < plane.shape[0]:
+            raise InputError(
+                f"a slice mask of shape {labels.shape} at slice {index} does not fit the volume "
+                f"{existing.shape} along axis {axis}"
+            )
+        plane[index] = labels
+        indices, labels = [index], full
+    if mode == "replace":
+        return labels.astype(np.uint8)
+    if mode == "union":
+        return (existing.astype(bool) | labels).astype(np.uint8)
+    if axis is None:
+        raise InputError("mode 'replace_slice' needs the slice axis")
+    if indices is None:
+        indices = np.flatnonzero(np.moveaxis(labels, axis, 0).any(axis=(1, 2)))
+    out = existing.copy()
+    np.moveaxis(out, axis, 0)[list(indices)] = np.moveaxis(labels, axis, 0)[list(indices)]
+    return out
+
+
+def write_mask_to_segment(
+    segmentation_node,
+    segment_id: str | None,
+    volume_node,
+    labels: np.ndarray,
+    axis: int | None = None,
+    index: int | None = None,
+    mode: str = "replace_slice",
+    indices: Iterable[int] | None = None,
+) -> str:
+    """Write a mask into one segment without touching the others; returns the segment's ID.
+
+    Arguments:
+      segmentation_node: target vtkMRMLSegmentationNode (its reference geometry is set from the volume
+        when it has none).
+      segment_id: the segment to modify; empty or None creates a segment named "MiniSAM".
+      volume_node: the grid the labels are on.
+      labels: a (Z, Y, X) label volume or a 2D slice mask (then ``axis`` and ``index`` say where).
+      mode: "replace_slice" replaces the slices the mask covers (a 2D mask's slice; for 3D labels the
+        ``indices`` given, else the slices with foreground along ``axis``); "union" adds; "replace" makes
+        the segment equal to the labels.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown write mode {mode!r}; expected one of {', '.join(MODES)}")
+    scene = _scene(segmentation_node)
+    segment_id = _ensure_segment(segmentation_node, segment_id, volume_node)
+    shape = volume_arrays(volume_node).array.shape
+    existing = (
+        np.zeros(shape, np.uint8)
+        if mode == "replace"
+        else segment_array(segmentation_node, segment_id, volume_node)
+    )
+    combined = _combined(existing, labels, axis, index, mode, indices)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_import__")
+    try:
+        labelmap.SetIJKToRASMatrix(
+            slicer.util.vtkMatrixFromArray(volume_arrays(volume_node).ijk_to_ras)
+        )
+        labelmap.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        slicer.util.updateVolumeFromArray(labelmap, combined)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            labelmap, segmentation_node, _ids(segment_id)
+        ):
+            raise OutputError(f"the mask cannot be written into segment {segment_id!r}")
+    finally:
+        scene.RemoveNode(labelmap)
+    return segment_id
+
+
+def write_segmentation(segmentation_node, path: str | os.PathLike[str]) -> Path:
+    """Write a ``.seg.nrrd`` through the segmentation storage node, atomically (temporary name, rename)."""
+    target = Path(path)
+    if not target.name.lower().endswith(".seg.nrrd"):
+        raise OutputError(f"segmentation output {target} must end with .seg.nrrd")
+    scene = _scene(segmentation_node)
+    storage = segmentation_node.GetStorageNode()
+    if storage is None:
+        storage = segmentation_node.CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        segmentation_node.SetAndObserveStorageNodeID(storage.GetID())
+    temporary = target.with_name(
+        f".{target.name[: -len('.seg.nrrd')]}.tmp-{secrets.token_hex(4)}.seg.nrrd"
+    )
+    storage.SetFileName(str(temporary))
+    try:
+        if not storage.WriteData(segmentation_node) or not temporary.is_file():
+            raise OutputError(f"the segmentation cannot be written to {target}")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    storage.SetFileName(str(target))
+    return target

@@ -1,0 +1,106 @@
+"""MiniSAMSegmentLogic with the embedded default model on the example CT: box -> liver -> segment."""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+from MiniSAMSegmentLib.logic import (
+    MiniSAMSegmentLogic,
+    ras_to_slice_prompt,
+    segment_array,
+    volume_arrays,
+)
+from slicer_cases import LIVER_BOX, LIVER_SLICE
+
+from minisam.checkpoints import LoadedModel
+from minisam.metrics import dice
+from minisam.prompts import Prompt
+from minisam.propagation import PropagationSettings
+
+
+def _liver_box_prompt(volume):
+    """The liver box given as two world-RAS corners, the way a drag on the Red slice view reports it."""
+    ijk_to_ras = volume_arrays(volume).ijk_to_ras
+    i0, j0, i1, j1 = LIVER_BOX
+    corners = [(ijk_to_ras @ [i, j, LIVER_SLICE, 1.0])[:3] for i, j in ((i0, j0), (i1, j1))]
+    return ras_to_slice_prompt(volume, [0.0, 0.0, 1.0], box=corners)
+
+
+def test_liver_box_on_slice_24_is_written_into_the_segment(
+    context, ct_volume, liver_labels, segment_logic
+) -> None:
+    segmentation = context.new_segmentation(ct_volume)
+    other = np.zeros(liver_labels.shape, np.uint8)
+    other[20:28, 60:90, 30:60] = 1  # overlaps the liver on purpose
+    other_id = segment_logic.write_mask_to_segment(
+        segmentation, "", ct_volume, other, mode="replace"
+    )
+    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+
+    slice_prompt = _liver_box_prompt(ct_volume)
+    assert (slice_prompt.axis, slice_prompt.index) == (0, LIVER_SLICE)
+    mask, score = segment_logic.predict_on_slice(
+        ct_volume, slice_prompt.axis, slice_prompt.index, slice_prompt.prompt
+    )
+    assert mask.shape == liver_labels.shape[1:] and 0.0 < score <= 1.5
+    segment_logic.write_mask_to_segment(
+        segmentation, liver_id, ct_volume, mask, axis=slice_prompt.axis, index=slice_prompt.index
+    )
+    written = segment_array(segmentation, liver_id, ct_volume)
+    assert written.sum() == written[LIVER_SLICE].sum() == mask.sum()
+    assert dice(written[LIVER_SLICE], liver_labels[LIVER_SLICE]) > 0.7
+    np.testing.assert_array_equal(segment_array(segmentation, other_id, ct_volume), other)
+
+
+def test_propagation_fills_neighbouring_slices(
+    context, ct_volume, liver_labels, segment_logic
+) -> None:
+    slice_prompt = _liver_box_prompt(ct_volume)
+    seen = []
+    result = segment_logic.propagate(
+        ct_volume,
+        slice_prompt.axis,
+        {slice_prompt.index: slice_prompt.prompt},
+        PropagationSettings(),
+        progress=lambda done, total: seen.append((done, total)) is None,
+    )
+    assert len(result.slices) >= 10 and not result.cancelled
+    assert seen and all(total == 30 for _, total in seen)
+    segmentation = context.new_segmentation(ct_volume)
+    seg_id = segment_logic.write_mask_to_segment(
+        segmentation, "", ct_volume, result.labels, axis=0, indices=sorted(result.slices)
+    )
+    written = segment_array(segmentation, seg_id, ct_volume)
+    np.testing.assert_array_equal(written, result.labels)
+    assert dice(written, liver_labels) > 0.6
+
+
+def test_cancel_stops_propagation(ct_volume, segment_logic) -> None:
+    slice_prompt = _liver_box_prompt(ct_volume)
+    result = segment_logic.propagate(
+        ct_volume, 0, {slice_prompt.index: slice_prompt.prompt}, progress=lambda done, total: False
+    )
+    assert result.cancelled and len(result.slices) == 2  # the prompted slice and one step
+
+
+def test_sessions_are_cached_until_the_voxels_change(ct_volume) -> None:
+    loads = []
+
+    def loader(spec: str) -> LoadedModel:
+        from minisam.model_loader import load_model
+
+        loads.append(spec)
+        return load_model(spec)
+
+    logic = MiniSAMSegmentLogic("random:tiny", device="cpu", loader=loader)
+    prompt = Prompt.create(positive=[[60, 50]])
+    logic.predict_on_slice(ct_volume, 0, 3, prompt)
+    logic.predict_on_slice(ct_volume, 0, 3, prompt)
+    assert loads == ["random:tiny"] and logic.cache.hits == 1 and logic.cache.misses == 1
+    first = logic.session(ct_volume)
+    assert logic.session(ct_volume) is first
+    slicer.util.arrayFromVolume(ct_volume)[3] += 1
+    slicer.util.arrayFromVolumeModified(ct_volume)
+    assert logic.session(ct_volume) is not first
+    logic.modality = "mr"
+    assert logic.session(ct_volume).key[2] == "mr"
