@@ -227,24 +227,35 @@ def _preprocessing_of(config: SamConfig) -> dict[str, Any]:
     }
 
 
-def _load_state(
-    sam: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, config: SamConfig
+def check_state_fits(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, what: str
 ) -> None:
-    expected = sam.state_dict()
+    """Raise a one-line ModelError unless ``state`` has exactly ``expected``'s keys and shapes.
+
+    Arguments:
+      expected: the model's state dict (or the part of it the file must provide).
+      state: the tensors read from the checkpoint ``path``.
+      what: how to name the target in the message, e.g. "the vit_b architecture".
+    """
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        example = (missing or unexpected)[0]
         raise ModelError(
-            f"checkpoint {path} does not fit the {_describe(config)} architecture: "
-            f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. {example})"
+            f"checkpoint {path} does not fit {what}: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})"
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ModelError(
-                f"checkpoint {path} does not fit the {_describe(config)} architecture: {key} has shape "
+                f"checkpoint {path} does not fit {what}: {key} has shape "
                 f"{tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
             )
+
+
+def _load_state(
+    sam: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, config: SamConfig
+) -> None:
+    check_state_fits(sam.state_dict(), state, path, f"the {_describe(config)} architecture")
     sam.load_state_dict(state, strict=True)
     sam.eval()
 

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minisam.atomic import atomic_output
-from minisam.checkpoints import LoadedModel, read_safetensors_metadata
+from minisam.checkpoints import LoadedModel, check_state_fits, read_safetensors_metadata
 from minisam.errors import ModelError, OutputError
 from minisam.model_config import SamConfig, build_sam
 from minisam.quantization import (
@@ -328,17 +328,5 @@ def _load_plain(
     expected = {
         k: v for k, v in sam.state_dict().items() if not any(k.startswith(n + ".") for n in layers)
     }
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ModelError(
-            f"checkpoint {path} does not fit its config: {len(missing)} missing and "
-            f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})"
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ModelError(
-                f"checkpoint {path} does not fit its config: {key} has shape "
-                f"{tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
-            )
+    check_state_fits(expected, state, path, "its config")
     sam.load_state_dict(state, strict=False)

@@ -119,48 +119,16 @@ def test_quantized_default_agrees_with_fp32(shared_data: Path, tmp_path: Path, c
     from minisam.cli.main import main
 
     image = str(_held_out_cxr(shared_data)[0])
+    box = ["--box", "85", "55", "260", "370"]
     masks = {}
     for quant in ("fp32", "nf4", "int8"):
         out = tmp_path / f"{quant}.png"
-        assert (
-            main(
-                [
-                    "segment",
-                    image,
-                    "--box",
-                    "85",
-                    "55",
-                    "260",
-                    "370",
-                    "--quant",
-                    quant,
-                    "--output",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert main(["segment", image, *box, "--quant", quant, "--output", str(out)]) == 0
         masks[quant] = read_image(out).array > 127
     assert "(nf4)" in capsys.readouterr().out
     assert dice(masks["nf4"], masks["fp32"]) > 0.95
     assert dice(masks["int8"], masks["fp32"]) > 0.95
-    assert (
-        main(
-            [
-                "segment",
-                image,
-                "--box",
-                "85",
-                "55",
-                "260",
-                "370",
-                "--quant",
-                "int3",
-                "--output",
-                str(tmp_path / "bad.png"),
-            ]
-        )
-        == 2
-    )
+    bad = tmp_path / "bad.png"
+    assert main(["segment", image, *box, "--quant", "int3", "--output", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "int3" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad.png").exists()
+    assert "int3" in err and len(err.splitlines()) == 1 and not bad.exists()
