@@ -84,6 +84,7 @@ def save_quantized_checkpoint(
     path: str | Path,
     card: dict[str, Any] | None = None,
     base_hash: str | None = None,
+    rest_dtype: str = "float32",
 ) -> Path:
     """Write a model with a quantized encoder, atomically, keeping the quantized weights as they are.
 
@@ -95,6 +96,9 @@ def save_quantized_checkpoint(
       card: optional model card (JSON-serialisable).
       base_hash: the fp32 base's weights hash; defaults to the one recorded when quantizing
         (``sam.minisam_base_hash``). Both given and different is an error.
+      rest_dtype: storage type of the tensors that are not quantized (prompt encoder, mask decoder,
+        norms, position embeddings): "float32" (exact) or "float16"/"bfloat16" (half the size; they
+        are cast back to float32 when loading). With a small encoder the fp32 decoder dominates the file.
 
     Returns:
       ``path``.
@@ -110,8 +114,11 @@ def save_quantized_checkpoint(
         raise ModelError(
             "the model has no quantized layers; save it with minisam.checkpoints.save_checkpoint"
         )
+    if rest_dtype not in _REST_DTYPES:
+        raise ModelError(f"rest_dtype {rest_dtype!r} must be one of {', '.join(_REST_DTYPES)}")
     tensors, layers = _quantized_state(sam)
     _check_fits(tensors, layers, config)
+    tensors = _cast_rest(tensors, layers, _REST_DTYPES[rest_dtype])
     metadata = {
         "format": FORMAT,
         "config": json.dumps(config.to_dict()),
@@ -120,6 +127,7 @@ def save_quantized_checkpoint(
         "card": json.dumps(card or {}),
         "base_hash": base,
         "tensors_sha256": tensors_digest(tensors),
+        "rest_dtype": rest_dtype,
     }
     try:
         with atomic_output(path) as tmp:
@@ -129,6 +137,23 @@ def save_quantized_checkpoint(
             f"cannot write quantized checkpoint {path} ({exc.strerror or exc})"
         ) from None
     return path
+
+
+_REST_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _cast_rest(
+    tensors: dict[str, torch.Tensor], layers: dict[str, str], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Cast the float32 tensors outside the quantized layers to ``dtype`` (quantized payloads untouched)."""
+    if dtype == torch.float32:
+        return tensors
+    return {
+        key: value.to(dtype)
+        if value.dtype == torch.float32 and not any(key.startswith(n + ".") for n in layers)
+        else value
+        for key, value in tensors.items()
+    }
 
 
 def _resolve_base_hash(sam: torch.nn.Module, given: str | None) -> str:

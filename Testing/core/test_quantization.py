@@ -411,3 +411,30 @@ def _generic_output(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             return layer(x)
     finally:
         layer.cpu_fused = fused
+
+
+def test_half_precision_rest_halves_the_unquantized_part(
+    tmp_path: Path, source: tuple[LoadedModel, bool], xray: tuple[np.ndarray, np.ndarray]
+) -> None:
+    rgb, lungs = xray
+    model = _copy(source[0])
+    quantize_model(model, "nf4")
+    full = save_quantized_checkpoint(model.sam, model.config, tmp_path / "f32.safetensors")
+    half = save_quantized_checkpoint(
+        model.sam, model.config, tmp_path / "f16.safetensors", rest_dtype="float16"
+    )
+    # The small default's file is mostly the fp32 mask decoder and prompt side: about half of it goes.
+    assert half.stat().st_size < 0.65 * full.stat().st_size
+    assert read_safetensors_metadata(half)["rest_dtype"] == "float16"
+    loaded = load_quantized_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.sam.mask_decoder.parameters())
+    reference = _embed(model.sam, model.config, rgb)
+    assert _relative_error(_embed(loaded.sam, loaded.config, rgb), reference) < 1e-3
+    box = [85, 55, 260, 370]
+    expected = _box_mask(model.sam, model.config, rgb, box)
+    got = _box_mask(loaded.sam, loaded.config, rgb, box)
+    assert (expected == got).mean() > 0.999
+    with pytest.raises(ModelError, match="rest_dtype"):
+        save_quantized_checkpoint(
+            model.sam, model.config, tmp_path / "x.safetensors", rest_dtype="int4"
+        )
