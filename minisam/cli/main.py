@@ -24,7 +24,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from minisam import __version__
-    from minisam.cli import adapters_command, bench_command, models_command, segment_command
+    from minisam.cli import (
+        adapters_command,
+        bench_command,
+        evaluate_command,
+        models_command,
+        segment_command,
+    )
 
     parser = OneLineArgumentParser(
         prog="minisam",
@@ -38,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_command.register(commands)
     adapters_command.register(commands)
     bench_command.register(commands)
+    evaluate_command.register(commands)
     return parser
 
 

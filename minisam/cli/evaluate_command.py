@@ -1,0 +1,115 @@
+"""``minisam evaluate``: configurations × manifest cases → cases.csv, summary.md, summary.json.
+
+Exit codes: 0 every case evaluated; 1 some cases failed (one line each on stderr, listed in the
+summary); 2 bad run input (arguments, manifest structure, output folder, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_CASES_FAILED = 1
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="evaluate model configurations on a manifest of images and labels",
+        description="Simulate prompts from the ground truth of every manifest case and record Dice, "
+        "IoU, NSD, HD95, mask SSIM, predicted IoU and timings per configuration. Manifest: CSV with "
+        "columns image,label (paths relative to the CSV) and optional label_value, modality, case, "
+        "dataset. Re-running on the same --out resumes (cases already evaluated are kept).",
+    )
+    parser.add_argument(
+        "--manifest", action="append", required=True, help="manifest CSV (repeatable)"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    configs = parser.add_argument_group("configurations (default: --model default)")
+    configs.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL[,quant=Q][,adapter=A]",
+        help="a named configuration (repeatable)",
+    )
+    configs.add_argument(
+        "--model", action="append", default=[], help="model as in minisam segment (repeatable)"
+    )
+    configs.add_argument(
+        "--quant", action="append", default=[], help="once for all --model or once per --model"
+    )
+    configs.add_argument(
+        "--adapter", action="append", default=[], help="once for all --model or once per --model"
+    )
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument(
+        "--prompt",
+        default="box",
+        help="box[:JITTER] (default box:0.05), points:K or clicks:K",
+    )
+    protocol.add_argument("--seed", type=int, default=0, help="seed of the prompt simulation")
+    protocol.add_argument(
+        "--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1)"
+    )
+    protocol.add_argument(
+        "--propagate",
+        action="store_true",
+        help="volumes: propagate from the prompted slice and score the 3D mask",
+    )
+    protocol.add_argument("--multimask", action="store_true", help="keep the best of 3 masks")
+    protocol.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from minisam.errors import InputError
+    from minisam.evaluation.configs import build_configurations
+    from minisam.evaluation.pipeline import run_evaluation
+    from minisam.evaluation.prompting import parse_prompt_mode
+    from minisam.evaluation.runner import EvaluationSettings
+
+    if args.bootstrap < 100:
+        raise InputError(f"--bootstrap {args.bootstrap} must be at least 100")
+    if not args.tolerance_mm >= 0:
+        raise InputError(f"--tolerance-mm {args.tolerance_mm} must be >= 0")
+    configs = build_configurations(args.config, args.model, args.quant, args.adapter)
+    settings = EvaluationSettings(
+        prompt=parse_prompt_mode(args.prompt),
+        seed=args.seed,
+        tolerance_mm=args.tolerance_mm,
+        propagate=args.propagate,
+        multimask=args.multimask,
+        device=args.device,
+    )
+    outcome = run_evaluation(
+        args.manifest,
+        configs,
+        settings,
+        args.out,
+        fresh=args.fresh,
+        progress=not args.quiet,
+        n_boot=args.bootstrap,
+    )
+    if not args.quiet:
+        for entry in outcome.payload["summary"]:
+            dice = entry["metrics"]["dice"]
+            print(
+                f"{entry['dataset']} [{entry['modality']}] {entry['config']}: "
+                f"{entry['n_ok']} ok, {entry['n_failed']} failed, Dice {dice['mean']:.3f} "
+                f"[{dice['ci_low']:.3f}, {dice['ci_high']:.3f}]"
+            )
+        print(f"results written to {outcome.out_dir}")
+    if outcome.n_failed:
+        failed_cases = {(r["dataset"], r["case"]) for r in outcome.rows if r["status"] != "ok"}
+        print(
+            f"minisam evaluate: {len(failed_cases)} case(s) failed; see {outcome.out_dir}/summary.md",
+            file=sys.stderr,
+        )
+        return EXIT_CASES_FAILED
+    return 0
