@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_command,
         models_command,
         segment_command,
+        train_adapter_command,
     )
 
     parser = OneLineArgumentParser(
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_command.register(commands)
     bench_command.register(commands)
     evaluate_command.register(commands)
+    train_adapter_command.register(commands)
     return parser
 
 

@@ -1,0 +1,250 @@
+"""Adapter training (QLoRA on the NF4 default model), manifests and ``minisam train-adapter``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from minisam.adapters import AdapterSpec, load_adapter, read_adapter, save_adapter
+from minisam.cli.main import main as cli_main
+from minisam.errors import InputError
+from minisam.model_loader import PACKAGE_WEIGHTS, load_model
+from minisam.prompts import Prompt
+from minisam.quantization import DequantizedLinear, quantize_model
+from minisam.training.adapter_trainer import AdapterTrainSettings, train_adapter
+from minisam.training.base_trainer import decode
+from minisam.training.manifest import read_manifest, samples_from_manifest, write_manifest
+from minisam.training.model_inputs import to_model_inputs
+from minisam.training.slice_samples import read_mask_2d, samples_from_pairs
+
+SHIPPED = PACKAGE_WEIGHTS / "adapters" / "us_hc18"
+
+
+def _pairs(shared_data: Path, names: list[str]) -> list[tuple[Path, Path]]:
+    root = shared_data / "hc18_fetal_head_us"
+    return [
+        (root / "images" / n, root / "masks_filled" / n.replace(".png", "_mask.png")) for n in names
+    ]
+
+
+@pytest.fixture(scope="module")
+def hc18(shared_data: Path) -> dict[str, list]:
+    names = sorted(p.name for p in (shared_data / "hc18_fetal_head_us" / "images").glob("*_HC.png"))
+    return {
+        "train": samples_from_pairs(_pairs(shared_data, names[:6]), "hc18", "us"),
+        "val": samples_from_pairs(_pairs(shared_data, names[6:9]), "hc18", "us"),
+        "pairs": _pairs(shared_data, names[:5]),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(hc18: dict[str, list]) -> tuple:
+    loaded = load_model("default")
+    base_hash = loaded.base_hash()
+    settings = AdapterTrainSettings(epochs=2, batch_size=3, learning_rate=3e-3, seed=1)
+    model, report = train_adapter(loaded, hc18["train"], hc18["val"], AdapterSpec(rank=4), settings)
+    return loaded, model, report, base_hash
+
+
+def _logits(loaded, samples) -> torch.Tensor:
+    data = to_model_inputs(samples[:1], loaded.config)
+    truth = data.masks[0]
+    rows, cols = torch.nonzero(truth.any(1)).flatten(), torch.nonzero(truth.any(0)).flatten()
+    box = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+    sam = loaded.sam
+    sam.eval()
+    with torch.inference_mode():
+        features = sam.image_encoder(sam.preprocess(data.images.float()))
+        return decode(sam, features[0], Prompt(box=box), False, loaded.config.image_size)[0]
+
+
+def test_qlora_trains_only_adapter_on_frozen_nf4_base(trained) -> None:
+    loaded, model, report, base_hash = trained
+    qkv = loaded.sam.image_encoder.blocks[0].attn.qkv
+    assert isinstance(qkv.get_base_layer(), DequantizedLinear)  # NF4 weights under the LoRA
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in k for k in trainable)
+    assert report.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert report.quant == "nf4" and report.base_hash == base_hash
+    assert any(
+        float(p.detach().abs().sum()) > 0 for k, p in model.named_parameters() if "lora_B" in k
+    )
+
+
+def test_base_weights_unchanged(hc18: dict[str, list]) -> None:
+    loaded = load_model("default")
+    before = {k: v.clone() for k, v in loaded.sam.state_dict().items()}
+    settings = AdapterTrainSettings(epochs=1, batch_size=3, learning_rate=1e-2)
+    model, _ = train_adapter(
+        loaded, hc18["train"], hc18["val"], AdapterSpec(rank=2), settings, quant="fp32"
+    )
+    after = {
+        k.replace("base_layer.", ""): v
+        for k, v in loaded.sam.state_dict().items()
+        if ".lora_" not in k
+    }
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed
+
+
+def test_val_dice_reported(trained) -> None:
+    _, _, report, _ = trained
+    assert 0.0 <= report.zero_shot_val_dice <= 1.0
+    assert len(report.history) == 2 and all(0 <= r["val_dice"] <= 1 for r in report.history)
+    best = max([report.zero_shot_val_dice] + [r["val_dice"] for r in report.history])
+    assert report.best_val_dice == pytest.approx(best)
+
+
+def test_saved_folder_reproduces_outputs(trained, hc18: dict[str, list], tmp_path: Path) -> None:
+    loaded, model, report, base_hash = trained
+    folder = save_adapter(
+        model,
+        "default",
+        tmp_path / "us",
+        {"name": "us_t", "modality": "US", "base_hash": base_hash},
+    )
+    expected = _logits(loaded, hc18["val"])
+    fresh = load_model("default")
+    quantize_model(fresh, "nf4", cpu_strategy="dequantize")
+    load_adapter(fresh.sam, folder, base_hash)
+    torch.testing.assert_close(_logits(fresh, hc18["val"]), expected, atol=1e-4, rtol=1e-4)
+    zero = load_model("default")
+    quantize_model(zero, "nf4", cpu_strategy="dequantize")
+    assert not torch.allclose(_logits(zero, hc18["val"]), expected, atol=1e-3)
+
+
+def test_cancel_keeps_usable_adapter(hc18: dict[str, list], tmp_path: Path) -> None:
+    loaded = load_model("default")
+    base_hash = loaded.base_hash()
+    calls = []
+
+    def cancel(info: dict) -> bool:
+        calls.append(info)
+        return False
+
+    settings = AdapterTrainSettings(epochs=5, batch_size=3)
+    model, report = train_adapter(
+        loaded, hc18["train"], hc18["val"], AdapterSpec(rank=2), settings, progress=cancel
+    )
+    assert report.cancelled and len(report.history) == 1
+    assert sum("step" in c for c in calls) == 1
+    folder = save_adapter(
+        model, "default", tmp_path / "c", {"name": "c", "modality": "US", "base_hash": base_hash}
+    )
+    assert read_adapter(folder).num_parameters == report.trainable_params
+
+
+def test_manifest_rows_and_errors(hc18: dict[str, list], tmp_path: Path) -> None:
+    (image, mask), *_ = hc18["pairs"]
+    good = write_manifest(tmp_path / "m.csv", [{"image": str(image), "label": str(mask)}])
+    samples = samples_from_manifest(read_manifest(good), modality="us")
+    assert len(samples) == 1 and samples[0].mask.shape == read_mask_2d(mask).shape
+
+    missing = tmp_path / "missing.csv"
+    missing.write_text(f"image,label\n{image},{mask}\nnope.png,{mask}\n")
+    with pytest.raises(InputError, match=r"line 3: image file .*nope.png does not exist") as err:
+        read_manifest(missing)
+    assert "\n" not in str(err.value)
+    header = tmp_path / "header.csv"
+    header.write_text(f"img,label\n{image},{mask}\n")
+    with pytest.raises(InputError, match="lacks column"):
+        read_manifest(header)
+    value = tmp_path / "value.csv"
+    value.write_text(f"image,label,label_value\n{image},{mask},liver\n")
+    with pytest.raises(InputError, match="label_value 'liver'"):
+        read_manifest(value)
+
+
+def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).integers(0, 200, (6, 32, 32)).astype(np.int16)
+    labels = np.zeros((6, 32, 32), np.uint8)
+    labels[2, 5:20, 5:20] = 1
+    labels[4, 5:20, 5:20] = 2
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "seg.nii.gz"))
+    csv = tmp_path / "v.csv"
+    csv.write_text(
+        "image,label,label_value,modality\nct.nii.gz,seg.nii.gz,,ct\nct.nii.gz,seg.nii.gz,2,ct\n"
+    )
+    samples = samples_from_manifest(read_manifest(csv))
+    assert len(samples) == 3 and all(s.modality == "ct" for s in samples)
+    assert samples[2].mask.sum() == 15 * 15
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--modality", "US", "--out", "x"],  # no data
+        ["--manifest", "nope.csv", "--modality", "US", "--out", "x"],
+        ["--manifest", "m.csv", "--modality", "banana", "--out", "x"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--max-slices", "1"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--method", "dora"],
+        ["--images", "a", "--modality", "US", "--out", "x"],
+    ],
+)
+def test_cli_bad_args_exit_2(args: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("image,label\n")
+    try:
+        code = cli_main(["train-adapter", *args])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_trains_from_folders(hc18: dict[str, list], tmp_path: Path, capsys) -> None:
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    for image, mask in hc18["pairs"]:
+        shutil.copy(image, images / image.name)
+        shutil.copy(mask, masks / mask.name)
+    args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
+            "_mask", "--max-slices", "4", "--modality", "US", "--epochs", "1", "--rank", "2",
+            "--out", str(tmp_path / "ad"), "--install", "--library", str(tmp_path / "lib"),
+            "--quiet"]  # fmt: skip
+    assert cli_main(args) == 0
+    meta = read_adapter(tmp_path / "ad").metadata
+    assert meta.modality == "US" and meta.name == "us_adapter"
+    assert meta.training_data["train_slices"] + meta.training_data["val_slices"] == 4
+    assert 0 <= meta.metrics["val_dice"] <= 1
+    assert (tmp_path / "lib" / "us_adapter").is_dir()
+
+
+def test_shipped_us_adapter_beats_zero_shot(shared_data: Path) -> None:
+    from minisam.engine import SamEngine
+    from minisam.imageio import read_image
+    from minisam.intensity import normalize_intensity, to_rgb
+    from minisam.metrics import dice
+    from minisam.prompts import mask_bounding_box
+
+    meta = read_adapter(SHIPPED).metadata
+    subjects = meta.metrics["heldout_eval"]["eval_subjects"][:10]
+    root = shared_data / "hc18_fetal_head_us"
+    pairs = _pairs(shared_data, [f"{s}_HC.png" for s in subjects])
+    assert all((root / "images" / f"{s}_HC.png").is_file() for s in subjects)
+
+    def mean_dice(loaded) -> float:
+        engine = SamEngine(loaded.sam, loaded.config)
+        scores = []
+        for image, mask in pairs:
+            truth = read_mask_2d(mask)
+            emb = engine.embed(to_rgb(normalize_intensity(read_image(image).array, "us")))
+            scores.append(
+                dice(engine.predict(emb, Prompt(box=mask_bounding_box(truth))).mask, truth)
+            )
+        return float(np.mean(scores))
+
+    zero = load_model("default")
+    zero_dice = mean_dice(zero)
+    adapted = load_model("default")
+    load_adapter(adapted.sam, SHIPPED, adapted.base_hash())
+    assert mean_dice(adapted) > zero_dice + 0.05
