@@ -24,7 +24,15 @@ from minisam.adapters import (
     read_adapter,
     save_adapter,
 )
-from minisam.adapters.adapter_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, modality_family
+from minisam.adapters.adapter_io import (
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    modality_family,
+    model_card,
+    read_metadata,
+)
+from minisam.adapters.library import BUILTIN_ROOT
 from minisam.adapters.lora import adapter_parameters, base_module, target_module_names
 from minisam.checkpoints import weights_hash
 from minisam.engine import SamEngine
@@ -134,6 +142,10 @@ def test_save_then_load_reproduces_the_outputs_exactly(spec: AdapterSpec, tmp_pa
         [CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, "README.md"]
     )
     assert [p.name for p in tmp_path.iterdir()] == ["ct"], "temporary folders left behind"
+    card = (folder / "README.md").read_text()
+    assert "[More Information Needed]" not in card  # peft's boilerplate is replaced by our card
+    assert "Modality: CT" in card and BASE_HASH in card and "--adapter ct" in card
+    assert "dice: 0.5" in card
     meta = json.loads((folder / METADATA_FILE).read_text())
     assert meta["base_hash"] == BASE_HASH and meta["spec"]["method"] == spec.method
     assert meta["trainable_params"] == count_adapter_parameters(trained, "ct")
@@ -361,7 +373,7 @@ def test_library_install_list_remove_and_modality_choice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MINISAM_ADAPTERS", str(tmp_path / "lib"))
-    library = AdapterLibrary()
+    library = AdapterLibrary(builtin=None)  # the user library alone; built-ins: see below
     assert library.root == tmp_path / "lib" and library.list() == []
     sources = {}
     for name, modality, spec in (
@@ -406,6 +418,45 @@ def test_library_install_list_remove_and_modality_choice(
     switcher = AdapterSwitcher(_base(), base_hash=BASE_HASH, library=library)
     switcher.activate(switcher.add("mr"))
     assert torch.equal(_outputs(switcher.sam), _outputs(sources["mr"][1]))
+
+
+def test_builtin_adapters_are_listed_chosen_and_shadowed_but_not_removed(tmp_path: Path) -> None:
+    library = AdapterLibrary(tmp_path / "lib")  # empty user library: the packaged adapters show
+    assert library.builtin == BUILTIN_ROOT
+    (shipped,) = [info for info in library.list() if info.name == "us_hc18"]
+    assert shipped.builtin and shipped.modality == "US" and shipped.path == BUILTIN_ROOT / "us_hc18"
+    assert library.path("us_hc18") == shipped.path
+    hc18_base = shipped.base_hash
+    assert library.for_modality("US", hc18_base) == shipped  # --adapter auto on an ultrasound
+    assert library.for_modality("CT", hc18_base, override="us_hc18") == shipped
+    assert library.for_modality("US", BASE_HASH) is None  # built for another base
+    with pytest.raises(ModelError, match="built into the package") as error:
+        library.remove("us_hc18")
+    assert len(str(error.value).splitlines()) == 1 and "shadow" in str(error.value)
+    assert (BUILTIN_ROOT / "us_hc18").is_dir()
+    assert AdapterLibrary(tmp_path / "lib", builtin=None).list() == []
+    # A user adapter wins over a built-in one: by name (shadowing) and by modality (even if older).
+    for name, created in (("us_hc18", "2020-01-01T00:00:00+00:00"), ("us_mine", "2000-01-01")):
+        model = _adapter(LORA, name, seed=3)
+        meta = {"base_hash": hc18_base, "created": created}
+        library.install(_save(model, name, tmp_path / "src" / name, "US", **meta))
+    listed = {info.name: info for info in library.list()}
+    assert sorted(listed) == ["us_hc18", "us_mine"]
+    assert not listed["us_hc18"].builtin and library.path("us_hc18") == library.root / "us_hc18"
+    assert library.for_modality("US", hc18_base).name == "us_hc18"
+    assert library.for_modality("US", hc18_base).builtin is False
+    library.remove("us_hc18")  # the user's copy goes; the built-in one is back
+    assert library.path("us_hc18") == shipped.path
+    assert library.for_modality("US", hc18_base).name == "us_mine"  # user-installed beats newer
+    library.remove("us_mine")
+    assert library.for_modality("US", hc18_base) == shipped
+
+
+def test_shipped_adapter_readme_is_our_model_card() -> None:
+    card = (BUILTIN_ROOT / "us_hc18" / "README.md").read_text()
+    assert card == model_card(read_metadata(BUILTIN_ROOT / "us_hc18")), "regenerate it"
+    assert "[More Information Needed]" not in card and "ea106c9b8aba36c2" in card
+    assert "HC18" in card and "CC BY 4.0" in card and "0.8553" in card
 
 
 def test_modality_family_mapping() -> None:

@@ -100,3 +100,26 @@ def test_unknown_adapter_name(shared_data: Path, tmp_path: Path, capsys, monkeyp
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "nosuch" in err and len(err.splitlines()) == 1
+
+
+HC18 = "hc18_fetal_head_us/images/000_HC.png"
+
+
+def test_builtin_adapter_works_on_a_fresh_install(
+    shared_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The packaged ultrasound adapter is listed, usable by name and by auto, and not removable."""
+    monkeypatch.setenv("MINISAM_ADAPTERS", str(tmp_path / "empty-library"))
+    assert main(["adapters", "list"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "us_hc18" in line]
+    assert "built-in" in row and " US " in row
+    image = str(shared_data / HC18)
+    box = ["--box", "150", "80", "650", "460"]
+    for extra in (["--adapter", "us_hc18"], ["--modality", "us", "--adapter", "auto"]):
+        out = tmp_path / "m.png"
+        assert main(["segment", image, *box, "--output", str(out), *extra]) == 0
+        assert "+ adapter us_hc18" in capsys.readouterr().out.splitlines()[0]
+        assert read_image(out).array.any()
+    assert main(["adapters", "remove", "us_hc18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "built into the package" in err

@@ -1,4 +1,9 @@
-"""Installed adapters, side by side under one folder, and the choice of adapter for an image's modality."""
+"""Installed adapters, side by side under one folder, and the choice of adapter for an image's modality.
+
+Two places hold adapters: the user library (``$MINISAM_ADAPTERS`` or ``~/.local/share/minisam/adapters``),
+where ``install`` and ``remove`` work, and the read-only built-in adapters shipped inside the package
+(``minisam/pretrained/adapters``). A user adapter shadows a built-in one of the same name.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,13 @@ from minisam.adapters.adapter_io import (
 )
 from minisam.adapters.lora import check_adapter_name
 from minisam.errors import ModelError, OutputError
+from minisam.model_loader import PACKAGE_WEIGHTS
 
 ENV_ROOT = "MINISAM_ADAPTERS"
 # Explicit "use no adapter" choices for a manual override.
 _NO_ADAPTER = ("none", "base")
+# Adapters shipped inside the package (read-only; listed after the user's own).
+BUILTIN_ROOT = PACKAGE_WEIGHTS / "adapters"
 
 
 def default_root() -> Path:
@@ -49,23 +57,49 @@ class AdapterInfo:
     size_bytes: int
     created: str
     path: Path
+    builtin: bool = False  # shipped inside the package (cannot be removed, only shadowed)
 
 
 class AdapterLibrary:
-    """Adapters installed as ``<root>/<name>/`` folders (see :mod:`minisam.adapters.adapter_io`)."""
+    """Adapters installed as ``<root>/<name>/`` folders (see :mod:`minisam.adapters.adapter_io`), plus
+    the built-in adapters of ``builtin`` that no user adapter of the same name shadows.
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    Arguments:
+      root: the user library (default :func:`default_root`); ``install`` and ``remove`` work here.
+      builtin: folder of read-only built-in adapters (default: the ones shipped in the package);
+        None for none.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        builtin: str | os.PathLike[str] | None = BUILTIN_ROOT,
+    ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.builtin = Path(builtin).expanduser() if builtin is not None else None
+        if self.builtin is not None and _same_folder(self.builtin, self.root):
+            self.builtin = None  # the user library *is* the package folder: list it once
 
     def path(self, name: str) -> Path:
-        """Folder of installed adapter ``name`` (ModelError if it is not installed)."""
+        """Folder of adapter ``name``: the user's, else the built-in one (ModelError if neither)."""
+        return self._find(name)[0]
+
+    def _find(self, name: str) -> tuple[Path, bool]:
+        """``(folder, builtin)`` of adapter ``name``, the user library first."""
         folder = self.root / check_adapter_name(name)
-        if not folder.is_dir():
-            installed = ", ".join(info.name for info in self.list()) or "none"
-            raise ModelError(
-                f"adapter {name!r} is not installed in {self.root} (installed: {installed})"
+        if folder.is_dir():
+            return folder, False
+        if self.builtin is not None and (self.builtin / name).is_dir():
+            return self.builtin / name, True
+        installed = (
+            ", ".join(
+                f"{info.name} (built-in)" if info.builtin else info.name for info in self.list()
             )
-        return folder
+            or "none"
+        )
+        raise ModelError(
+            f"adapter {name!r} is not installed in {self.root} (installed: {installed})"
+        )
 
     def install(self, folder: str | os.PathLike[str], replace: bool = False) -> AdapterInfo:
         """Validate an adapter folder and copy it in as ``<root>/<name>/``, atomically.
@@ -91,8 +125,17 @@ class AdapterLibrary:
         return self._info(target)
 
     def remove(self, name: str) -> None:
-        """Uninstall adapter ``name``: rename it out of sight first, so no half-deleted folder is listed."""
-        folder = self.path(name)
+        """Uninstall adapter ``name``: rename it out of sight first, so no half-deleted folder is listed.
+
+        Removing a user adapter that shadows a built-in one brings the built-in one back; a built-in
+        adapter itself cannot be removed (ModelError).
+        """
+        folder, builtin = self._find(name)
+        if builtin:
+            raise ModelError(
+                f"adapter {name!r} is built into the package ({folder}); it cannot be removed; "
+                f"install your own adapter named {name!r} to shadow it"
+            )
         trash = self.root / f".{name}.removed-{secrets.token_hex(4)}"
         try:
             os.replace(folder, trash)
@@ -101,17 +144,23 @@ class AdapterLibrary:
         shutil.rmtree(trash, ignore_errors=True)
 
     def list(self) -> list[AdapterInfo]:
-        """Installed adapters by name; unreadable folders are skipped with a warning."""
-        if not self.root.is_dir():
-            return []
+        """User adapters, then the built-in ones they do not shadow, each by name; unreadable folders
+        are skipped with a warning."""
+        found = self._scan(self.root, builtin=False)
+        if self.builtin is not None:
+            shadowed = {folder.name for folder in _adapter_folders(self.root)}
+            found += [
+                info for info in self._scan(self.builtin, builtin=True) if info.name not in shadowed
+            ]
+        return found
+
+    def _scan(self, root: Path, builtin: bool) -> list[AdapterInfo]:
         found = []
-        for folder in sorted(self.root.iterdir()):
-            if not folder.is_dir() or folder.name.startswith("."):
-                continue  # hidden: temporary folders of an install or removal in progress
+        for folder in _adapter_folders(root):
             try:
-                found.append(self._info(folder))
+                found.append(self._info(folder, builtin))
             except ModelError as exc:
-                warnings.warn(f"skipping adapter folder {folder}: {exc}", stacklevel=2)
+                warnings.warn(f"skipping adapter folder {folder}: {exc}", stacklevel=3)
         return found
 
     def for_modality(
@@ -127,12 +176,12 @@ class AdapterLibrary:
 
         Returns:
           the adapter, or None for the base model (no adapter for this modality and base). Among several
-          candidates the most recently created wins.
+          candidates a user-installed adapter wins over a built-in one, then the most recently created.
         """
         if override is not None:
             if override.strip().lower() in _NO_ADAPTER:
                 return None
-            info = self._info(self.path(override))
+            info = self._info(*self._find(override))
             if info.base_hash != base_hash:
                 raise ModelError(
                     f"adapter {info.name} was trained for base {info.base_hash}, "
@@ -145,9 +194,9 @@ class AdapterLibrary:
         candidates = [a for a in self.list() if a.modality == family and a.base_hash == base_hash]
         if not candidates:
             return None
-        return max(candidates, key=lambda a: (a.created, a.name))
+        return max(candidates, key=lambda a: (not a.builtin, a.created, a.name))
 
-    def _info(self, folder: Path) -> AdapterInfo:
+    def _info(self, folder: Path, builtin: bool = False) -> AdapterInfo:
         meta = read_metadata(folder)
         if meta.name != folder.name:
             raise ModelError(
@@ -178,4 +227,20 @@ class AdapterLibrary:
             size_bytes=adapter_folder_size(folder),
             created=meta.created,
             path=folder,
+            builtin=builtin,
         )
+
+
+def _adapter_folders(root: Path) -> list[Path]:
+    """Adapter folders under ``root`` by name; hidden ones are temporary folders of an install or
+    removal in progress."""
+    if not root.is_dir():
+        return []
+    return [f for f in sorted(root.iterdir()) if f.is_dir() and not f.name.startswith(".")]
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

@@ -11,13 +11,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--library", help="library folder (default $MINISAM_ADAPTERS or ~/.local/share/...)"
     )
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="installed adapters")
+    actions.add_parser("list", help="installed and built-in adapters")
     install = actions.add_parser("install", help="copy an adapter folder into the library")
     install.add_argument("folder")
     install.add_argument(
         "--replace", action="store_true", help="replace an adapter of the same name"
     )
-    remove = actions.add_parser("remove", help="delete an installed adapter")
+    remove = actions.add_parser(
+        "remove", help="delete an installed adapter (built-in ones cannot be removed)"
+    )
     remove.add_argument("name")
     parser.set_defaults(run=run)
 
@@ -35,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows = library.list()
         print(f"adapter library: {library.root}")
+        if library.builtin is not None:
+            print(f"built-in adapters: {library.builtin}")
         if not rows:
             print("  (empty)")
         for info in rows:
+            rank = "-" if info.rank is None else info.rank
             print(
-                f"  {info.name:<16} {info.modality:<6} {info.method:<8} rank {info.rank:<3} "
-                f"{info.trainable_params / 1e6:.2f} M params  {info.size_bytes / 1e6:.2f} MB  "
-                f"base {info.base_hash}"
+                f"  {info.name:<16} {'built-in' if info.builtin else 'user':<8} {info.modality:<6} "
+                f"{info.method:<8} rank {rank:<3} {info.trainable_params / 1e6:.2f} M params  "
+                f"{info.size_bytes / 1e6:.2f} MB  base {info.base_hash}"
             )
     return 0
