@@ -17,8 +17,12 @@ from minisam.model_loader import PACKAGE_WEIGHTS, load_model
 from minisam.prompts import Prompt
 from minisam.quantization import DequantizedLinear, quantize_model
 from minisam.training.adapter_trainer import AdapterTrainSettings, train_adapter
-from minisam.training.base_trainer import decode
-from minisam.training.manifest import read_manifest, samples_from_manifest, write_manifest
+from minisam.training.manifest import (
+    read_training_manifest,
+    samples_from_manifest,
+    write_manifest,
+)
+from minisam.training.mask_loss import decode
 from minisam.training.model_inputs import to_model_inputs
 from minisam.training.slice_samples import read_mask_2d, samples_from_pairs
 
@@ -143,22 +147,22 @@ def test_cancel_keeps_usable_adapter(hc18: dict[str, list], tmp_path: Path) -> N
 def test_manifest_rows_and_errors(hc18: dict[str, list], tmp_path: Path) -> None:
     (image, mask), *_ = hc18["pairs"]
     good = write_manifest(tmp_path / "m.csv", [{"image": str(image), "label": str(mask)}])
-    samples = samples_from_manifest(read_manifest(good), modality="us")
+    samples = samples_from_manifest(read_training_manifest(good), modality="us")
     assert len(samples) == 1 and samples[0].mask.shape == read_mask_2d(mask).shape
 
     missing = tmp_path / "missing.csv"
     missing.write_text(f"image,label\n{image},{mask}\nnope.png,{mask}\n")
-    with pytest.raises(InputError, match=r"line 3: image file .*nope.png does not exist") as err:
-        read_manifest(missing)
+    with pytest.raises(InputError, match=r"row 2: image file .*nope.png does not exist") as err:
+        read_training_manifest(missing)
     assert "\n" not in str(err.value)
     header = tmp_path / "header.csv"
     header.write_text(f"img,label\n{image},{mask}\n")
-    with pytest.raises(InputError, match="lacks column"):
-        read_manifest(header)
+    with pytest.raises(InputError, match="missing column"):
+        read_training_manifest(header)
     value = tmp_path / "value.csv"
     value.write_text(f"image,label,label_value\n{image},{mask},liver\n")
     with pytest.raises(InputError, match="label_value 'liver'"):
-        read_manifest(value)
+        read_training_manifest(value)
 
 
 def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
@@ -172,7 +176,7 @@ def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
     csv.write_text(
         "image,label,label_value,modality\nct.nii.gz,seg.nii.gz,,ct\nct.nii.gz,seg.nii.gz,2,ct\n"
     )
-    samples = samples_from_manifest(read_manifest(csv))
+    samples = samples_from_manifest(read_training_manifest(csv))
     assert len(samples) == 3 and all(s.modality == "ct" for s in samples)
     assert samples[2].mask.sum() == 15 * 15
 

@@ -27,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     from minisam.cli import (
         adapters_command,
         bench_command,
+        distill_command,
         evaluate_command,
         models_command,
         segment_command,
         train_adapter_command,
+        train_base_command,
     )
 
     parser = OneLineArgumentParser(
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_command.register(commands)
     bench_command.register(commands)
     evaluate_command.register(commands)
+    train_base_command.register(commands)
+    distill_command.register(commands)
     train_adapter_command.register(commands)
     return parser
 

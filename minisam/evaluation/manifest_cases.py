@@ -40,11 +40,20 @@ def _parse_label_value(text: str, where: str) -> float | None:
         raise InputError(f"{where}: label_value {text!r} is not a number") from None
 
 
+def _default_case_name(row: dict) -> str:
+    """The image's file name without suffix, plus the label value when one is given (one image may
+    be several cases: liver and spleen of the same CT)."""
+    stem = Path((row.get("image") or "").strip()).name.split(".")[0]
+    value = (row.get("label_value") or "").strip()
+    return f"{stem}_label{value}" if value else stem
+
+
 def read_manifest(path: str | os.PathLike[str]) -> list[CaseSpec]:
     """Case specs of a manifest CSV, in file order.
 
-    The case name is the ``case`` column, else the image file name without its suffix (the image path
-    as written when two rows share a file name). The dataset is the ``dataset`` column, else the
+    The case name is the ``case`` column, else the image file name without its suffix and with
+    ``_label<value>`` when a label value is given (the image path as written when two rows would still
+    share a name). The dataset is the ``dataset`` column, else the
     manifest's file name without ``.csv``.
     """
     manifest = Path(path)
@@ -62,7 +71,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[CaseSpec]:
     if missing:
         raise InputError(f"--manifest {manifest}: missing column(s) {', '.join(missing)}")
     root = manifest.resolve().parent
-    stems = [Path((row.get("image") or "").strip()).name.split(".")[0] for row in rows]
+    stems = [_default_case_name(row) for row in rows]
     use_stem = len(set(stems)) == len(stems)
     specs: list[CaseSpec] = []
     for number, (row, stem) in enumerate(zip(rows, stems, strict=True), start=1):

@@ -1,0 +1,224 @@
+"""What the training commands share: data options, case splits, optimisation options, progress."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from minisam.errors import InputError
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--manifest (repeatable) or --images/--masks, --max-slices, --val-fraction."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--manifest",
+        action="append",
+        metavar="CSV",
+        help="manifest CSV as minisam evaluate reads it: image,label[,label_value,modality] "
+        "(paths relative to it; repeatable)",
+    )
+    data.add_argument("--images", metavar="DIR", help="folder of 2D images (with --masks)")
+    data.add_argument("--masks", metavar="DIR", help="folder of masks named like the images")
+    data.add_argument(
+        "--mask-suffix", default="", help="mask name = image stem + SUFFIX + ext (e.g. _mask)"
+    )
+    data.add_argument(
+        "--max-slices", type=int, metavar="K", help="few-shot: use at most K slices (by case)"
+    )
+    data.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of cases held back for validation"
+    )
+
+
+def add_optimisation_arguments(
+    parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, patience: int | None
+) -> None:
+    """Epochs, batch, learning rate, early stopping, time budget, seed, resume, progress."""
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--batch-size", type=int, default=batch_size, help="global batch size")
+    group.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    group.add_argument(
+        "--patience",
+        type=int,
+        default=patience,
+        help="stop after N epochs without a better validation Dice",
+    )
+    group.add_argument("--max-minutes", type=float, help="stop (resumably) after this budget")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--resume", action="store_true", help="continue an unfinished run from its resume file"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
+    """``settings_class`` (a TrainSettings) filled from the optimisation options."""
+    return settings_class(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        **more,
+    )
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """One-line errors for the shared options."""
+    if bool(args.manifest) == bool(args.images or args.masks):
+        raise InputError("give either --manifest CSV or --images DIR --masks DIR")
+    if bool(args.images) != bool(args.masks):
+        raise InputError("--images and --masks go together")
+    if args.max_slices is not None and args.max_slices < 2:
+        raise InputError(f"--max-slices must be >= 2 (train + validation), not {args.max_slices}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in (0, 1), not {args.val_fraction}")
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.patience is not None and args.patience < 1:
+        raise InputError(f"--patience must be >= 1, not {args.patience}")
+    if not args.lr > 0:
+        raise InputError(f"--lr must be > 0, not {args.lr}")
+
+
+def image_mask_pairs(images: Path, masks: Path, suffix: str = "") -> list[tuple[Path, Path]]:
+    """(image, mask) for every image in ``images`` whose mask ``stem+suffix+ext`` is in ``masks``."""
+    if not images.is_dir() or not masks.is_dir():
+        raise InputError(f"--images {images} and --masks {masks} must be folders")
+    pairs = []
+    for image in sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")):
+        stem, ext = image.name.split(".", 1) if "." in image.name else (image.name, "")
+        mask = masks / (f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}")
+        if mask.is_file():
+            pairs.append((image, mask))
+    if not pairs:
+        raise InputError(f"no image in {images} has a mask in {masks} (mask suffix {suffix!r})")
+    return pairs
+
+
+def load_samples(args: argparse.Namespace, modality: str = "auto") -> tuple[list, str]:
+    """The slice samples the data options name, and a one-line description of their source."""
+    from minisam.training.manifest import read_training_manifest, samples_from_manifest
+    from minisam.training.slice_samples import samples_from_pairs
+
+    if args.manifest:
+        specs = [spec for path in args.manifest for spec in read_training_manifest(path)]
+        samples = samples_from_manifest(specs, modality)
+        source = ", ".join(args.manifest)
+    else:
+        pairs = image_mask_pairs(Path(args.images), Path(args.masks), args.mask_suffix)
+        samples = samples_from_pairs(pairs, "folders", modality)
+        source = f"{args.images} + {args.masks}"
+    if not samples:
+        raise InputError(f"{source}: no annotated slice (every mask is empty or too small)")
+    return samples, source
+
+
+def split_cases(
+    samples: list, max_slices: int | None, val_fraction: float, seed: int
+) -> tuple[list, list]:
+    """(train, val) by case: cases shuffled with ``seed``, at most ``max_slices`` slices in all.
+
+    A case's slices never land on both sides; a volume's slices are taken in random order so that
+    K slices spread over it.
+    """
+    cases = sorted({s.case for s in samples})
+    if len(cases) < 2:
+        raise InputError(f"need annotated slices from at least 2 cases, got {len(cases)}")
+    if max_slices is not None and max_slices > len(samples):
+        raise InputError(
+            f"--max-slices {max_slices} is more than the {len(samples)} annotated slices"
+        )
+    rng = np.random.default_rng(seed)
+    order = [cases[i] for i in rng.permutation(len(cases))]
+    by_case = {}
+    for case in cases:
+        group = [s for s in samples if s.case == case]
+        by_case[case] = [group[i] for i in rng.permutation(len(group))]
+    chosen, count = [], 0
+    for case in order:
+        if max_slices is not None and count >= max_slices:
+            break
+        room = by_case[case] if max_slices is None else by_case[case][: max_slices - count]
+        chosen.append((case, room))
+        count += len(room)
+    if len(chosen) < 2:
+        raise InputError(
+            f"--max-slices {max_slices} fits in one case; training and validation need two cases"
+        )
+    n_val = min(len(chosen) - 1, max(1, round(val_fraction * len(chosen))))
+    val = [s for _, group in chosen[:n_val] for s in group]
+    train = [s for _, group in chosen[n_val:] for s in group]
+    return train, val
+
+
+@contextmanager
+def training_progress(total: int, desc: str, enabled: bool) -> Iterator:
+    """A tqdm bar on stderr and the trainer callback that drives it.
+
+    The first Ctrl+C asks the trainer to stop after the current step (it then keeps the best
+    weights and its resume file); a second one interrupts at once.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr)
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        tqdm.write("stopping after this step (Ctrl+C again to abort)", file=sys.stderr)
+
+    def progress(info: dict) -> bool:
+        if "validation" in info:
+            bar.set_postfix(val_dice=f"{info['validation']['val_dice']:.3f}")
+        else:
+            bar.update(1)
+            bar.set_postfix(loss=f"{info['loss']:.3f}")
+        return not stop["asked"]
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        yield progress
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+        bar.close()
+
+
+@contextmanager
+def memory_hint(batch_size: int) -> Iterator[None]:
+    """Turn an out-of-memory error into one line that says which option to lower."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        raise InputError(
+            f"out of memory at --batch-size {batch_size} ({type(exc).__name__}); lower --batch-size"
+        ) from None
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        raise InputError(
+            f"out of memory at --batch-size {batch_size}; lower --batch-size"
+        ) from None
+
+
+def refuse_existing(path: Path, overwrite: bool, resume: bool = False) -> None:
+    """No silent overwrite of an earlier result."""
+    if path.exists() and not overwrite and not resume:
+        raise InputError(f"--out {path} exists; choose another path or pass --overwrite")

@@ -1,0 +1,219 @@
+"""Distil a teacher's image encoder into a smaller student (``minisam distill``).
+
+The student is the teacher with another image encoder: it keeps the teacher's prompt encoder and
+mask decoder (copied, frozen while distilling), so its encoder must produce the teacher's embedding
+grid (``image_size // patch_size``) and channels. The teacher runs once per image: its embeddings
+are cached on disk under a key made of the teacher's weight hash, its input size and the image's
+bytes. The loss is MSE and/or cosine distance between student and teacher embeddings; validation is
+the box-prompt Dice of the student with the teacher's decoder, the quantity distillation is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from minisam.atomic import atomic_output
+from minisam.checkpoints import LoadedModel, save_checkpoint
+from minisam.errors import ModelError
+from minisam.model_config import SamConfig, build_sam, preset
+from minisam.training.base_trainer import validation_dice
+from minisam.training.distributed import World
+from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
+from minisam.training.model_inputs import ModelInputs
+
+ENCODER_FIELDS = (
+    "image_size",
+    "patch_size",
+    "encoder_embed_dim",
+    "encoder_depth",
+    "encoder_num_heads",
+    "encoder_global_attn_indexes",
+    "encoder_window_size",
+    "encoder_mlp_ratio",
+)
+
+
+@dataclass
+class DistillSettings(TrainSettings):
+    """:class:`TrainSettings` plus the weights of the two embedding losses."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    mse_weight: float = 1.0
+    cosine_weight: float = 1.0
+
+
+def student_config(
+    teacher: SamConfig, encoder: str | SamConfig, image_size: int | None = None
+) -> SamConfig:
+    """The teacher's configuration with the image encoder of preset (or config) ``encoder``.
+
+    The patch size is chosen so that the student's embedding grid is the teacher's (what the
+    teacher's mask decoder reads): ``image_size`` (default: the preset's) / teacher grid.
+    """
+    source = preset(encoder) if isinstance(encoder, str) else encoder
+    fields = {name: getattr(source, name) for name in ENCODER_FIELDS}
+    size = image_size or source.image_size
+    grid = teacher.embedding_size
+    if size % grid:
+        raise ModelError(
+            f"student image size {size} is not a multiple of the teacher's {grid}x{grid} "
+            f"embedding grid (choose e.g. {grid * max(1, round(size / grid))})"
+        )
+    fields.update(image_size=size, patch_size=size // grid)
+    return teacher.replace(**fields)
+
+
+def build_student(teacher: LoadedModel, config: SamConfig) -> torch.nn.Module:
+    """A fresh student encoder with the teacher's prompt encoder and mask decoder."""
+    student = build_sam(config)
+    student.prompt_encoder.load_state_dict(teacher.sam.prompt_encoder.state_dict())
+    student.mask_decoder.load_state_dict(teacher.sam.mask_decoder.state_dict())
+    return student
+
+
+class TeacherEmbeddings:
+    """The teacher's image embeddings, computed once per image and kept in ``folder``."""
+
+    def __init__(self, teacher: LoadedModel, folder: Path, batch_size: int = 4) -> None:
+        self.teacher = teacher
+        self.folder = Path(folder)
+        self.batch_size = batch_size
+        self.computed = 0  # images the teacher actually ran on (the rest came from the cache)
+
+    def _key(self, image: torch.Tensor) -> str:
+        digest = hashlib.sha256(self.teacher.base_hash().encode())
+        digest.update(f"{self.teacher.config.image_size}:".encode())
+        digest.update(image.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    def __call__(
+        self, images: torch.Tensor, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Embeddings (N, C, g, g) of teacher-sized uint8 ``images`` (N, 3, S, S)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = [self._key(image) for image in images]
+        files = [self.folder / f"{key}.safetensors" for key in keys]
+        missing = [i for i, file in enumerate(files) if not file.is_file()]
+        sam = self.teacher.sam.eval()
+        device = next(sam.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start : start + self.batch_size]
+                batch = images[chunk].to(device).float()
+                embeddings = sam.image_encoder(sam.preprocess(batch)).float().cpu()
+                for i, embedding in zip(chunk, embeddings, strict=True):
+                    with atomic_output(files[i]) as tmp:
+                        save_file({"embedding": embedding.contiguous()}, str(tmp))
+                self.computed += len(chunk)
+                if progress is not None:
+                    progress(start + len(chunk), len(missing))
+        return torch.stack([load_file(str(file))["embedding"] for file in files])
+
+
+class EmbeddingLoss(torch.nn.Module):
+    """Sum over samples of ``mse_weight`` × MSE + ``cosine_weight`` × (1 − cosine) per location."""
+
+    def __init__(self, student: torch.nn.Module, mse_weight: float, cosine_weight: float):
+        super().__init__()
+        self.student = student
+        self.mse_weight = mse_weight
+        self.cosine_weight = cosine_weight
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        predicted = self.student.image_encoder(self.student.preprocess(images))
+        mse = (predicted - targets).pow(2).flatten(1).mean(1)
+        cosine = 1 - F.cosine_similarity(predicted, targets, dim=1).flatten(1).mean(1)
+        return (self.mse_weight * mse + self.cosine_weight * cosine).sum()
+
+
+class EmbeddingBatches:
+    """Student-sized images and their teacher embeddings (no augmentation: the targets are fixed)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index, part, epoch, step, device) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = index[part]
+        return self.images[chosen].to(device).float(), self.targets[chosen].to(device)
+
+
+def unique_images(data: ModelInputs) -> torch.Tensor:
+    """Indices of the distinct images in ``data`` (several masks of one slice share an image)."""
+    seen: dict[bytes, int] = {}
+    for i in range(len(data)):
+        seen.setdefault(hashlib.sha1(data.images[i].numpy().tobytes()).digest(), i)
+    return torch.tensor(sorted(seen.values()), dtype=torch.long)
+
+
+def distill(
+    teacher: LoadedModel,
+    student: torch.nn.Module,
+    config: SamConfig,
+    train: tuple[ModelInputs, ModelInputs],
+    val: ModelInputs,
+    cache: TeacherEmbeddings,
+    out: Path,
+    settings: DistillSettings,
+    card: dict | None = None,
+    progress: ProgressCallback | None = None,
+    resume_from: Path | None = None,
+    world: World | None = None,
+) -> TrainReport:
+    """Train ``student``'s image encoder towards the teacher's embeddings; keep the best at ``out``.
+
+    Arguments:
+      train: the training samples at the teacher's and at the student's input size (same order).
+      val: validation samples at the student's input size (box Dice with the teacher's decoder).
+      out: the student checkpoint (best validation Dice); ``out.resume.pt`` while unfinished.
+    """
+    teacher_inputs, student_inputs = train
+    chosen = unique_images(student_inputs)
+    targets = cache(teacher_inputs.images[chosen])
+    for module in (student.prompt_encoder, student.mask_decoder):
+        module.requires_grad_(False)
+    params = {f"image_encoder.{n}": p for n, p in student.image_encoder.named_parameters()}
+
+    def save_best(epoch: int, val_dice: float) -> None:
+        meta = dict(card or {}, val_dice=round(val_dice, 4), epoch=epoch, trained=True)
+        save_checkpoint(student, config, out, card=meta)
+
+    report, _ = fit(
+        EmbeddingLoss(student, settings.mse_weight, settings.cosine_weight),
+        EmbeddingBatches(student_inputs.images[chosen], targets),
+        params,
+        lambda: validation_dice(student, val, config),
+        settings,
+        LoopHooks(progress=progress, on_best=save_best),
+        state_file=distill_resume_file(out),
+        resume_from=resume_from,
+        world=world,
+    )
+    for module in (student.prompt_encoder, student.mask_decoder):
+        module.requires_grad_(True)
+    return report
+
+
+def embedding_error(student: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+    """Relative error ||student − teacher|| / ||teacher|| of the embeddings of student-sized images."""
+    student.eval()
+    with torch.inference_mode():
+        predicted = student.image_encoder(student.preprocess(images.float()))
+    return float((predicted - targets).norm() / targets.norm())
+
+
+def distill_resume_file(out: Path) -> Path:
+    """The resume file of the distillation phase writing ``out`` (fine-tuning has its own)."""
+    return Path(out).with_suffix(".distill.resume.pt")
