@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         distill_command,
         evaluate_command,
         models_command,
+        quant_report_command,
         segment_command,
         train_adapter_command,
         train_base_command,
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_base_command.register(commands)
     distill_command.register(commands)
     train_adapter_command.register(commands)
+    quant_report_command.register(commands)
     return parser
 
 

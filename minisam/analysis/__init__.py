@@ -1,0 +1,1 @@
+"""Analyses of MiniSAM models: quantization error of the image encoder (``minisam quant-report``)."""
