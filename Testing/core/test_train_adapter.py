@@ -190,6 +190,30 @@ def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
         ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--max-slices", "1"],
         ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--method", "dora"],
         ["--images", "a", "--modality", "US", "--out", "x"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--quant", "int4"],
+        [
+            "--manifest",
+            "m.csv",
+            "--modality",
+            "US",
+            "--out",
+            "x",
+            "--method",
+            "adalora-qat",
+            "--qat-scheme",
+            "fp32",
+        ],
+        [
+            "--manifest",
+            "m.csv",
+            "--modality",
+            "US",
+            "--out",
+            "x",
+            "--method",
+            "adalora-qat",
+            "--resume",
+        ],
     ],
 )
 def test_cli_bad_args_exit_2(args: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
@@ -252,3 +276,29 @@ def test_shipped_us_adapter_beats_zero_shot(shared_data: Path) -> None:
     adapted = load_model("default")
     load_adapter(adapted.sam, SHIPPED, adapted.base_hash())
     assert mean_dice(adapted) > zero_dice + 0.05
+
+
+def test_adalora_qat_fine_tunes_through_int8_layers(hc18: dict[str, list]) -> None:
+    from minisam.training.qat import train_adapter_qat
+
+    loaded = load_model("default")
+    base_hash = loaded.base_hash()
+    spec = AdapterSpec(method="adalora", init_r=6, target_r=4, tinit=1, tfinal=1, total_step=6)
+    settings = AdapterTrainSettings(epochs=3, batch_size=3, learning_rate=3e-3, seed=2)
+    stages = []
+    model, report, base = train_adapter_qat(
+        loaded, hc18["train"], hc18["val"], spec, "US", settings, "int8:attn", 2,
+        progress=lambda info: stages.append(info["stage"]),
+    )  # fmt: skip
+    assert set(stages) == {1, 2} and stages.index(2) > len(stages) - stages[::-1].index(1) - 1
+    block = base.sam.image_encoder.blocks[0]
+    assert block.attn.qkv.get_base_layer().kind == "int8"  # the adapter sits on INT8 weights
+    assert type(block.mlp.lin1) is torch.nn.Linear  # selective: the MLP stays fp32
+    assert [r["stage"] for r in report.history] == [1, 1, 1, 2, 2]
+    extra = report.extra
+    assert extra["qat_val_dice"] == pytest.approx(report.best_val_dice)
+    assert extra["qat_val_dice"] >= extra["ptq_val_dice"]  # PTQ is stage 2's epoch -1
+    assert report.best_val_dice > report.zero_shot_val_dice
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in k for k in trainable)
+    assert report.base_hash == base_hash and report.quant == "int8:attn"

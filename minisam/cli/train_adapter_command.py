@@ -18,8 +18,6 @@ from minisam.cli.training_args import (
 )
 from minisam.errors import InputError
 
-QUANT_CHOICES = ("nf4", "int8", "fp32")
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -33,8 +31,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_data_arguments(parser)
     parser.add_argument("--modality", required=True, help="adapter modality (US, CT, MR, DX...)")
     parser.add_argument("--model", default="default", help="base model (default: default)")
-    parser.add_argument("--quant", choices=QUANT_CHOICES, default="nf4")
-    parser.add_argument("--method", choices=("lora", "adalora"), default="lora")
+    parser.add_argument(
+        "--quant",
+        default="nf4",
+        help="frozen base precision: nf4 (QLoRA, default), int8, fp32 or a scheme (nf4:mlp+int8:attn)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("lora", "adalora", "adalora-qat"),
+        default="lora",
+        help="adalora-qat: AdaLoRA on the fp32 base, then fine-tuned through --qat-scheme layers",
+    )
+    parser.add_argument(
+        "--qat-scheme", default="int8:attn", help="adalora-qat: layers quantized in stage 2"
+    )
+    parser.add_argument("--qat-epochs", type=int, help="adalora-qat: stage-2 epochs (default half)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--include-decoder", action="store_true", help="also adapt the decoder")
     add_optimisation_arguments(parser, epochs=20, batch_size=4, lr=1e-3, patience=4)
@@ -51,6 +62,16 @@ def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
     if args.rank < 1:
         raise InputError(f"--rank must be >= 1, not {args.rank}")
+    from minisam.training.adapter_trainer import check_quant
+
+    check_quant(args.quant)
+    if args.method == "adalora-qat":
+        if not check_quant(args.qat_scheme).groups:
+            raise InputError(f"--qat-scheme {args.qat_scheme!r} quantizes nothing (e.g. int8:attn)")
+        if args.resume:
+            raise InputError("--resume is not available for --method adalora-qat (two stages)")
+    if args.qat_epochs is not None and args.qat_epochs < 1:
+        raise InputError(f"--qat-epochs must be >= 1, not {args.qat_epochs}")
     from minisam.adapters.adapter_io import modality_family
     from minisam.adapters.lora import check_adapter_name
 
@@ -64,9 +85,9 @@ def adapter_spec(args: argparse.Namespace, steps: int):
     """The LoRA / AdaLoRA spec the options ask for (AdaLoRA's budget schedule scaled to ``steps``)."""
     from minisam.adapters import AdapterSpec
 
-    adalora = args.method == "adalora"
+    adalora = args.method in ("adalora", "adalora-qat")
     return AdapterSpec(
-        method=args.method,
+        method="adalora" if adalora else "lora",
         rank=args.rank,
         alpha=2.0 * args.rank,
         include_decoder=args.include_decoder,
@@ -98,12 +119,22 @@ def run(args: argparse.Namespace) -> int:
     state_file = out.with_name(out.name + ".resume.pt")
     if args.resume and not state_file.is_file():
         raise InputError(f"--resume: no resume file {state_file} (nothing to continue)")
-    with training_progress(steps, "train-adapter", not args.quiet) as progress:
+    qat = args.method == "adalora-qat"
+    total = steps + (args.qat_epochs or max(1, args.epochs // 2)) * steps // args.epochs * qat
+    with training_progress(total, "train-adapter", not args.quiet) as progress:
         with memory_hint(args.batch_size):
-            model, report = train_adapter(
-                loaded, train, val, spec, settings, args.quant, progress, name,
-                state_file=state_file, resume_from=state_file if args.resume else None,
-            )  # fmt: skip
+            if qat:
+                from minisam.training.qat import train_adapter_qat
+
+                model, report, _ = train_adapter_qat(
+                    loaded, train, val, spec, family, settings, args.qat_scheme, args.qat_epochs,
+                    progress, name,
+                )  # fmt: skip
+            else:
+                model, report = train_adapter(
+                    loaded, train, val, spec, settings, args.quant, progress, name,
+                    state_file=state_file, resume_from=state_file if args.resume else None,
+                )  # fmt: skip
     metadata = {
         "name": name,
         "modality": family,
@@ -117,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             "val_cases": len({s.case for s in val}),
             "seed": args.seed,
             "epochs_run": len(report.history),
-            "quant": args.quant,
+            "quant": report.quant,
             "finished": not report.cancelled,
         },
         "metrics": {
@@ -125,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             "zero_shot_val_dice": round(report.zero_shot_val_dice, 4),
             "best_epoch": report.best_epoch,
             "history": report.history,
+            **({"qat": report.extra} if qat else {}),
         },
     }
     folder = save_adapter(model, name, out, metadata)
@@ -134,6 +166,13 @@ def run(args: argparse.Namespace) -> int:
         f"{report.trainable_params} params): val Dice {report.zero_shot_val_dice:.3f} zero-shot "
         f"-> {report.best_val_dice:.3f} (epoch {report.best_epoch}, {report.seconds:.0f} s){stopped}"
     )
+    if qat:
+        extra = report.extra
+        print(
+            f"AdaLoRA-QAT ({args.qat_scheme}): val Dice fp32 stage 1 {extra['stage1_val_dice']:.3f}, "
+            f"quantized without QAT {extra.get('ptq_val_dice', float('nan')):.3f}, with QAT "
+            f"{report.best_val_dice:.3f}; use it with --quant {report.quant}"
+        )
     if args.install:
         info = AdapterLibrary(args.library).install(folder, replace=args.replace)
         print(f"installed {info.name} into {info.path}")

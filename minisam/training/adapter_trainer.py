@@ -17,8 +17,8 @@ from peft import PeftModel
 
 from minisam.adapters.lora import AdapterSpec, adapter_parameters, attach_adapter
 from minisam.checkpoints import LoadedModel
-from minisam.errors import InputError
-from minisam.quantization import quantize_model
+from minisam.errors import InputError, ModelError
+from minisam.quantization import QuantScheme, parse_scheme, quantize_model
 from minisam.training.base_trainer import validation_dice
 from minisam.training.distributed import World
 from minisam.training.loop import (
@@ -32,8 +32,6 @@ from minisam.training.loop import (
 from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches
 from minisam.training.model_inputs import to_model_inputs
 from minisam.training.slice_samples import SliceSample
-
-QUANT_CHOICES = ("nf4", "int8", "fp32")
 
 
 @dataclass
@@ -83,24 +81,55 @@ def train_adapter(
     ``resume_from`` needs to continue). ``loaded.sam`` is modified in place.
     """
     settings = settings or AdapterTrainSettings()
-    if quant not in QUANT_CHOICES:
-        raise InputError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
+    scheme = check_quant(quant)
     if not train_samples or not val_samples:
         raise InputError(
             f"adapter training needs training and validation slices "
             f"(got {len(train_samples)} and {len(val_samples)})"
         )
-    config = loaded.config
     base_hash = loaded.base_hash()
-    if quant != "fp32":
-        quantize_model(loaded, quant, cpu_strategy=settings.cpu_strategy)
+    if scheme.groups:
+        quantize_model(loaded, scheme, cpu_strategy=settings.cpu_strategy)
     torch.manual_seed(settings.seed)
     model = attach_adapter(loaded.sam, spec, name)
+    report = fit_adapter(
+        model, name, loaded, train_samples, val_samples, settings, progress,
+        budget=True, state_file=state_file, resume_from=resume_from, world=world,
+    )  # fmt: skip
+    report.base_hash, report.quant = base_hash, quant
+    return model, report
+
+
+def check_quant(quant: str) -> QuantScheme:
+    """The base model's quantization: "fp32", "nf4", "int8" or a per-group scheme."""
+    try:
+        return parse_scheme(quant)
+    except ModelError as exc:
+        raise InputError(f"--quant: {exc}") from None
+
+
+def fit_adapter(
+    model: PeftModel,
+    name: str,
+    loaded: LoadedModel,
+    train_samples: list[SliceSample],
+    val_samples: list[SliceSample],
+    settings: AdapterTrainSettings,
+    progress: ProgressCallback | None,
+    budget: bool,
+    state_file: Path | None = None,
+    resume_from: Path | None = None,
+    world: World | None = None,
+) -> AdapterTrainReport:
+    """Train adapter ``name`` of ``model`` (on ``loaded.sam``) and leave its best weights in place.
+
+    ``budget``: let AdaLoRA re-allocate ranks while training (off for a fixed-rank second stage).
+    """
+    config, sam = loaded.config, loaded.sam
     params = adapter_parameters(model, name)
     train = to_model_inputs(train_samples, config)
     val = to_model_inputs(val_samples, config)
-    sam = loaded.sam
-    hooks = LoopHooks(progress=progress, **_adalora_hooks(model))
+    hooks = LoopHooks(progress=progress, **(_adalora_hooks(model) if budget else {}))
     loop_report, best = fit(
         PromptedMaskLoss(sam, config, settings.iou_loss_weight),
         SimulatedPromptBatches(train, settings.seed, settings.box_probability),
@@ -114,14 +143,14 @@ def train_adapter(
         world=world,
     )
     restore(params, best)
-    _reapply_rank_pattern(model)
+    if budget:
+        _reapply_rank_pattern(model)
     model.eval()
     report = AdapterTrainReport(**vars(loop_report))
     report.zero_shot_val_dice = loop_report.baseline_val_dice
-    report.base_hash, report.quant = base_hash, quant
     report.trainable_params = sum(p.numel() for p in params.values())
     report.train_slices, report.val_slices = len(train), len(val)
-    return model, report
+    return report
 
 
 def _adalora_hooks(model: PeftModel) -> dict:
