@@ -138,6 +138,16 @@ PRESETS: dict[str, SamConfig] = {
         encoder_global_attn_indexes=(2, 5),
         encoder_window_size=8,
     ),
+    # Student: the distilled embedded default; 256 px like "small" (same 16x16 grid, so it keeps the
+    # teacher's decoder), 160 wide x 4 blocks: about a third of small's encoder compute.
+    "student": _VIT_B.replace(
+        image_size=256,
+        encoder_embed_dim=160,
+        encoder_depth=4,
+        encoder_num_heads=5,
+        encoder_global_attn_indexes=(1, 3),
+        encoder_window_size=8,
+    ),
     # Tiny: for tests and quick experiments on a laptop CPU (a forward pass takes milliseconds).
     "tiny": _VIT_B.replace(
         image_size=128,

@@ -133,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "out": str(out),
         "teacher_images_encoded": cache.computed,
-        "distill_best_val_dice": round(report.best_val_dice, 4),
+        "distill_val_dice": round(report.history[-1]["val_dice"], 4),
         "distill_minutes": round(report.seconds / 60, 2),
     }
     if args.finetune_epochs and not report.cancelled:
-        student = load_model(str(out)).sam  # the best distilled weights
+        student = load_model(str(out)).sam
         tune = TrainSettings(
             epochs=args.finetune_epochs, batch_size=args.batch_size, learning_rate=args.lr / 3,
             seed=args.seed, max_minutes=args.max_minutes,

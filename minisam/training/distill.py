@@ -177,7 +177,8 @@ def distill(
     Arguments:
       train: the training samples at the teacher's and at the student's input size (same order).
       val: validation samples at the student's input size (box Dice with the teacher's decoder).
-      out: the student checkpoint (best validation Dice); ``out.resume.pt`` while unfinished.
+      out: the student checkpoint (the last weights, also after a cancel); its resume file
+        :func:`distill_resume_file` stays while the run is unfinished.
     """
     teacher_inputs, student_inputs = train
     chosen = unique_images(student_inputs)
@@ -186,23 +187,25 @@ def distill(
         module.requires_grad_(False)
     params = {f"image_encoder.{n}": p for n, p in student.image_encoder.named_parameters()}
 
-    def save_best(epoch: int, val_dice: float) -> None:
-        meta = dict(card or {}, val_dice=round(val_dice, 4), epoch=epoch, trained=True)
-        save_checkpoint(student, config, out, card=meta)
-
     report, _ = fit(
         EmbeddingLoss(student, settings.mse_weight, settings.cosine_weight),
         EmbeddingBatches(student_inputs.images[chosen], targets),
         params,
         lambda: validation_dice(student, val, config),
         settings,
-        LoopHooks(progress=progress, on_best=save_best),
+        LoopHooks(progress=progress),
         state_file=distill_resume_file(out),
         resume_from=resume_from,
         world=world,
     )
     for module in (student.prompt_encoder, student.mask_decoder):
         module.requires_grad_(True)
+    # The last weights, not the best-validated ones: the targets are fixed, the loss falls steadily,
+    # and box Dice on a small validation set is too noisy to choose epochs by.
+    last = report.history[-1]["val_dice"] if report.history else float("nan")
+    meta = dict(card or {}, val_dice=round(last, 4), epochs=len(report.history), trained=True)
+    if world is None or world.is_main:
+        save_checkpoint(student, config, out, card=meta)
     return report
 
 
