@@ -1,0 +1,353 @@
+"""MiniSAMTrain's logic on the real BraTS FLAIR volume: annotated slices -> adapter on a thread -> library."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from MiniSAMSegmentLib.segment_io import segment_array, write_mask_to_segment
+from slicer_cases import REPO
+from test_module_sources import _attribute_chains, _imports
+
+from minisam.errors import InputError, MiniSAMError
+
+TRAIN_DIR = REPO / "MiniSAMTrain"
+if str(TRAIN_DIR) not in sys.path:
+    sys.path.insert(0, str(TRAIN_DIR))
+
+from MiniSAMTrainLib.train_logic import (  # noqa: E402
+    MIN_ANNOTATED_SLICES,
+    MiniSAMTrainLogic,
+    TrainingJob,
+    annotated_slices,
+    require_enough,
+    slice_blocks,
+    suggested_modality,
+)
+
+BRATS = "brats2021_samplecase_sammed3d/BraTS2021_01646"  # 104 x 160 x 160, edema on K slices 39..85
+KEPT = (
+    44,
+    45,
+    52,
+    53,
+    60,
+    61,
+    70,
+    78,
+)  # the slices left annotated; the segment is erased elsewhere
+TINY = {"rank": 2, "batch_size": 3, "epochs": 2}  # 6 training slices -> 2 steps per epoch
+
+
+@pytest.fixture()
+def flair(context, shared_data: Path):
+    return context.load_volume(shared_data / f"{BRATS}_flair.nii.gz")
+
+
+@pytest.fixture()
+def edema(context, flair, shared_data: Path):
+    """A segmentation holding the BraTS edema label, erased on all slices but KEPT."""
+    labelmap = context.volumes_logic.AddArchetypeVolume(
+        str(shared_data / f"{BRATS}_label_edema.nii.gz"), "edema", 1
+    )
+    node = context.new_segmentation(flair, "annotations")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
+    context.scene.RemoveNode(labelmap)
+    node.edema_id = node.GetSegmentation().GetNthSegmentID(0)
+    _erase_all_but(node, flair, KEPT)
+    return node
+
+
+def _erase_all_but(node, volume, slices) -> None:
+    labels = segment_array(node, node.edema_id, volume)
+    keep = np.zeros(labels.shape[0], bool)
+    keep[list(slices)] = True
+    labels[~keep] = 0
+    write_mask_to_segment(node, node.edema_id, volume, labels, mode="replace")
+
+
+def _segment_snapshot(node, volume) -> dict:
+    segmentation = node.GetSegmentation()
+    return {
+        segmentation.GetNthSegmentID(i): segment_array(
+            node, segmentation.GetNthSegmentID(i), volume
+        )
+        for i in range(segmentation.GetNumberOfSegments())
+    }
+
+
+def _assert_unchanged(node, volume, before: dict) -> None:
+    after = _segment_snapshot(node, volume)
+    assert after.keys() == before.keys()
+    for segment_id, labels in before.items():
+        np.testing.assert_array_equal(after[segment_id], labels)
+
+
+def _run(job: TrainingJob, timeout: float = 120.0, cancel_after_first_step: bool = False):
+    """Start ``job``, poll it as the panel's QTimer does; (events, states seen while it ran)."""
+    events, states = [], []
+    job.start()
+    deadline = time.monotonic() + timeout
+    while not job.done and time.monotonic() < deadline:
+        states.append(job.state)
+        events += job.events()
+        if cancel_after_first_step and any("step" in e for e in events):
+            job.cancel()
+        time.sleep(0.02)
+    assert job.wait(timeout=30), "the training thread did not end"
+    return events + job.events(), states
+
+
+def test_annotated_slices_are_exactly_the_drawn_ones(context, flair, edema) -> None:
+    segmentation = edema.GetSegmentation()
+    core = segmentation.AddEmptySegment("", "core")
+    mask = np.zeros((160, 160), bool)
+    mask[70:80, 60:75] = True
+    write_mask_to_segment(edema, core, flair, mask, axis=0, index=52)  # a slice edema has too
+
+    found = annotated_slices(flair, edema, [edema.edema_id, core], axis=0)
+    assert found.slices == KEPT and len(found) == 8
+    assert found.by_segment == {edema.edema_id: KEPT, core: (52,)}
+    assert found.samples == 9
+    assert found.describe() == "8 annotated K slices (9 samples: edema 8, core 1)"
+    require_enough(found)
+    sideways = annotated_slices(flair, edema, [core], axis=2)  # I slices through the core block
+    assert sideways.slices == tuple(range(60, 75)) and sideways.axis == 2
+    assert suggested_modality(flair) == "MR"  # no DICOM tag: FLAIR values are not HU
+
+
+def test_blocks_keep_neighbouring_slices_together() -> None:
+    blocks = slice_blocks(KEPT)
+    assert len(set(blocks.values())) == 4 and blocks[44] == blocks[45] == "slices 44-45"
+    assert blocks[70] == blocks[78] != blocks[61]
+    assert len(set(slice_blocks(range(4)).values())) == 2
+    runs = slice_blocks(range(39, 86))
+    assert len(set(runs.values())) == 5 and runs[39] == "slices 39-48"
+
+
+def test_training_job_installs_an_adapter_and_leaves_the_segmentation_alone(
+    context, flair, edema, tmp_path: Path
+) -> None:
+    from minisam.adapters import AdapterLibrary, read_adapter
+    from minisam.model_loader import load_model
+
+    before = _segment_snapshot(edema, flair)
+    job = TrainingJob(
+        MiniSAMTrainLogic(), flair, edema, [edema.edema_id], "MR", library_root=tmp_path, **TINY
+    )
+    assert len(job.plan.train) == 6 and len(job.plan.val) == 2  # one block of two held back
+    assert job.state.phase == "waiting" and not job.done
+    events, states = _run(job)
+
+    assert job.error is None, job.error
+    result = job.result
+    assert not result.cancelled and result.name == "mr_BraTS2021_01646_flair"
+    assert [e["phase"] for e in events if "phase" in e] == [
+        "loading model", "training", "installing", "finished",
+    ]  # fmt: skip
+    steps = [e for e in events if "step" in e]
+    assert [(e["epoch"], e["step"], e["steps"]) for e in steps] == [
+        (0, 0, 2),
+        (0, 1, 2),
+        (1, 0, 2),
+        (1, 1, 2),
+    ]
+    validations = [e["validation"]["val_dice"] for e in events if "validation" in e]
+    assert len(validations) == 2 and all(0.0 <= d <= 1.0 for d in validations)
+    assert any(s.phase == "training" and 0 < s.fraction < 1 for s in states)  # seen live, mid-run
+    assert job.state.done and job.state.fraction == 1.0
+    assert job.state.val_dice == pytest.approx(validations[-1])
+
+    base_hash = load_model("default").base_hash()
+    (info,) = AdapterLibrary(tmp_path, builtin=None).list()
+    assert (info.name, info.modality, info.base_hash, info.path) == (
+        result.name, "MR", base_hash, result.path,
+    )  # fmt: skip
+    assert info.rank == 2 and info.trainable_params == result.trainable_params > 0
+    assert AdapterLibrary(tmp_path).for_modality("MR", base_hash).name == result.name
+    meta = read_adapter(info.path).metadata
+    assert meta.training_data["annotated_slices"] == list(KEPT)
+    assert meta.training_data["train_slices"] + meta.training_data["val_slices"] == 8
+    assert meta.metrics["zero_shot_val_dice"] == pytest.approx(result.zero_shot_val_dice, abs=1e-4)
+    assert result.best_val_dice >= result.zero_shot_val_dice
+    assert "installed" in result.describe()
+
+    _assert_unchanged(edema, flair, before)
+    assert context.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # no temporary
+    again = MiniSAMTrainLogic().prepare(flair, edema, [edema.edema_id], "MR", library_root=tmp_path)
+    assert again.name == "mr_BraTS2021_01646_flair_2"  # never overwrites an installed adapter
+
+
+def test_cancel_after_the_first_step_installs_nothing(
+    context, flair, edema, tmp_path: Path
+) -> None:
+    before = _segment_snapshot(edema, flair)
+    job = TrainingJob(
+        MiniSAMTrainLogic(), flair, edema, [edema.edema_id], "MR",
+        library_root=tmp_path / "library", **dict(TINY, epochs=4),
+    )  # fmt: skip
+    events, _ = _run(job, cancel_after_first_step=True)
+    assert job.error is None, job.error
+    assert job.result.cancelled and job.result.path is None
+    assert job.state.phase == "cancelled" and job.state.done
+    assert sum("step" in e for e in events) < 4 * 2  # stopped well before the planned 8 steps
+    assert not (tmp_path / "library").exists()  # nothing installed, no half-written folder
+    assert "nothing installed" in job.result.describe()
+    _assert_unchanged(edema, flair, before)
+
+
+def test_qat_goes_through_the_core_or_says_it_cannot(flair, edema, tmp_path: Path) -> None:
+    logic = MiniSAMTrainLogic()
+    options = dict(TINY, epochs=1, library_root=tmp_path)
+    with pytest.raises(InputError, match="choose AdaLoRA|not available") as err:
+        logic.prepare(flair, edema, [edema.edema_id], "MR", "lora", qat=True, **options)
+    if importlib.util.find_spec("minisam.training.qat") is None:
+        assert "not available in this MiniSAM core" in str(err.value)
+        return
+    from minisam.adapters import read_adapter
+
+    result = logic.train(flair, edema, [edema.edema_id], "MR", "adalora", qat=True, **options)
+    assert not result.cancelled and result.quant != "nf4"
+    meta = read_adapter(result.path).metadata
+    assert meta.spec["method"] == "adalora" and meta.training_data["quant"] == result.quant
+    assert "qat" in meta.metrics
+
+
+def _single_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert isinstance(exc_info.value, MiniSAMError) and "\n" not in message
+    return message
+
+
+def test_no_or_too_few_annotated_slices_are_refused(flair, edema, tmp_path: Path) -> None:
+    logic = MiniSAMTrainLogic()
+    empty = edema.GetSegmentation().AddEmptySegment("", "nothing")
+    with pytest.raises(InputError) as err:
+        logic.prepare(flair, edema, [empty], "MR", library_root=tmp_path)
+    assert "no K slice of volume 'BraTS2021_01646_flair' has 'nothing' drawn" in _single_line(err)
+    _erase_all_but(edema, flair, KEPT[: MIN_ANNOTATED_SLICES - 1])
+    before = _segment_snapshot(edema, flair)
+    with pytest.raises(InputError) as err:
+        logic.train(flair, edema, [edema.edema_id], "MR", library_root=tmp_path)
+    assert "only 3 annotated K slices" in _single_line(err) and "at least 4" in str(err.value)
+    _assert_unchanged(edema, flair, before)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("node_class", "shape", "message"),
+    [
+        ("vtkMRMLVectorVolumeNode", (6, 8, 8, 3), "3 values per voxel"),
+        ("vtkMRMLScalarVolumeNode", (6, 8, 8, 5), "5 values per voxel"),  # 5 frames in one node
+    ],
+)
+def test_vector_and_4d_volumes_are_refused(context, edema, node_class, shape, message) -> None:
+    node = context.scene.AddNewNodeByClass(node_class, "multi")
+    image = vtk.vtkImageData()
+    image.SetDimensions(shape[2], shape[1], shape[0])
+    image.AllocateScalars(vtk.VTK_FLOAT, shape[3])
+    node.SetAndObserveImageData(image)
+    with pytest.raises(InputError) as err:
+        annotated_slices(node, edema, [edema.edema_id])
+    assert message in _single_line(err) and "scalar 3D volume" in str(err.value)
+
+
+def _other_grid(context, flair, matrix: np.ndarray):
+    """A volume node with the FLAIR voxels on another grid (IJK-to-RAS ``matrix``)."""
+    node = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other")
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    slicer.util.updateVolumeFromArray(node, slicer.util.arrayFromVolume(flair).copy())
+    return node
+
+
+def test_segmentation_on_another_geometry_is_refused_or_resampled(context, flair, edema) -> None:
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    flair.GetIJKToRASMatrix(ijk_to_ras)
+    matrix = slicer.util.arrayFromVTKMatrix(ijk_to_ras)
+    labels = segment_array(edema, edema.edema_id, flair)
+
+    far = matrix.copy()
+    far[:3, 3] += 1000.0  # a metre away: no voxel in common
+    elsewhere = _other_grid(context, flair, far)
+    shifted = context.new_segmentation(elsewhere, "elsewhere")
+    shifted_id = write_mask_to_segment(shifted, "", elsewhere, labels, mode="replace")
+    with pytest.raises(InputError) as err:
+        annotated_slices(flair, shifted, [shifted_id])
+    assert "lies outside volume 'BraTS2021_01646_flair'" in _single_line(err)
+
+    center = matrix @ np.r_[np.array([160, 160, 104]) / 2, 1.0]
+    angle = np.radians(20)
+    turn = np.eye(4)  # 20 degrees about the A axis, around the volume's centre
+    turn[np.ix_([0, 2], [0, 2])] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    turn[:3, 3] = center[:3] - turn[:3, :3] @ center[:3]
+    tilted_volume = _other_grid(context, flair, turn @ matrix)
+    tilted = context.new_segmentation(tilted_volume, "tilted")
+    tilted_id = write_mask_to_segment(tilted, "", tilted_volume, labels, mode="replace")
+    with pytest.raises(InputError) as err:
+        annotated_slices(flair, tilted, [tilted_id], axis=0)
+    assert "not parallel to the K slices" in _single_line(err)
+    # The J slices (normal A) stay parallel under that turn: resampled onto the FLAIR grid, accepted.
+    assert len(annotated_slices(flair, tilted, [tilted_id], axis=1)) > 0
+
+    finer = matrix.copy()
+    finer[:3, :3] /= 2  # same orientation, half the voxel size: resampled onto the FLAIR grid
+    fine_volume = _other_grid(context, flair, finer)
+    fine = context.new_segmentation(fine_volume, "fine")
+    fine_id = write_mask_to_segment(fine, "", fine_volume, labels, mode="replace")
+    assert len(annotated_slices(flair, fine, [fine_id])) > 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"modality": "banana"}, "modality 'banana' is not known"),
+        ({"method": "dora"}, "method must be one of lora, adalora"),
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"segmentIds": []}, "select at least one segment"),
+        ({"segmentIds": ["nope"]}, "segment 'nope' is not in 'annotations'"),
+        ({"segmentationNode": None}, "select a segmentation"),
+        ({"volumeNode": None}, "has no image data"),
+    ],
+)
+def test_bad_options_are_one_line_errors(flair, edema, tmp_path, arguments, message) -> None:
+    call = {
+        "volumeNode": flair,
+        "segmentationNode": edema,
+        "segmentIds": [edema.edema_id],
+        "modality": "MR",
+        "library_root": tmp_path,
+    }
+    with pytest.raises(InputError) as err:
+        MiniSAMTrainLogic().prepare(**dict(call, **arguments))
+    assert message in _single_line(err)
+
+
+def test_train_logic_is_qt_free_and_uses_known_slicer_names(shared_data: Path) -> None:
+    logic_files = sorted((TRAIN_DIR / "MiniSAMTrainLib").glob("*.py"))
+    assert len(logic_files) == 2
+    for path in logic_files:
+        imported = {name.split(".")[0] for name in _imports(path)}
+        assert not imported & {"qt", "ctk"}, path.name
+    assert "qt" not in sys.modules
+    known = set((shared_data.parent / "slicer-api" / "names.txt").read_text().split())
+    module = TRAIN_DIR / "MiniSAMTrain.py"
+    used = {
+        f"slicer.util.{n}"
+        for p in [module, *logic_files]
+        for n in _attribute_chains(p, ("slicer", "util"))
+    }
+    qt_object = {"connect", "setToolTip"}  # QObject / QWidget, not Slicer API
+    for prefix in (("self", "volumeSelector"), ("self", "segmentationSelector"), ("selector",)):
+        chains = _attribute_chains(module, prefix) - qt_object
+        used |= {f"qMRMLNodeComboBox.{n}" for n in chains}
+    assert {"qMRMLNodeComboBox.setMRMLScene", "slicer.util.tryWithErrorDisplay"} <= used
+    assert used <= known, sorted(used - known)
+    assert "qt" in _imports(module) and ast.parse(module.read_text())
