@@ -19,8 +19,10 @@ __all__ = ["SegmentEditorEffect"]
 
 DRAG_THRESHOLD_PX = 4
 DEVICES = ("auto", "cpu", "cuda")
+ADAPTER_CHOICES = ("auto", "none")  # then the library's adapters for the loaded model
 PARAMETER_DEFAULTS = {
     "Model": "default",
+    "Adapter": "auto",
     "Modality": "auto",
     "Device": "auto",
     "MinScore": 0.5,
@@ -39,6 +41,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
         self.book = None
+        self._adapterNames = []  # the library's adapters for the model of _adapterModel
+        self._adapterModel = None
         self._press = None  # (xy, negative) while the left button is down
         self._bands = {}  # view widget -> (points, actor) of the box being dragged
 
@@ -59,7 +63,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "<b>Left click</b>: part of the structure. <b>Shift + left click</b> or <b>right click</b>: "
             "not part of it. <b>Left drag</b>: a box around it. Each prompt updates the selected segment on "
             "that slice (Undo reverts it).<p><b>Propagate</b> extends the mask from the prompted slices to "
-            "their neighbours until the structure ends.</html>"
+            "their neighbours until the structure ends.<p><b>Adapter</b>: <i>auto</i> applies the installed "
+            "modality adapter for the volume's DICOM modality (if there is one for the model), <i>none</i> "
+            "the model alone.</html>"
         )
 
     # -- options -------------------------------------------------------------------------------------------
@@ -72,6 +78,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "'default' (embedded), sam_vit_b/l/h, medsam_vit_b, or a checkpoint path"
         )
         self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelEdit)
+        self.adapterCombo = qt.QComboBox()
+        for name in ADAPTER_CHOICES:
+            self.adapterCombo.addItem(name)
+        self.adapterCombo.toolTip = (
+            "Modality adapter: auto = the installed adapter for the volume's DICOM modality, "
+            "none = the model alone, or a named adapter trained for this model"
+        )
+        self.scriptedEffect.addLabeledOptionsWidget("Adapter:", self.adapterCombo)
         self.modalityCombo = qt.QComboBox()
         for name in MODALITIES:
             self.modalityCombo.addItem(name)
@@ -103,6 +117,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
         self.modelEdit.connect("editingFinished()", self.updateMRMLFromGUI)
+        self.adapterCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.modalityCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.deviceCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.minScoreSpin.connect("valueChanged(double)", self.updateMRMLFromGUI)
@@ -117,6 +132,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def updateGUIFromMRML(self):
         widgets = (
             self.modelEdit,
+            self.adapterCombo,
             self.modalityCombo,
             self.deviceCombo,
             self.minScoreSpin,
@@ -125,6 +141,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for widget in widgets:
             widget.blockSignals(True)
         self.modelEdit.text = self.scriptedEffect.parameter("Model")
+        self._fillAdapterCombo(self.scriptedEffect.parameter("Adapter") or "auto")
         self.modalityCombo.setCurrentText(self.scriptedEffect.parameter("Modality"))
         self.deviceCombo.setCurrentText(self.scriptedEffect.parameter("Device"))
         self.minScoreSpin.value = self.scriptedEffect.doubleParameter("MinScore")
@@ -134,12 +151,54 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def updateMRMLFromGUI(self):
         self.scriptedEffect.setParameter("Model", self.modelEdit.text.strip() or "default")
+        self.scriptedEffect.setParameter("Adapter", self.adapterCombo.currentText or "auto")
         self.scriptedEffect.setParameter("Modality", self.modalityCombo.currentText)
         self.scriptedEffect.setParameter("Device", self.deviceCombo.currentText)
         self.scriptedEffect.setParameter("MinScore", self.minScoreSpin.value)
         self.scriptedEffect.setParameter("MaxSlices", self.maxSlicesSpin.value)
 
+    def _fillAdapterCombo(self, current):
+        """auto, none, the library's adapters for the model, and ``current`` (e.g. a folder set from Python)."""
+        names = list(ADAPTER_CHOICES) + [n for n in self._adapterNames if n not in ADAPTER_CHOICES]
+        if current not in names:
+            names.append(current)
+        blocked = self.adapterCombo.blockSignals(True)
+        self.adapterCombo.clear()
+        for name in names:
+            self.adapterCombo.addItem(name)
+        self.adapterCombo.setCurrentText(current)
+        self.adapterCombo.blockSignals(blocked)
+
+    def _refreshAdapters(self, logic):
+        """List the library's adapters for the logic's model (loads the model) in the Adapter combo box."""
+        if self._adapterModel == logic.model_spec:
+            return
+        try:
+            self._adapterNames = logic.available_adapters()
+        except Exception:  # the list is a convenience; the choice itself is checked when it is used
+            logging.debug("MiniSAM: adapters not listed", exc_info=True)
+            return
+        self._adapterModel = logic.model_spec
+        self._fillAdapterCombo(self.scriptedEffect.parameter("Adapter") or "auto")
+
     # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def activate(self):
+        """Refill the Adapter list (adapters may have been installed or trained meanwhile) when that needs
+        no installation and no download: MiniSAM's packages are there and the model is loaded already or is
+        the embedded default one. Otherwise the list fills after the first prompt."""
+        from MiniSAMSegmentLib.dependencies import missing_requirements
+
+        self._adapterModel = None
+        spec = self.scriptedEffect.parameter("Model") or "default"
+        loaded = self.logic is not None and self.logic.model_is_loaded(spec)
+        if missing_requirements() != (False, []) or not (loaded or spec == "default"):
+            return
+        try:
+            with slicer.util.WaitCursor():
+                self._refreshAdapters(self._logic())
+        except Exception:
+            logging.debug("MiniSAM: adapters not listed", exc_info=True)
 
     def deactivate(self):
         self._press = None
@@ -236,6 +295,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.logic = MiniSAMSegmentLogic()
             self.book = PromptBook()
         self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
+        self.logic.adapter = self.scriptedEffect.parameter("Adapter") or "auto"
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
         self.logic.device = self.scriptedEffect.parameter("Device") or "auto"
         return self.logic
@@ -277,8 +337,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         mask, score = logic.predict_on_slice(volumeNode, axis, index, prompt)
         self._apply(volumeNode, segmentationNode, mask, axis, [index])
         self.statusLabel.text = (
-            f"Slice {index}: predicted IoU {score:.2f}, {int(mask.sum())} voxels."
+            f"Slice {index}: predicted IoU {score:.2f}, {int(mask.sum())} voxels "
+            f"({logic.describe()})."
         )
+        self._refreshAdapters(logic)
 
     def _apply(self, volumeNode, segmentationNode, labels, axis, indices):
         """Replace the given slices of the selected segment with ``labels`` as one undoable step."""
@@ -331,7 +393,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             dialog.close()
         self._apply(volumeNode, segmentationNode, result.labels, axis, sorted(result.slices))
         cancelled = " (cancelled)" if result.cancelled else ""
-        self.statusLabel.text = f"Propagation filled {len(result.slices)} slices{cancelled}."
+        scores = [item.score for item in result.slices.values()] or [float("nan")]
+        self.statusLabel.text = (
+            f"Propagation filled {len(result.slices)} slices{cancelled}, predicted IoU "
+            f"{min(scores):.2f}..{max(scores):.2f} per slice ({logic.describe()})."
+        )
+        self.statusLabel.toolTip = "\n".join(
+            f"slice {i}: predicted IoU {item.score:.2f}"
+            for i, item in sorted(result.slices.items())
+        )
+        self._refreshAdapters(logic)
 
 
 def logic_module():

@@ -32,6 +32,7 @@ PIP_REQUIREMENTS: dict[str, str] = {
     "safetensors": "safetensors>=0.4",
     "scipy": "scipy>=1.10",
     "tqdm": "tqdm>=4.60",
+    "peft": "peft>=0.13",  # modality adapters (the effect's Adapter "auto" is the default)
 }
 
 Confirm = Callable[[str], bool]

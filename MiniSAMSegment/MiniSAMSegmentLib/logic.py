@@ -6,7 +6,10 @@ The Segment Editor effect, the module's self-test and the headless batch script 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +46,9 @@ from .volume_node import (
 )
 
 __all__ = [
+    "ADAPTER_AUTO",
+    "ADAPTER_NONE",
+    "AdapterChoice",
     "MiniSAMSegmentLogic",
     "SlicePrompt",
     "dicom_modality",
@@ -61,12 +67,44 @@ __all__ = [
 ]
 
 
-class MiniSAMSegmentLogic:
-    """Holds the model (loaded on first use, one per model spec), an embedding cache shared by all volumes,
-    and one :class:`VolumeSession` per volume node.
+ADAPTER_AUTO = "auto"
+"""Adapter choice: the library's adapter for the volume's DICOM Modality (else the family of the intensity
+normalisation modality) trained on the loaded base model; none when there is no such adapter."""
+ADAPTER_NONE = "none"
+"""Adapter choice: the base model ("base" means the same)."""
+_NO_ADAPTER = (ADAPTER_NONE, "base")
 
-    A session is keyed by the node ID, the modification time of its image data and the intensity modality,
-    so editing the voxels or changing the modality re-normalises the volume and recomputes embeddings.
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """An adapter resolved for one volume: its name (metadata), folder and creation time."""
+
+    name: str
+    folder: Path
+    created: str = ""
+
+
+@dataclass
+class _ModelAdapters:
+    """The adapters loaded into one model: an ``AdapterSwitcher`` and which folder is which peft name."""
+
+    switcher: object  # minisam.adapters.AdapterSwitcher (peft is imported only when needed)
+    loaded: dict[tuple[str, str], str]  # (folder, created) -> adapter name inside the model
+    labels: dict[str, str]  # adapter name inside the model -> its own name, for people
+
+
+class MiniSAMSegmentLogic:
+    """Holds the model (loaded on first use, one per model spec), the modality adapters loaded into it, an
+    embedding cache shared by all volumes, and one :class:`VolumeSession` per volume node.
+
+    A session is keyed by the node ID, the modification time of its image data, the intensity modality, the
+    model, the device and the active adapter, so editing the voxels or changing the modality or the adapter
+    re-normalises the volume or recomputes embeddings (embeddings of each adapter stay cached side by side).
+
+    ``adapter`` is :data:`ADAPTER_AUTO` (default), :data:`ADAPTER_NONE`, an installed adapter's name or an
+    adapter folder (see ``minisam segment --adapter``). Adapters are loaded into the model once and then
+    switched in milliseconds (``minisam.adapters.AdapterSwitcher``); every :meth:`session` call activates
+    the adapter of its volume, so use a session right after getting it.
     """
 
     def __init__(
@@ -76,15 +114,22 @@ class MiniSAMSegmentLogic:
         modality: str = "auto",
         cache_bytes: int = DEFAULT_BUDGET_BYTES,
         loader: Callable[[str], LoadedModel] = load_model,
+        adapter: str = ADAPTER_AUTO,
+        library=None,
     ) -> None:
         self.model_spec = model_spec
         self.device = device
         self.modality = modality
+        self.adapter = adapter
+        # minisam.adapters.AdapterLibrary to pick adapters from; None: AdapterLibrary() (the user's
+        # library, $MINISAM_ADAPTERS, plus the adapters built into the package).
+        self.library = library
         self.cache = EmbeddingCache(cache_bytes)
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
         self._engines: dict[tuple[str, str], SamEngine] = {}
         self._sessions: dict[str, tuple[tuple, VolumeSession]] = {}
+        self._adapters: dict[str, _ModelAdapters] = {}
 
     # -- model -------------------------------------------------------------------------------------------
 
@@ -94,6 +139,10 @@ class MiniSAMSegmentLogic:
         if self.model_spec not in self._models:
             self._models[self.model_spec] = self._loader(self.model_spec)
         return self._models[self.model_spec]
+
+    def model_is_loaded(self, model_spec: str | None = None) -> bool:
+        """Whether the model of ``model_spec`` (default: :attr:`model_spec`) is loaded already."""
+        return (model_spec or self.model_spec) in self._models
 
     @property
     def engine(self) -> SamEngine:
@@ -108,11 +157,107 @@ class MiniSAMSegmentLogic:
                 raise ModelError(f"device {device} is not usable here ({reason})") from None
         return self._engines[key]
 
+    # -- adapters ----------------------------------------------------------------------------------------
+
+    def _library(self):
+        # imports peft, so only when adapters are asked about
+        from minisam.adapters import AdapterLibrary
+
+        return self.library if self.library is not None else AdapterLibrary()
+
+    def available_adapters(self) -> list[str]:
+        """Names of the library's adapters trained on the current model (loads the model)."""
+        base = self.model.base_hash()
+        return [info.name for info in self._library().list() if info.base_hash == base]
+
+    def adapter_for(self, volume_node, modality: str | None = None) -> AdapterChoice | None:
+        """The adapter :attr:`adapter` chooses for ``volume_node`` (None: the base model); changes nothing.
+
+        ``modality``: the volume's normalisation modality, if known already (else it is worked out).
+
+        Raises:
+          ModelError: one line, for an unknown adapter name, a missing folder or an adapter trained on
+            another base model.
+        """
+        choice = (self.adapter or ADAPTER_AUTO).strip()
+        if choice.lower() in _NO_ADAPTER:
+            return None
+        base = self.model.base_hash()
+        if choice.lower() == ADAPTER_AUTO:
+            code = dicom_modality(volume_node)
+            if code is None:  # the family of the normalisation modality ("ct-lung" -> "ct")
+                modality = modality or normalization_modality(volume_node, self.modality)
+                code = modality.split("-")[0]
+            info = self._library().for_modality(code, base)
+            return None if info is None else AdapterChoice(info.name, info.path, info.created)
+        folder = Path(choice).expanduser()
+        if folder.is_dir():
+            from minisam.adapters.adapter_io import read_metadata
+
+            meta = read_metadata(folder)
+            if meta.base_hash != base:
+                raise ModelError(
+                    f"adapter {meta.name} ({folder}) was trained for base {meta.base_hash}, "
+                    f"the loaded model {self.model_spec} is {base}"
+                )
+            return AdapterChoice(meta.name, folder, meta.created)
+        if os.sep in choice or "/" in choice:
+            raise ModelError(f"adapter folder {choice} does not exist")
+        info = self._library().for_modality(None, base, override=choice)
+        return AdapterChoice(info.name, info.path, info.created)
+
+    def _activate_adapter(self, volume_node, modality: str | None = None) -> str:
+        """Load (once) and activate the adapter for ``volume_node``; the model's state for cache keys.
+
+        Nothing changes when the choice is bad: the choice is resolved, and the adapter read and checked
+        against the model, before the model is touched.
+        """
+        chosen = self.adapter_for(volume_node, modality)
+        adapters = self._adapters.get(self.model_spec)
+        if chosen is None:
+            if adapters is not None:
+                adapters.switcher.activate(None)
+            return "base"
+        loaded = self.model
+        if adapters is None:
+            from minisam.adapters import AdapterSwitcher
+
+            adapters = _ModelAdapters(AdapterSwitcher(loaded), {}, {})
+            self._adapters[self.model_spec] = adapters
+        key = (str(chosen.folder.resolve()), chosen.created)
+        name = adapters.loaded.get(key)
+        if name is None:
+            stale = [k for k in adapters.loaded if k[0] == key[0]]  # replaced on disk since loaded
+            name = _free_name(chosen.name, adapters.switcher.names)
+            adapters.switcher.add(chosen.folder, name=name)
+            loaded.sam.eval()
+            for old in stale:
+                adapters.switcher.remove(adapters.loaded.pop(old))
+            adapters.loaded[key] = name
+            adapters.labels[name] = chosen.name
+        adapters.switcher.activate(name)
+        return f"{name}@{chosen.created}"
+
+    @property
+    def active_adapter(self) -> str | None:
+        """Name of the adapter the current model runs now (None: none), as of the last :meth:`session`."""
+        adapters = self._adapters.get(self.model_spec)
+        if adapters is None or adapters.switcher.active is None:
+            return None
+        return adapters.labels[adapters.switcher.active]
+
+    def describe(self) -> str:
+        """What segments now, e.g. "model default + adapter us_hc18" (as of the last :meth:`session`)."""
+        adapter = self.active_adapter
+        return f"model {self.model_spec}" + (f" + adapter {adapter}" if adapter else "")
+
     # -- sessions ----------------------------------------------------------------------------------------
 
     def session(self, volume_node) -> VolumeSession:
-        """The cached session of ``volume_node``, rebuilt when its voxels, the modality or the model changed."""
+        """The cached session of ``volume_node``, rebuilt when its voxels, the modality, the model or the
+        adapter changed; the volume's adapter is made active."""
         modality = normalization_modality(volume_node, self.modality)
+        adapter_state = self._activate_adapter(volume_node, modality)
         engine = self.engine
         key = (
             volume_node.GetID(),
@@ -120,6 +265,7 @@ class MiniSAMSegmentLogic:
             modality,
             self.model_spec,
             str(engine.device),
+            adapter_state,
         )
         cached = self._sessions.get(volume_node.GetID())
         if cached is not None and cached[0] == key:
@@ -175,3 +321,12 @@ class MiniSAMSegmentLogic:
     write_mask_to_segment = staticmethod(write_mask_to_segment)
     labelmap_oriented_image = staticmethod(labelmap_oriented_image)
     replace_modifiers = staticmethod(replace_modifiers)
+
+
+def _free_name(name: str, taken: list[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... when an adapter of that name is loaded already."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name[:60]}-{number}"
+    return candidate

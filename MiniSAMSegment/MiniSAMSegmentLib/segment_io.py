@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,11 +153,38 @@ def _ids(segment_id: str):
     return ids
 
 
-def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """One segment as a (Z, Y, X) uint8 0/1 array on the volume's grid (a copy)."""
-    scene = _scene(segmentation_node)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_export__")
+def _node_ids(scene) -> list[str]:
+    nodes = scene.GetNodesByClass("vtkMRMLNode")
+    return [nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())]
+
+
+@contextmanager
+def _temporary_nodes(scene) -> Iterator[None]:
+    """Remove, when the block ends (also on an error), every node added to ``scene`` inside it.
+
+    The temporary labelmap nodes of the segment exports and imports come with a display node and a colour
+    table node that Slicer creates for them; without this each call would leave those in the scene.
+    """
+    before = set(_node_ids(scene))
     try:
+        yield
+    finally:
+        for node_id in reversed([i for i in _node_ids(scene) if i not in before]):
+            node = scene.GetNodeByID(node_id)
+            if node is not None:  # removing one node may have removed others with it
+                scene.RemoveNode(node)
+
+
+def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """One segment as a (Z, Y, X) uint8 0/1 array on the volume's grid (a copy); the scene is left as it
+    was (no temporary nodes remain)."""
+    scene = _scene(segmentation_node)
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise InputError(
+            f"segment {segment_id!r} does not exist in {node_label(segmentation_node)}"
+        )
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_export__")
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             segmentation_node,
             _ids(segment_id),
@@ -167,8 +195,6 @@ def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray
         if not ok:
             raise OutputError(f"segment {segment_id!r} cannot be exported from the segmentation")
         return (slicer.util.arrayFromVolume(labelmap) != 0).astype(np.uint8)
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 def _ensure_segment(segmentation_node, segment_id: str | None, volume_node) -> str:
@@ -250,8 +276,8 @@ def write_mask_to_segment(
         else segment_array(segmentation_node, segment_id, volume_node)
     )
     combined = _combined(existing, labels, axis, index, mode, indices)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_import__")
-    try:
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MiniSAM_import__")
         labelmap.SetIJKToRASMatrix(
             slicer.util.vtkMatrixFromArray(volume_arrays(volume_node).ijk_to_ras)
         )
@@ -261,8 +287,6 @@ def write_mask_to_segment(
             labelmap, segmentation_node, _ids(segment_id)
         ):
             raise OutputError(f"the mask cannot be written into segment {segment_id!r}")
-    finally:
-        scene.RemoveNode(labelmap)
     return segment_id
 
 

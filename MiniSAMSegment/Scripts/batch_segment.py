@@ -4,13 +4,15 @@ Inside Slicer (arguments after ``--`` reach the script)::
 
     Slicer --no-main-window --python-script batch_segment.py -- \\
         --input ct.nii.gz --prompts prompts.json --output liver.seg.nrrd [--model default] [--propagate] \\
-        [--install-dependencies]
+        [--adapter auto] [--install-dependencies]
 
 or in plain Python with the ``slicer-core`` package::
 
     python MiniSAMSegment/Scripts/batch_segment.py --input ct.nii.gz --prompts prompts.json --output x.seg.nrrd
 
-Prompts: see ``minisam/prompt_file.py`` (slice index and pixel coordinates of that slice). Exit codes: 0 done,
+Prompts: see ``minisam/prompt_file.py`` (slice index and pixel coordinates of that slice). ``--adapter`` means
+what it means for ``minisam segment`` and applies to the whole run (the prompts file, shared with
+``minisam segment --prompts``, holds per-slice prompts only). Exit codes: 0 done,
 2 bad input (one line on stderr, no output file).
 """
 
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--modality", default="auto", help="intensity normalisation (auto, ct, mr, ...)"
+    )
+    parser.add_argument(
+        "--adapter",
+        default="none",
+        help="modality adapter, as for 'minisam segment': an installed name, an adapter folder, 'auto' "
+        "(by the volume's DICOM modality, else its --modality) or 'none' (default)",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
     parser.add_argument("--segment-name", default="MiniSAM", help="name of the written segment")
@@ -124,7 +132,9 @@ def _segment(args: argparse.Namespace) -> None:
     volume = context.load_volume(args.input)
     axis = slice_axis(volume, args.axis)
     _validate(prompts, volume_arrays(volume).array.shape, axis, args.axis)
-    logic = MiniSAMSegmentLogic(args.model, device=args.device, modality=args.modality)
+    logic = MiniSAMSegmentLogic(
+        args.model, device=args.device, modality=args.modality, adapter=args.adapter
+    )
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
     result = logic.segment(volume, axis, prompts, propagate=args.propagate, settings=settings)
     segmentation = context.new_segmentation(volume)
@@ -132,7 +142,10 @@ def _segment(args: argparse.Namespace) -> None:
     segmentation.GetSegmentation().GetSegment(segment_id).SetName(args.segment_name)
     write_segmentation(segmentation, output)
     filled = sorted(result.slices)
-    print(f"{PROG}: {len(filled)} slices along axis {axis} ({filled[0]}..{filled[-1]}) -> {output}")
+    print(
+        f"{PROG}: {len(filled)} slices along axis {axis} ({filled[0]}..{filled[-1]}) -> {output} "
+        f"({logic.describe()})"
+    )
 
 
 def _validate(prompts: dict, shape: tuple[int, ...], axis: int, view: str) -> None:

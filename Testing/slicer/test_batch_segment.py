@@ -88,6 +88,7 @@ def test_bad_prompts_file_exits_2_with_one_line(shared_data: Path, tmp_path: Pat
         ({"--axis": "oblique"}, "unknown view"),
         ({"--min-score": "2"}, "--min-score"),
         ({"--model": "no_such_model"}, "unknown model"),
+        ({"--adapter": "no_such_adapter"}, "is not installed"),
         ({"--input": None}, "required"),
     ],
 )

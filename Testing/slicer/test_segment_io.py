@@ -155,3 +155,22 @@ def test_write_segmentation_round_trip(context, segmentation, ct_volume, tmp_pat
     np.testing.assert_array_equal(segment_array(loaded, seg_id, ct_volume), segmentation.other)
     with pytest.raises(OutputError, match=r"\.seg\.nrrd"):
         write_segmentation(segmentation, tmp_path / "out.nrrd")
+
+
+def test_reads_and_writes_leave_no_nodes_behind(context, segmentation, ct_volume) -> None:
+    """Each export / import goes through a temporary labelmap node, whose display and colour table nodes
+    must go with it (MiniSAMTrain reads segments many times)."""
+    scene = context.scene
+    before = scene.GetNodesByClass("vtkMRMLNode").GetNumberOfItems()
+    for _ in range(3):
+        segment_array(segmentation, segmentation.other_id, ct_volume)
+    assert scene.GetNodesByClass("vtkMRMLNode").GetNumberOfItems() == before
+    mask = _slice_mask(slice(10, 30), slice(10, 30))
+    seg_id = write_mask_to_segment(segmentation, "", ct_volume, mask, axis=0, index=24)
+    write_mask_to_segment(segmentation, seg_id, ct_volume, mask, axis=0, index=5, mode="union")
+    write_mask_to_segment(segmentation, seg_id, ct_volume, np.zeros(SHAPE), mode="replace")
+    assert scene.GetNodesByClass("vtkMRMLNode").GetNumberOfItems() == before
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    with pytest.raises(InputError):
+        segment_array(segmentation, "no such segment", ct_volume)
+    assert scene.GetNodesByClass("vtkMRMLNode").GetNumberOfItems() == before

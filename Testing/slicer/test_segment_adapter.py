@@ -1,0 +1,168 @@
+"""Adapter choice in MiniSAMSegmentLogic: an HC18 ultrasound image as a volume node, the built-in us_hc18.
+
+Behaviour only (the default model and us_hc18 may be re-trained): "auto" picks us_hc18 for DICOM Modality
+US and it beats the base model on Dice; CT gets no adapter; switching adapters never reuses embeddings of
+another adapter; bad choices are one-line errors that leave the model as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+from MiniSAMSegmentLib.logic import AdapterChoice
+from MiniSAMSegmentLib.mrml_context import mrml_context
+
+from minisam.errors import ModelError
+from minisam.metrics import dice
+from minisam.prompts import Prompt, mask_bounding_box
+
+CASE = "203_HC"  # an HC18 subject held out from us_hc18's training (see its minisam_adapter.json)
+US_DATA = "hc18_fetal_head_us"
+
+
+@pytest.fixture(scope="module")
+def us_case(shared_data: Path, segment_logic, tmp_path_factory):
+    """The shared logic on an ultrasound volume node (DICOM Modality "US"), with an empty user library
+    (so only the built-in adapters count), its box prompt, the truth, and the masks without / with auto."""
+    import SimpleITK as sitk
+    from MiniSAMSegmentLib.logic import volume_arrays
+
+    from minisam.adapters import AdapterLibrary
+
+    image = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(shared_data / US_DATA / "images" / f"{CASE}.png"))
+    )
+    truth = sitk.ReadImage(str(shared_data / US_DATA / "masks_filled" / f"{CASE}_mask.png"))
+    truth = sitk.GetArrayFromImage(truth) > 0
+    context = mrml_context()
+    volume = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", CASE)
+    slicer.util.updateVolumeFromArray(volume, image[None])  # one axial slice, (1, H, W)
+    volume.SetAttribute("DICOM.Modality", "US")
+    assert volume_arrays(volume).array.shape == (1, *image.shape)
+
+    logic = segment_logic
+    saved = (logic.adapter, logic.library, logic.modality)
+    logic.library = AdapterLibrary(tmp_path_factory.mktemp("user_adapters"))
+    logic.modality = "auto"
+    case = {"context": context, "volume": volume, "truth": truth, "logic": logic}
+    case["prompt"] = Prompt(box=mask_bounding_box(truth))
+    logic.adapter = "none"
+    case["none"] = logic.predict_on_slice(volume, 0, 0, case["prompt"])[0]
+    case["none_description"] = logic.describe()
+    misses = logic.cache.misses
+    logic.adapter = "auto"
+    case["auto"] = logic.predict_on_slice(volume, 0, 0, case["prompt"])[0]
+    case["auto_misses"] = logic.cache.misses - misses
+    case["auto_description"] = logic.describe()
+    yield case
+    logic.adapter, logic.library, logic.modality = saved
+    logic.forget(volume)
+
+
+def test_auto_picks_us_hc18_which_beats_the_base_model(us_case) -> None:
+    logic, volume, truth = us_case["logic"], us_case["volume"], us_case["truth"]
+    assert us_case["none_description"] == "model default"
+    assert us_case["auto_description"] == "model default + adapter us_hc18"
+    assert us_case["auto_misses"] == 1  # the base model's embedding was not reused for the adapter
+    logic.adapter = "auto"
+    chosen = logic.adapter_for(volume)
+    assert isinstance(chosen, AdapterChoice) and chosen.name == "us_hc18"
+    assert "us_hc18" in logic.available_adapters()
+    assert not np.array_equal(us_case["auto"], us_case["none"])
+    assert dice(us_case["auto"], truth) > dice(us_case["none"], truth) + 0.05
+
+
+def test_switching_auto_none_auto_matches_fresh_runs(us_case) -> None:
+    logic, volume, prompt = us_case["logic"], us_case["volume"], us_case["prompt"]
+    keys = set()
+    for choice in ("none", "auto", "none", "auto", "us_hc18"):
+        logic.adapter = choice
+        mask = logic.predict_on_slice(volume, 0, 0, prompt)[0]
+        np.testing.assert_array_equal(mask, us_case["none" if choice == "none" else "auto"])
+        keys.add(logic.session(volume).key)
+    assert len(keys) == 2  # one cache key per model state: base, us_hc18 (by name or auto alike)
+    # Without cached embeddings: the base model really is back after the adapter ran.
+    logic.adapter = "none"
+    logic.forget(volume)
+    np.testing.assert_array_equal(logic.predict_on_slice(volume, 0, 0, prompt)[0], us_case["none"])
+    assert logic.active_adapter is None
+
+
+def test_auto_on_ct_uses_no_adapter(us_case, ct_volume) -> None:
+    logic = us_case["logic"]
+    logic.adapter = "auto"
+    logic.session(us_case["volume"])
+    assert logic.active_adapter == "us_hc18"
+    assert logic.adapter_for(ct_volume) is None
+    assert logic.session(ct_volume).key[-1] == "base"  # the session activates the base model
+    assert logic.active_adapter is None and logic.describe() == "model default"
+
+
+def test_bad_adapter_is_one_line_and_leaves_the_model(us_case, tmp_path: Path) -> None:
+    logic, volume, prompt = us_case["logic"], us_case["volume"], us_case["prompt"]
+    logic.adapter = "auto"
+    logic.session(volume)
+    # An adapter trained on another base, installed next to the built-in one.
+    foreign = Path(logic.library.root) / "us_other"
+    shutil.copytree(logic.library.path("us_hc18"), foreign)
+    meta = json.loads((foreign / "minisam_adapter.json").read_text())
+    meta.update(name="us_other", base_hash="0123456789abcdef")
+    (foreign / "minisam_adapter.json").write_text(json.dumps(meta))
+    try:
+        assert "us_other" not in logic.available_adapters()
+        for choice, message in (
+            ("no_such_adapter", "is not installed"),
+            ("us_other", "trained for base"),
+            (str(foreign), "trained for base"),
+            (str(tmp_path / "missing"), "does not exist"),
+            ("bad name!", "is invalid"),
+        ):
+            logic.adapter = choice
+            with pytest.raises(ModelError, match=message) as error:
+                logic.predict_on_slice(volume, 0, 0, prompt)
+            assert "\n" not in str(error.value)
+            assert logic.active_adapter == "us_hc18"  # left as it was
+    finally:
+        shutil.rmtree(foreign)
+    logic.adapter = "none"
+    np.testing.assert_array_equal(logic.predict_on_slice(volume, 0, 0, prompt)[0], us_case["none"])
+    logic.adapter = "auto"
+    np.testing.assert_array_equal(logic.predict_on_slice(volume, 0, 0, prompt)[0], us_case["auto"])
+
+
+def test_batch_script_with_adapter_us_hc18(us_case, monkeypatch, capsys, tmp_path: Path) -> None:
+    import importlib.util
+
+    import SimpleITK as sitk
+    from MiniSAMSegmentLib.segment_io import segment_array
+    from slicer_cases import BATCH_SCRIPT
+
+    monkeypatch.setenv("MINISAM_ADAPTERS", str(tmp_path / "no_user_adapters"))
+    volume = us_case["volume"]
+    path = tmp_path / f"{CASE}.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(slicer.util.arrayFromVolume(volume)), str(path))
+    prompts = tmp_path / "prompts.json"
+    box = [int(v) for v in mask_bounding_box(us_case["truth"])]
+    prompts.write_text(json.dumps([{"slice": 0, "box": box}]))
+    spec = importlib.util.spec_from_file_location("batch_segment_adapter", BATCH_SCRIPT)
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    out = tmp_path / "head.seg.nrrd"
+    argv = ["--input", str(path), "--prompts", str(prompts), "--output", str(out)]
+    assert batch.main([*argv, "--adapter", "us_hc18", "--modality", "us"]) == 0
+    printed = capsys.readouterr().out
+    assert "model default + adapter us_hc18" in printed, printed
+    loaded = us_case["context"].scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    us_case["context"].scene.AddNode(storage)
+    storage.SetFileName(str(out))
+    assert storage.ReadData(loaded)
+    reference = us_case["context"].load_volume(path)  # the file's geometry (LPS on disk)
+    labels = segment_array(loaded, loaded.GetSegmentation().GetNthSegmentID(0), reference)
+    truth = us_case["truth"]
+    assert dice(labels[0], truth) > dice(us_case["none"], truth) + 0.05
