@@ -1,4 +1,5 @@
-"""``minisam evaluate``: configurations × manifest cases → cases.csv, summary.md, summary.json.
+"""``minisam evaluate``: configurations × manifest cases → cases.csv, summary.md, summary.json and
+report.html (with plots/*.png; ``--no-report`` leaves them out).
 
 Exit codes: 0 every case evaluated; 1 some cases failed (one line each on stderr, listed in the
 summary); 2 bad run input (arguments, manifest structure, output folder, model).
@@ -61,6 +62,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     protocol.add_argument(
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI"
     )
+    parser.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write report.html (tables, Dice box plots, best/median/worst gallery) and "
+        "plots/*.png into --out (default: on)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -96,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         n_boot=args.bootstrap,
     )
+    report = None
+    if args.report:
+        from minisam.evaluation.report import write_report
+
+        report = write_report(outcome, settings, manifests=args.manifest, n_boot=args.bootstrap)
     if not args.quiet:
         for entry in outcome.payload["summary"]:
             dice = entry["metrics"]["dice"]
@@ -105,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
                 f"[{dice['ci_low']:.3f}, {dice['ci_high']:.3f}]"
             )
         print(f"results written to {outcome.out_dir}")
+        if report is not None:
+            print(f"report: {report}")
     if outcome.n_failed:
         failed_cases = {(r["dataset"], r["case"]) for r in outcome.rows if r["status"] != "ok"}
         print(

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from minisam.errors import InputError, OutputError
 from minisam.evaluation import outputs, statistics
 from minisam.evaluation.configs import Configuration
 from minisam.evaluation.manifest_cases import CaseSpec, read_manifest
-from minisam.evaluation.runner import EvaluationSettings, RunState, load_configuration, run_cases
+from minisam.evaluation.runner import (
+    EvaluationSettings,
+    LoadedConfiguration,
+    RunState,
+    load_configuration,
+    run_cases,
+)
 
 
 @dataclass
@@ -22,6 +28,8 @@ class EvaluationOutcome:
     rows: list[dict]
     payload: dict
     problems: list[str]
+    specs: list[CaseSpec] = field(default_factory=list)  # the manifests' cases, in order
+    configurations: list[LoadedConfiguration] = field(default_factory=list)  # as loaded for the run
 
     @property
     def n_failed(self) -> int:
@@ -103,4 +111,4 @@ def run_evaluation(
     )
     outputs.write_json(folder / "summary.json", payload)
     outputs.write_text(folder / "summary.md", outputs.summary_markdown(payload))
-    return EvaluationOutcome(folder, rows, payload, state.problems)
+    return EvaluationOutcome(folder, rows, payload, state.problems, specs, loaded)
