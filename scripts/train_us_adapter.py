@@ -74,9 +74,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--model", default="default", help="base model (name or checkpoint file)")
+    parser.add_argument("--method", default="lora", choices=("lora", "adalora", "adalora-qat"))
+    parser.add_argument("--name", default="us_hc18")
+    parser.add_argument(
+        "--base-name", default="default", help="the base model's name in the shipped metadata"
+    )
     parser.add_argument("--ship", type=Path, help="copy the adapter here if it improves Dice")
     args = parser.parse_args()
-    root = args.data / "hc18_fetal_head_us"
+    root = args.data.resolve() / "hc18_fetal_head_us"  # absolute: the manifests live elsewhere
     train, evaluation = hc18_split(root, args.seed, args.eval_cases, args.shots)
     manifest = args.work / "hc18_fewshot.csv"
     rows = [{"image": str(i), "label": str(m), "modality": "us"} for i, m in train]
@@ -85,9 +91,10 @@ def main() -> None:
         args.work / "hc18_eval.csv",
         [{"image": str(i), "label": str(m), "modality": "us"} for i, m in evaluation],
     )
-    out = args.work / "us_hc18"
+    out = args.work / args.name
     command = [
-        "train-adapter", "--manifest", str(manifest), "--modality", "US", "--name", "us_hc18",
+        "train-adapter", "--manifest", str(manifest), "--modality", "US", "--name", args.name,
+        "--model", args.model, "--method", args.method, "--overwrite",
         "--quant", "nf4", "--rank", str(args.rank), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--seed", str(args.seed), "--out", str(out), "--quiet",
         *(["--include-decoder"] if args.include_decoder else []),
@@ -98,14 +105,15 @@ def main() -> None:
         raise SystemExit("training failed")
     minutes = (time.monotonic() - started) / 60
 
-    zero = load_model("default")
+    zero = load_model(args.model)
     zero_scores = box_dice(SamEngine(zero.sam, zero.config), evaluation)
     results = {"zero-shot (fp32 base)": zero_scores}
-    for quant in ("nf4", "fp32"):
-        loaded = load_model("default")
+    trained_on = read_metadata(out).training_data["quant"]
+    for quant in dict.fromkeys((trained_on, "fp32")):
+        loaded = load_model(args.model)
         base_hash = loaded.base_hash()
-        if quant == "nf4":
-            quantize_model(loaded, "nf4", cpu_strategy="dequantize")
+        if quant != "fp32":
+            quantize_model(loaded, quant, cpu_strategy="dequantize")
         load_adapter(loaded.sam, out, base_hash)
         results[f"adapter on {quant} base"] = box_dice(
             SamEngine(loaded.sam, loaded.config), evaluation
@@ -128,17 +136,18 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=1))
     (args.work / "results.json").write_text(json.dumps(summary, indent=1))
-    improved = np.mean(results["adapter on nf4 base"]) > np.mean(zero_scores)
+    improved = np.mean(results[f"adapter on {trained_on} base"]) > np.mean(zero_scores)
     if args.ship and improved:
-        _ship(out, args.ship, summary, [i.name[:3] for i, _ in evaluation])
+        _ship(out, args.ship, summary, [i.name[:3] for i, _ in evaluation], args.base_name)
         print(f"shipped to {args.ship}")
 
 
-def _ship(out: Path, target: Path, summary: dict, eval_subjects: list[str]) -> None:
+def _ship(out: Path, target: Path, summary: dict, eval_subjects: list[str], base_name: str) -> None:
     """Re-save the adapter folder atomically with the licence and held-out results recorded."""
-    from minisam.adapters.adapter_io import atomic_folder
+    from minisam.adapters.adapter_io import atomic_folder, write_model_card
 
     meta = json.loads((out / "minisam_adapter.json").read_text())
+    meta["base_model"] = base_name
     meta["training_data"].update(dataset="HC18 fetal head ultrasound", licence=LICENCE)
     meta["training_data"]["source"] = "hc18_fewshot.csv (shared/data/hc18_fetal_head_us)"
     meta["metrics"]["heldout_eval"] = {
@@ -150,6 +159,7 @@ def _ship(out: Path, target: Path, summary: dict, eval_subjects: list[str]) -> N
             if item.is_file() and item.name != "minisam_adapter.json":
                 (tmp / item.name).write_bytes(item.read_bytes())
         (tmp / "minisam_adapter.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_model_card(tmp)  # the card tells the licence and held-out results too
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from minisam.checkpoints import weights_hash
 from minisam.engine import SamEngine
 from minisam.errors import ModelError
 from minisam.model_config import build_sam, preset
+from minisam.model_loader import load_model
 
 TINY = preset("tiny")
 LORA = AdapterSpec(method="lora", rank=4, alpha=8)
@@ -455,8 +456,11 @@ def test_builtin_adapters_are_listed_chosen_and_shadowed_but_not_removed(tmp_pat
 def test_shipped_adapter_readme_is_our_model_card() -> None:
     card = (BUILTIN_ROOT / "us_hc18" / "README.md").read_text()
     assert card == model_card(read_metadata(BUILTIN_ROOT / "us_hc18")), "regenerate it"
-    assert "[More Information Needed]" not in card and "ea106c9b8aba36c2" in card
-    assert "HC18" in card and "CC BY 4.0" in card and "0.8553" in card
+    meta = read_metadata(BUILTIN_ROOT / "us_hc18")
+    assert "[More Information Needed]" not in card and meta.base_hash in card
+    assert meta.base_hash == load_model("default").base_hash()  # made for the shipped default
+    held_out = meta.metrics["heldout_eval"]["mean_dice"]["adapter on nf4 base"]
+    assert "HC18" in card and "CC BY 4.0" in card and f"adapter on nf4 base {held_out}" in card
 
 
 def test_modality_family_mapping() -> None:

@@ -9,19 +9,23 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
+from minisam.checkpoints import weights_hash
 from minisam.engine import SamEngine
 from minisam.imageio import read_image
 from minisam.intensity import normalize_intensity, to_rgb
 from minisam.metrics import dice
-from minisam.model_loader import DEFAULT_MODEL, load_model
+from minisam.model_config import count_parameters
+from minisam.model_loader import DEFAULT_MODEL, PACKAGE_WEIGHTS, load_model
 from minisam.prompts import Prompt, mask_bounding_box
 from minisam.training.default_recipe import VALIDATION_CXR_EVERY
 from minisam.training.slice_samples import read_mask_2d
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CXR = "cxr_lung_montgomery_shenzhen"
+TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v0.safetensors"
 
 
 def _held_out_cxr(shared_data: Path) -> list[Path]:
@@ -40,11 +44,32 @@ def test_default_model_card_names_data_and_licences() -> None:
         word in str(card["datasets"]).lower() for word in ("shenzhen", "ham10000", "hc18")
     )
     assert all(len(text) > 20 for text in card["datasets"].values())
-    assert "scripts/train_default.py" in card["command"]
+    assert "scripts/reproduce_default.py" in card["command"]
 
 
-def test_default_model_segments_held_out_lungs_from_a_box(shared_data: Path) -> None:
-    loaded = load_model("default")
+def test_default_is_a_student_distilled_from_the_shipped_teacher() -> None:
+    student, teacher = load_model("default"), load_model(str(TEACHER))
+    assert student.card["teacher_hash"] == weights_hash(teacher.sam)
+    assert "scripts/train_default.py" in teacher.card["command"]
+    assert count_parameters(student.sam.image_encoder) < 0.5 * count_parameters(
+        teacher.sam.image_encoder
+    )
+    # It keeps the teacher's prompt encoder and mask decoder (distillation trains the encoder only).
+    for part in ("prompt_encoder", "mask_decoder"):
+        mine, theirs = (
+            getattr(student.sam, part).state_dict(),
+            getattr(teacher.sam, part).state_dict(),
+        )
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_student_keeps_95_percent_of_the_teachers_lung_dice(shared_data: Path) -> None:
+    teacher = np.mean(_held_out_lung_dice(load_model(str(TEACHER)), shared_data))
+    student = np.mean(_held_out_lung_dice(load_model("default"), shared_data))
+    assert student >= 0.95 * teacher, (student, teacher)
+
+
+def _held_out_lung_dice(loaded, shared_data: Path) -> list[float]:
     engine = SamEngine(loaded.sam, loaded.config)
     scores = []
     for path in _held_out_cxr(shared_data):
@@ -56,6 +81,11 @@ def test_default_model_segments_held_out_lungs_from_a_box(shared_data: Path) -> 
             if lung.sum() > 1000:
                 prediction = engine.predict(embedding, Prompt(box=mask_bounding_box(lung)))
                 scores.append(dice(prediction.mask, lung))
+    return scores
+
+
+def test_default_model_segments_held_out_lungs_from_a_box(shared_data: Path) -> None:
+    scores = _held_out_lung_dice(load_model("default"), shared_data)
     assert len(scores) >= 20
     assert np.mean(scores) > 0.85, scores
     assert np.min(scores) > 0.6, scores

@@ -298,6 +298,7 @@ def test_adalora_qat_fine_tunes_through_int8_layers(hc18: dict[str, list]) -> No
     extra = report.extra
     assert extra["qat_val_dice"] == pytest.approx(report.best_val_dice)
     assert extra["qat_val_dice"] >= extra["ptq_val_dice"]  # PTQ is stage 2's epoch -1
+    assert (extra["stage1_epochs"], extra["stage2_epochs"]) == (3, 2)
     assert report.best_val_dice > report.zero_shot_val_dice
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in k for k in trainable)

@@ -42,6 +42,8 @@ def bootstrap_ci(
     means = data[rng.integers(0, data.size, (n_boot, data.size))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
+    # A resampled mean of identical values can round one ulp outside the data's range.
+    low, high = np.clip([low, high], data.min(), data.max())
     return float(low), float(high)
 
 

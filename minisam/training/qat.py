@@ -97,6 +97,7 @@ def train_adapter_qat(
     )
     for row in second.history:
         row["stage"] = 2
+    stage_epochs = (len(first.history), len(second.history))
     report = second
     report.history = first.history + second.history
     report.zero_shot_val_dice = first.zero_shot_val_dice
@@ -107,7 +108,7 @@ def train_adapter_qat(
         "ptq_val_dice": second.baseline_val_dice,
         "qat_val_dice": second.best_val_dice,
         "qat_scheme": qat_scheme,
-        "stage1_epochs": len(first.history),
-        "stage2_epochs": len(second.history),
+        "stage1_epochs": stage_epochs[0],
+        "stage2_epochs": stage_epochs[1],
     }
     return quantized, report, fresh
