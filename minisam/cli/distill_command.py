@@ -10,10 +10,10 @@ from pathlib import Path
 from minisam.cli.training_args import (
     add_data_arguments,
     add_optimisation_arguments,
+    check_checkpoint_out,
     check_common,
     load_samples,
     memory_hint,
-    refuse_existing,
     settings_from_args,
     split_cases,
     training_progress,
@@ -60,16 +60,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise InputError(f"--out {out}: must end in .safetensors")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
     if args.mse_weight < 0 or args.cosine_weight < 0 or args.mse_weight + args.cosine_weight == 0:
         raise InputError("--mse-weight and --cosine-weight must be >= 0 and not both 0")
     if args.finetune_epochs < 0:
         raise InputError(f"--finetune-epochs must be >= 0, not {args.finetune_epochs}")
-    refuse_existing(out, args.overwrite, args.resume)
+    check_checkpoint_out(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 from minisam.cli.training_args import (
     add_data_arguments,
     add_optimisation_arguments,
+    check_checkpoint_out,
     check_common,
     load_samples,
     memory_hint,
-    refuse_existing,
     settings_from_args,
     split_cases,
     training_progress,
@@ -53,14 +53,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise InputError(f"--out {out}: must end in .safetensors")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
     if not 0.0 <= args.box_probability <= 1.0:
         raise InputError(f"--box-probability must be in [0, 1], not {args.box_probability}")
-    refuse_existing(out, args.overwrite, args.resume)
+    check_checkpoint_out(args)
 
 
 def _device(name: str):

@@ -222,3 +222,14 @@ def refuse_existing(path: Path, overwrite: bool, resume: bool = False) -> None:
     """No silent overwrite of an earlier result."""
     if path.exists() and not overwrite and not resume:
         raise InputError(f"--out {path} exists; choose another path or pass --overwrite")
+
+
+def check_checkpoint_out(args: argparse.Namespace) -> Path:
+    """``--out``: a new .safetensors file in an existing folder (or --overwrite / --resume)."""
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"--out {out}: must end in .safetensors")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    refuse_existing(out, args.overwrite, args.resume)
+    return out

@@ -15,10 +15,10 @@ import torch
 from minisam.atomic import atomic_output
 from minisam.checkpoints import save_checkpoint
 from minisam.model_config import SamConfig
-from minisam.prompts import Prompt
+from minisam.prompts import Prompt, mask_bounding_box
 from minisam.training.distributed import World
 from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
-from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches, decode, exact_box
+from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches, decode
 from minisam.training.model_inputs import ModelInputs
 
 __all__ = ["TrainReport", "TrainSettings", "train_base", "validation_dice"]
@@ -38,7 +38,7 @@ def validation_dice(
             features = sam.image_encoder(sam.preprocess(images))
             for j in range(images.shape[0]):
                 truth = data.masks[start + j].to(device)
-                prompt = Prompt(box=exact_box(truth))
+                prompt = Prompt(box=mask_bounding_box(truth.cpu().numpy()))
                 logits, _ = decode(sam, features[j], prompt, False, config.image_size)
                 pred = logits[0] > 0
                 inter = (pred & truth).sum().item()

@@ -58,13 +58,6 @@ def hard_iou(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
-def exact_box(truth: torch.Tensor) -> np.ndarray:
-    """The tight bounding box (x0, y0, x1, y1) of a non-empty (S, S) mask."""
-    rows = torch.nonzero(truth.any(1)).flatten()
-    cols = torch.nonzero(truth.any(0)).flatten()
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
-
-
 class PromptedMaskLoss(torch.nn.Module):
     """Sum over a batch of each sample's loss for its simulated prompt.
 
