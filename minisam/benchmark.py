@@ -59,18 +59,23 @@ def _state_bytes(module: torch.nn.Module) -> int:
     )
 
 
-def _file_mb(loaded, quantized: bool, folder: Path) -> float:
+def _file_mb(loaded, quantized: bool, folder: Path) -> tuple[float, float | None]:
+    """(file MB, file MB with the non-quantized tensors in fp16, or None for an fp32 model)."""
     from minisam.checkpoints import save_checkpoint
     from minisam.quantized_checkpoint import save_quantized_checkpoint
 
     path = folder / "model.safetensors"
-    if quantized:
-        save_quantized_checkpoint(loaded.sam, loaded.config, path)
-    else:
+    if not quantized:
         save_checkpoint(loaded.sam, loaded.config, path)
-    size = path.stat().st_size / 1e6
-    path.unlink()
-    return size
+        size = path.stat().st_size / 1e6
+        path.unlink()
+        return size, None
+    sizes = []
+    for rest_dtype in ("float32", "float16"):
+        save_quantized_checkpoint(loaded.sam, loaded.config, path, rest_dtype=rest_dtype)
+        sizes.append(path.stat().st_size / 1e6)
+        path.unlink()
+    return sizes[0], sizes[1]
 
 
 def _attach_adapter(loaded, folder: Path) -> float:
@@ -106,7 +111,7 @@ def measure(case: BenchCase) -> dict[str, Any]:
         folder = Path(tmp)
         if case.quant != "fp32":
             quantize_model(loaded, case.quant, device=device)
-        file_mb = _file_mb(loaded, case.quant != "fp32", folder)
+        file_mb, file_half_rest_mb = _file_mb(loaded, case.quant != "fp32", folder)
         adapter_mb = _attach_adapter(loaded, folder) if case.adapter else 0.0
     engine = SamEngine(loaded.sam, loaded.config, device=device)
     size = loaded.config.image_size
@@ -142,6 +147,7 @@ def measure(case: BenchCase) -> dict[str, Any]:
         "weights_mb": _state_bytes(loaded.sam) / 1e6,
         "encoder_weights_mb": _state_bytes(loaded.sam.image_encoder) / 1e6,
         "file_mb": file_mb,
+        "file_half_rest_mb": file_half_rest_mb,
         "adapter_mb": adapter_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
@@ -191,22 +197,24 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (ratios to vit_h when it was measured)."""
     header = (
         "| model | quant | adapter | input | encoder ms | decoder ms | weights MB | encoder MB | file MB "
-        "| peak RSS MB | encoder × faster than vit_h | encoder weights % of vit_h |"
+        "| file MB, fp16 rest | peak RSS MB | encoder × faster than vit_h | encoder weights % of vit_h |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         if "error" in r:
             lines.append(
                 f"| {r['model']} | {r['quant']} | {'yes' if r['adapter'] else 'no'} | – "
-                f"| error: {r['error']} |" + " |" * 7
+                f"| error: {r['error']} |" + " |" * 8
             )
             continue
         speed = r.get("encoder_speedup_vs_vit_h")
         share = r.get("encoder_weights_pct_of_vit_h")
+        half = r.get("file_half_rest_mb")
         lines.append(
             f"| {r['name']} | {r['quant']} | {'LoRA r8' if r['adapter'] else 'no'} | {r['input_size']} "
             f"| {r['encoder_ms']:.0f} | {r['decoder_ms']:.1f} | {r['weights_mb']:.1f} "
-            f"| {r['encoder_weights_mb']:.1f} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['encoder_weights_mb']:.1f} | {r['file_mb']:.1f} "
+            f"| {'–' if half is None else f'{half:.1f}'} | {r['peak_rss_mb']:.0f} "
             f"| {'–' if speed is None else f'{speed:.1f}'} | {'–' if share is None else f'{share:.2f}'} |"
         )
     return "\n".join(lines)

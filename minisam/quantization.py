@@ -1,11 +1,17 @@
-"""Post-training weight quantization of the frozen SAM image encoder with bitsandbytes (NF4, INT8).
+"""Post-training weight quantization of the frozen SAM weights with bitsandbytes (NF4, INT8).
 
-Only the encoder's transformer linears are quantized: ``blocks[i].attn.qkv`` / ``attn.proj`` (group
-"attn") and ``blocks[i].mlp.lin1`` / ``mlp.lin2`` (group "mlp"). The patch embedding and neck
-(convolutions), norms, position embeddings, the prompt encoder and the mask decoder stay fp32.
+The frozen linears are quantized in three groups: the image encoder's ``blocks[i].attn.qkv`` /
+``attn.proj`` (group "attn") and ``blocks[i].mlp.lin1`` / ``mlp.lin2`` (group "mlp"), and every
+linear of the mask decoder (group "decoder": its two-way transformer's attention and MLPs, the
+hypernetwork MLPs and the IoU head). Convolutions (patch embedding, encoder neck, mask upscaling),
+norms, position embeddings and the prompt encoder stay fp32.
 
-Schemes are strings: ``"nf4"``, ``"int8:attn"``, ``"nf4:attn,mlp"``, or mixed precision per group
-(AdaLoRA-QAT style selective quantization) ``"nf4:mlp+int8:attn"``.
+Schemes are strings: ``"nf4"`` (a bare kind means the encoder groups, "attn" and "mlp"),
+``"int8:attn"``, ``"nf4:attn,mlp"``, ``"nf4:all"`` (encoder and decoder; aliases "encoder" and
+"all" name group sets, and contain no comma, so they fit in ``--config`` strings), or mixed
+precision per group (AdaLoRA-QAT style selective quantization) ``"nf4:mlp+int8:attn"``.
+With a small encoder the mask decoder holds most of the weights: quantizing only the encoder
+leaves the file far above a quarter of fp32 (see docs/bench/cpu.md).
 
 * NF4: ``bnb.nn.Linear4bit(quant_type="nf4", compress_statistics=True)``: 4-bit NormalFloat codes,
   one absmax per 64 weights, absmax itself 8-bit quantized (double quant).
@@ -67,7 +73,9 @@ import torch
 from minisam.checkpoints import LoadedModel, weights_hash
 from minisam.errors import ModelError
 
-GROUPS: tuple[str, ...] = ("attn", "mlp")
+GROUPS: tuple[str, ...] = ("attn", "mlp", "decoder")
+ENCODER_GROUPS: tuple[str, ...] = ("attn", "mlp")  # what a bare kind ("nf4") quantizes
+GROUP_ALIASES: dict[str, tuple[str, ...]] = {"encoder": ENCODER_GROUPS, "all": GROUPS}
 KINDS: tuple[str, ...] = ("fp32", "nf4", "int8")
 CPU_STRATEGIES: tuple[str, ...] = ("bnb-bf16", "bnb", "dequantize")
 # Fastest measured on CPU per kind (see the module docstring); INT8 has no bf16 kernel.
@@ -76,6 +84,14 @@ DEFAULT_CPU_STRATEGY: dict[str, str] = {"nf4": "bnb-bf16", "int8": "bnb"}
 # Encoder-relative names of the quantizable linears and the group each belongs to.
 _LAYER_NAME = re.compile(r"^blocks\.\d+\.(?P<group>attn|mlp)\.(qkv|proj|lin1|lin2)$")
 _ENCODER = "image_encoder."
+# Mask-decoder-relative names of its linears (segment-anything's MaskDecoder / TwoWayTransformer).
+_DECODER_LAYER_NAME = re.compile(
+    r"^(transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
+    r"|final_attn_token_to_image)\.(q_proj|k_proj|v_proj|out_proj)"
+    r"|transformer\.layers\.\d+\.mlp\.lin[12]"
+    r"|(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.\d+)$"
+)
+_DECODER = "mask_decoder."
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ class QuantScheme:
     assignments: tuple[tuple[str, str], ...]
 
     @classmethod
-    def uniform(cls, kind: str, groups: Iterable[str] = GROUPS) -> QuantScheme:
+    def uniform(cls, kind: str, groups: Iterable[str] = ENCODER_GROUPS) -> QuantScheme:
         """``kind`` for ``groups``, fp32 for the other groups."""
         chosen = set(groups)
         return cls(tuple((g, kind if g in chosen else "fp32") for g in GROUPS))
@@ -123,10 +139,11 @@ class QuantScheme:
 
 
 def parse_scheme(spec: str | QuantScheme) -> QuantScheme:
-    """Parse "nf4", "int8:attn", "nf4:attn,mlp" or "nf4:mlp+int8:attn".
+    """Parse "nf4", "int8:attn", "nf4:attn,mlp", "nf4:all" or "nf4:mlp+int8:attn".
 
     Returns:
-      the scheme; groups not named in any part stay fp32, a bare kind applies to all groups.
+      the scheme; groups not named in any part stay fp32, a bare kind applies to the encoder
+      groups (:data:`ENCODER_GROUPS`); "encoder" and "all" expand as in :data:`GROUP_ALIASES`.
 
     Raises:
       ModelError: unknown kind or group, a group named twice, or an empty spec.
@@ -146,12 +163,13 @@ def parse_scheme(spec: str | QuantScheme) -> QuantScheme:
             raise ModelError(
                 f"quantization scheme {spec!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}"
             )
-        groups = [g.strip() for g in group_text.split(",")] if group_text.strip() else list(GROUPS)
+        named = [g.strip() for g in group_text.split(",")] if group_text.strip() else ["encoder"]
+        groups = [g for name in named for g in GROUP_ALIASES.get(name, (name,))]
         for group in groups:
             if group not in GROUPS:
                 raise ModelError(
                     f"quantization scheme {spec!r}: unknown layer group {group!r}; "
-                    f"known: {', '.join(GROUPS)}"
+                    f"known: {', '.join((*GROUPS, *GROUP_ALIASES))}"
                 )
             if group in chosen:
                 raise ModelError(f"quantization scheme {spec!r}: group {group!r} is given twice")
@@ -166,12 +184,12 @@ class QuantReport:
     Attributes:
       scheme: canonical spec of the scheme applied.
       layers: full module name -> kind for every quantized layer.
-      bytes_before: bytes of the image encoder's weights (parameters and buffers) before.
-      bytes_after: bytes the encoder's weights occupy in memory afterwards (quantization
-        statistics included; with cpu_strategy "dequantize" the fp32 copies plus the kept
-        quantized payload).
-      stored_bytes: bytes of the encoder's weights in quantized storage (what a quantized
-        checkpoint holds for the encoder).
+      bytes_before: bytes of the weights (parameters and buffers) of the quantized parts before:
+        the image encoder, plus the mask decoder when its group is quantized.
+      bytes_after: bytes those weights occupy in memory afterwards (quantization statistics
+        included; with cpu_strategy "dequantize" the fp32 copies plus the kept quantized payload).
+      stored_bytes: bytes of those weights in quantized storage (what a quantized checkpoint
+        holds for them).
       cpu_strategy: layer kind -> strategy used on CPU (empty on CUDA).
     """
 
@@ -186,7 +204,7 @@ class QuantReport:
         """One line for logs and the CLI."""
         mib = 1024 * 1024
         return (
-            f"{self.scheme}: {len(self.layers)} encoder linears quantized; encoder weights "
+            f"{self.scheme}: {len(self.layers)} linears quantized; their parts' weights "
             f"{self.bytes_before / mib:.1f} MiB -> {self.bytes_after / mib:.1f} MiB in memory, "
             f"{self.stored_bytes / mib:.1f} MiB stored"
         )
@@ -540,6 +558,20 @@ def encoder_linears(sam: torch.nn.Module) -> dict[str, tuple[str, torch.nn.Modul
     return found
 
 
+def decoder_linears(sam: torch.nn.Module) -> dict[str, tuple[str, torch.nn.Module]]:
+    """Full name -> ("decoder", module) of every mask-decoder linear (quantized or not)."""
+    return {
+        _DECODER + name: ("decoder", module)
+        for name, module in sam.mask_decoder.named_modules()
+        if _DECODER_LAYER_NAME.match(name)
+    }
+
+
+def quantizable_linears(sam: torch.nn.Module) -> dict[str, tuple[str, torch.nn.Module]]:
+    """Full name -> (group, module) of every linear a scheme can quantize, encoder then decoder."""
+    return {**encoder_linears(sam), **decoder_linears(sam)}
+
+
 def quantized_scheme_of(sam: torch.nn.Module) -> QuantScheme:
     """The scheme actually present in ``sam`` (read off its layers).
 
@@ -547,13 +579,11 @@ def quantized_scheme_of(sam: torch.nn.Module) -> QuantScheme:
       ModelError: a group mixes precisions (not expressible as a scheme).
     """
     kinds: dict[str, set[str]] = {g: set() for g in GROUPS}
-    for group, module in encoder_linears(sam).values():
+    for group, module in quantizable_linears(sam).values():
         kinds[group].add(layer_payload(module)[0] if is_quantized_layer(module) else "fp32")
     mixed = [g for g, ks in kinds.items() if len(ks) > 1]
     if mixed:
-        raise ModelError(
-            f"encoder layer group {mixed[0]!r} mixes precisions {sorted(kinds[mixed[0]])}"
-        )
+        raise ModelError(f"layer group {mixed[0]!r} mixes precisions {sorted(kinds[mixed[0]])}")
     return QuantScheme(tuple((g, ks.pop() if ks else "fp32") for g, ks in kinds.items()))
 
 
@@ -632,14 +662,14 @@ def quantize_encoder(
     device: str | torch.device = "cpu",
     cpu_strategy: str | dict[str, str] | None = None,
 ) -> QuantReport:
-    """Replace the selected image-encoder linears of ``sam`` by quantized layers, in place.
+    """Replace the selected linears of ``sam`` (encoder groups, decoder) by quantized layers, in place.
 
     All new layers are built (and test-run on ``device``) before any is swapped in, so on error the
     model is left exactly as it was. The fp32 weights hash is recorded first as
     ``sam.minisam_base_hash`` (unless already set), for adapters and quantized checkpoints.
 
     Arguments:
-      sam: a segment-anything ``Sam`` whose selected encoder linears are plain ``nn.Linear``.
+      sam: a segment-anything ``Sam`` whose selected linears are plain ``nn.Linear``.
       scheme: a :class:`QuantScheme` or spec string (see :func:`parse_scheme`).
       device: where the quantized layers live (bitsandbytes quantizes on that device); the rest of
         the model is not moved.
@@ -660,7 +690,7 @@ def quantize_encoder(
         raise ModelError(f"cannot quantize a {type(sam).__name__}: it has no SAM image_encoder")
     targets = {
         name: (plan.kind_for(group), module)
-        for name, (group, module) in encoder_linears(sam).items()
+        for name, (group, module) in quantizable_linears(sam).items()
         if plan.kind_for(group) != "fp32"
     }
     for name, (_, module) in targets.items():
@@ -675,7 +705,8 @@ def quantize_encoder(
     # The fp32 hash must be taken before any layer changes; it is recorded only on success so
     # that a failed call leaves the model exactly as it was.
     base_hash = getattr(sam, "minisam_base_hash", None) or weights_hash(sam)
-    bytes_before = _state_bytes(sam.image_encoder)
+    parts = [sam.image_encoder] + ([sam.mask_decoder] if "decoder" in plan.groups else [])
+    bytes_before = sum(_state_bytes(part) for part in parts)
     built = {
         name: _build_layer(name, kind, module, target, strategies)
         for name, (kind, module) in targets.items()
@@ -688,8 +719,8 @@ def quantize_encoder(
         scheme=str(quantized_scheme_of(sam)),
         layers={name: kind for name, (kind, _) in targets.items()},
         bytes_before=bytes_before,
-        bytes_after=_state_bytes(sam.image_encoder),
-        stored_bytes=_stored_bytes(sam.image_encoder),
+        bytes_after=sum(_state_bytes(part) for part in parts),
+        stored_bytes=sum(_stored_bytes(part) for part in parts),
         cpu_strategy=(
             {targets[name][0]: cpu_strategy_of(layer) for name, layer in built.items()}
             if target.type == "cpu"

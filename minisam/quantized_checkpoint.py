@@ -1,4 +1,4 @@
-"""Quantized checkpoints: a SAM whose image encoder holds NF4 / INT8 layers, saved as quantized.
+"""Quantized checkpoints: a SAM whose encoder (and decoder) hold NF4 / INT8 layers, saved as quantized.
 
 One ``.safetensors`` file stores the quantized tensors themselves, so loading never re-quantizes
 from fp32 and a loaded model computes exactly what the saved one did:
@@ -8,8 +8,9 @@ from fp32 and a loaded model computes exactly what the saved one did:
   double-quant statistics + ``quant_map`` + the packed ``quant_state.bitsandbytes__nf4`` blob),
   i.e. the keys ``bnb.nn.Linear4bit.state_dict()`` writes;
 * INT8 layer: ``<name>.weight`` (int8) and ``<name>.SCB`` (fp32 absmax of each output row);
-* every other tensor (biases, norms, convolutions, prompt encoder, mask decoder) in fp32 as in
-  :mod:`minisam.checkpoints`.
+* every other tensor (biases, norms, convolutions, prompt encoder, the mask decoder unless its
+  group is quantized) in fp32 as in :mod:`minisam.checkpoints`, or in fp16/bf16 with
+  ``rest_dtype``.
 
 Metadata: ``format`` ("minisam.sam-quantized/1"), ``config`` (the :class:`SamConfig` JSON),
 ``scheme`` (e.g. "nf4:attn,mlp"), ``layers`` (JSON name -> kind), ``card`` (JSON), ``base_hash``
@@ -38,10 +39,10 @@ from minisam.quantization import (
     DequantizedLinear,
     QuantScheme,
     dequantize_payload,
-    encoder_linears,
     is_quantized_layer,
     layer_payload,
     parse_scheme,
+    quantizable_linears,
     quantized_scheme_of,
     resolve_cpu_strategy,
     restore_layer,
@@ -86,7 +87,7 @@ def save_quantized_checkpoint(
     base_hash: str | None = None,
     rest_dtype: str = "float32",
 ) -> Path:
-    """Write a model with a quantized encoder, atomically, keeping the quantized weights as they are.
+    """Write a quantized model atomically, keeping the quantized weights as they are.
 
     Arguments:
       sam: a ``Sam`` quantized by :func:`minisam.quantization.quantize_encoder` (or loaded by
@@ -98,7 +99,8 @@ def save_quantized_checkpoint(
         (``sam.minisam_base_hash``). Both given and different is an error.
       rest_dtype: storage type of the tensors that are not quantized (prompt encoder, mask decoder,
         norms, position embeddings): "float32" (exact) or "float16"/"bfloat16" (half the size; they
-        are cast back to float32 when loading). With a small encoder the fp32 decoder dominates the file.
+        are cast back to float32 when loading). With a small encoder the decoder dominates the
+        file unless its group ("decoder", or scheme "nf4:all") is quantized too.
 
     Returns:
       ``path``.
@@ -176,7 +178,7 @@ def _quantized_state(sam: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
     """(tensors to store, name -> kind of the quantized layers)."""
     quantized = {
         name: module
-        for name, (_, module) in encoder_linears(sam).items()
+        for name, (_, module) in quantizable_linears(sam).items()
         if is_quantized_layer(module)
     }
     tensors: dict[str, torch.Tensor] = {}
@@ -307,7 +309,7 @@ def _check_layers(
     """The stored layer list must be exactly what the scheme selects in this architecture."""
     wanted = {
         name: scheme.kind_for(group)
-        for name, (group, _) in encoder_linears(sam).items()
+        for name, (group, _) in quantizable_linears(sam).items()
         if scheme.kind_for(group) != "fp32"
     }
     if wanted != layers:

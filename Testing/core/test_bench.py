@@ -50,6 +50,8 @@ def test_bench_measures_rows_and_writes_json(tmp_path: Path, capsys) -> None:
     fp32, nf4 = rows[0], rows[2]
     assert nf4["encoder_weights_mb"] < 0.7 * fp32["encoder_weights_mb"]
     assert rows[1]["adapter_mb"] > 0 and rows[0]["adapter_mb"] == 0
+    assert fp32["file_half_rest_mb"] is None
+    assert nf4["file_half_rest_mb"] < nf4["file_mb"] < fp32["file_mb"]
     assert table.count("random:tiny") == 4
 
 
@@ -87,3 +89,6 @@ def test_bench_bad_arguments(capsys) -> None:
     assert main(["bench", "--models", "vit_x"]) == 2
     assert "--models vit_x" in capsys.readouterr().err
     assert main(["bench", "--models", "tiny", "--repeats", "0"]) == 2
+    assert main(["bench", "--models", "tiny", "--quants", "nf4:neck"]) == 2
+    err = capsys.readouterr().err
+    assert "--quants nf4:neck" in err and "unknown layer group 'neck'" in err

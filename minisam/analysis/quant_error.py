@@ -33,9 +33,9 @@ from minisam.errors import InputError
 from minisam.quantization import (
     QuantScheme,
     dequantize_payload,
-    encoder_linears,
     layer_payload,
     parse_scheme,
+    quantizable_linears,
     quantize_model,
 )
 
@@ -105,7 +105,7 @@ class QuantErrorAnalysis:
 
 
 def quantized_weights(model: LoadedModel, scheme: str | QuantScheme) -> list[LayerWeights]:
-    """Quantize ``model``'s encoder in place and return each quantized linear's weights.
+    """Quantize ``model`` in place and return each quantized linear's weights.
 
     Arguments:
       model: an fp32 model (it is quantized in place; load a fresh one for other uses).
@@ -117,15 +117,15 @@ def quantized_weights(model: LoadedModel, scheme: str | QuantScheme) -> list[Lay
     """
     plan = parse_scheme(scheme)
     if not plan.groups:
-        raise InputError(f"quantization scheme {str(scheme)!r} quantizes no encoder layer")
+        raise InputError(f"quantization scheme {str(scheme)!r} quantizes no layer")
     originals = {
         name: (group, module.weight.detach().float().cpu().numpy().copy())
-        for name, (group, module) in encoder_linears(model.sam).items()
+        for name, (group, module) in quantizable_linears(model.sam).items()
         if plan.kind_for(group) != "fp32"
         and isinstance(getattr(module, "weight", None), torch.Tensor)
     }
     quantize_model(model, plan, device="cpu", cpu_strategy="dequantize")
-    found = encoder_linears(model.sam)
+    found = quantizable_linears(model.sam)
     result = []
     for name, (group, fp32) in originals.items():
         kind, payload = layer_payload(found[name][1])

@@ -32,8 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quants",
         nargs="+",
-        default=["fp32", "nf4", "int8"],
-        help="quantizations for MiniSAM's models; vit_* run fp32 only (default: %(default)s)",
+        default=["fp32", "nf4", "nf4:all", "int8"],
+        help="quantization schemes for MiniSAM's models (nf4 = encoder linears, nf4:all = encoder "
+        "and mask decoder, int8:attn, ...); vit_* run fp32 only (default: %(default)s)",
     )
     parser.add_argument(
         "--no-adapter-rows", action="store_true", help="skip the rows with an active LoRA adapter"
@@ -54,7 +55,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 def plan(args: argparse.Namespace) -> list:
     """The rows to measure, in order."""
     from minisam.benchmark import RANDOM_MODELS, BenchCase
+    from minisam.errors import ModelError
+    from minisam.quantization import parse_scheme
 
+    for quant in args.quants:
+        try:
+            parse_scheme(quant)
+        except ModelError as exc:
+            raise InputError(f"--quants {quant}: {exc}") from None
     cases = []
     for model in args.models:
         if model in LARGE and args.skip_large:
