@@ -6,6 +6,17 @@ so the effect is re-exported when Qt is present (inside the Slicer application).
 ``dependencies``, ...), which the batch script and the tests import.
 """
 
+import sys
+from pathlib import Path
+
+# Loaded from a source checkout (the module folder added in Slicer's module paths), the core package
+# ``minisam/`` sits in the repository root, which Slicer does not put on sys.path. Every MiniSAM
+# module imports this package before ``minisam``. In a built extension ``minisam/`` is installed
+# next to the modules (already importable) and this is a no-op.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+if (_SOURCE_ROOT / "minisam" / "__init__.py").is_file() and str(_SOURCE_ROOT) not in sys.path:
+    sys.path.insert(0, str(_SOURCE_ROOT))
+
 try:
     import qt  # noqa: F401  # only inside the Slicer application
 except ImportError:

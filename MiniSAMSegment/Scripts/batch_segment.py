@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _MODULE_DIR = Path(__file__).resolve().parents[1]  # holds MiniSAMSegmentLib
@@ -31,7 +32,9 @@ for _path in (_MODULE_DIR, _SOURCE_ROOT):
             sys.path.insert(0, str(_path))
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 PROG = "batch_segment"
 
 
@@ -168,6 +171,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+def guarded(program: Callable[[], int]) -> int:
+    """``program()``'s exit code; an unexpected error is reported (traceback, then one line) as 1.
+
+    Slicer without ``--testing`` keeps running after an uncaught exception in a
+    ``--python-script``, so a batch job must never let one escape.
+    """
+    try:
+        return program()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 (the last line of defence of a batch process)
+        traceback.print_exc()
+        reason = str(error).splitlines()[0] if str(error) else ""
+        print(f"{PROG}: unexpected error: {type(error).__name__}: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _exit(code: int) -> None:
     """Slicer's exit inside the application (so --testing cannot override the code), else sys.exit."""
     import slicer
@@ -179,4 +200,4 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    _exit(main())
+    _exit(guarded(main))

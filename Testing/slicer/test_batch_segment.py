@@ -122,3 +122,16 @@ def test_missing_packages_are_reported_not_installed(
     assert batch.main([*argv, "--output", str(tmp_path / "x.seg.nrrd")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torch, tqdm>=4.60" in err[0] and "--install-dependencies" in err[0]
+
+
+def test_an_unexpected_error_exits_1_instead_of_hanging_slicer(batch, capsys) -> None:
+    def broken() -> int:
+        raise RuntimeError("CUDA out of memory\nmore detail")
+
+    assert batch.guarded(broken) == batch.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        "batch_segment: unexpected error: RuntimeError: CUDA out of memory"
+    )
+    assert "Traceback" in err
+    assert batch.guarded(lambda: batch.EXIT_BAD_INPUT) == batch.EXIT_BAD_INPUT

@@ -1,10 +1,14 @@
 """What cannot run without the Slicer application: it must at least compile, keep Qt out of the logic, and
-call only Slicer API names that exist (checked against the shared API name list)."""
+call only Slicer API names that exist (checked against the shared API name list); and the extension's
+CMakeLists.txt must copy every file of the core package that the modules use."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import py_compile
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,3 +97,94 @@ def test_slicer_api_names_exist(shared_data: Path) -> None:
     }
     assert len(used) > 25
     assert used <= known, sorted(used - known)
+
+
+def _cmake_globs(variable: str) -> tuple[bool, list[str]]:
+    """(recursive?, patterns) of the top-level CMakeLists.txt's ``file(GLOB[_RECURSE] <variable> ...)``."""
+    text = (REPO / "CMakeLists.txt").read_text()
+    found = re.findall(rf"file\(\s*(GLOB|GLOB_RECURSE)\s+{variable}\s+([^)]*)\)", text)
+    assert len(found) == 1, f"expected one file(GLOB... {variable} ...) in CMakeLists.txt"
+    mode, body = found[0]
+    words = iter(body.split())
+    patterns = []
+    for word in words:
+        if word in ("RELATIVE", "LIST_DIRECTORIES"):
+            next(words)  # their value
+        elif word not in ("CONFIGURE_DEPENDS", "FOLLOW_SYMLINKS"):
+            patterns.append(word)
+    assert patterns, variable
+    return mode == "GLOB_RECURSE", patterns
+
+
+def _cmake_glob_matches(recursive: bool, pattern: str, path: str) -> bool:
+    """CMake's rule: the file name matches the pattern's last component (``*`` never crosses a ``/``);
+    GLOB wants the file directly in the pattern's folder, GLOB_RECURSE anywhere below it."""
+    folder, _, name = pattern.rpartition("/")
+    assert not any(c in folder for c in "*?["), f"{pattern}: wildcard folders are not modelled"
+    path_folder, _, path_name = path.rpartition("/")
+    if not fnmatch.fnmatchcase(path_name, name):
+        return False
+    return path_folder == folder or (recursive and path_folder.startswith(folder + "/"))
+
+
+def _package_files(folder: Path) -> list[str]:
+    return sorted(
+        p.relative_to(REPO).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+    )
+
+
+# pretrained/: the embedded model, its model card and the built-in adapters (adapters/<name>/...)
+@pytest.mark.parametrize(
+    ("variable", "folder", "suffix"),
+    [
+        ("MINISAM_CORE_RESOURCES", "minisam/pretrained", ""),
+        ("MINISAM_CORE_SCRIPTS", "minisam", ".py"),
+    ],
+)
+def test_extension_build_copies_every_core_file(variable: str, folder: str, suffix: str) -> None:
+    """``import minisam`` in Slicer uses the copy the extension build makes next to the modules."""
+    recursive, patterns = _cmake_globs(variable)
+    files = [f for f in _package_files(REPO / folder) if f.endswith(suffix)]
+    assert files, folder
+    missed = [f for f in files if not any(_cmake_glob_matches(recursive, p, f) for p in patterns)]
+    assert not missed, f"CMakeLists.txt {variable} does not copy {missed}"
+
+
+def test_cmake_glob_model() -> None:
+    """The helper above follows CMake's GLOB / GLOB_RECURSE semantics on the cases that matter here."""
+    sub = "minisam/pretrained/adapters/us_hc18/minisam_adapter.json"
+    assert _cmake_glob_matches(False, "minisam/pretrained/*.json", "minisam/pretrained/x.json")
+    assert not _cmake_glob_matches(False, "minisam/pretrained/*.json", sub)
+    assert _cmake_glob_matches(True, "minisam/pretrained/*.json", sub)
+    assert not _cmake_glob_matches(True, "minisam/pretrained/*.json", "minisam/x.json")
+    assert not _cmake_glob_matches(True, "minisam/pretrained/*.md", sub)
+
+
+@pytest.mark.parametrize(
+    ("module_folder", "library"),
+    [("MiniSAMSegment", "MiniSAMSegmentLib"), ("MiniSAMTrain", "MiniSAMTrainLib")],
+)
+def test_modules_from_a_source_checkout_find_the_core_package(
+    module_folder: str, library: str, tmp_path: Path
+) -> None:
+    # Slicer puts only a module's own folder on sys.path (modules added by path in its settings).
+    # Without site-packages (-S) the installed minisam is out of reach, as in a fresh Slicer.
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / module_folder)!r})\n"
+        "try:\n    import minisam\n    print('already importable')\nexcept ImportError:\n    pass\n"
+        f"import {library}, minisam.errors, MiniSAMSegmentLib\n"
+        "print(minisam.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # not the repository root, which "-c" would put on sys.path
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines == [str(REPO / "minisam" / "__init__.py")], done.stdout
