@@ -10,10 +10,12 @@
    ``--finetune-epochs``, lowered validation Dice here: 0.352 -> 0.33 after 1-3 epochs);
 3. few-shot ultrasound adapters on the student: QLoRA on its NF4 encoder, and AdaLoRA-QAT
    (INT8 attention), from 50 labelled HC18 slices (scripts/train_us_adapter.py);
-4. the table: ``minisam evaluate`` of teacher, student, NF4 student, student + adapters on the
+4. a chest X-ray adapter (QLoRA, rank 16) from the 77 Montgomery training cases, the cases the
+   teacher and student trained on: the held-out 11 stay unseen;
+5. the table: ``minisam evaluate`` of teacher, student, NF4 student, student + adapters on the
    committed manifests in docs/eval, written to docs/training/ (``--table-out``).
 
-``--install`` copies the student and the QLoRA adapter into minisam/pretrained/. CPU: about
+``--install`` copies the student and the two QLoRA adapters into minisam/pretrained/. CPU: about
 25 minutes without --train-teacher; a GPU makes each step faster (``--device cuda``).
 """
 
@@ -31,7 +33,7 @@ import torch
 
 from minisam.model_loader import PACKAGE_WEIGHTS
 from minisam.training.base_trainer import TrainSettings, train_base
-from minisam.training.default_recipe import LICENCES, default_samples
+from minisam.training.default_recipe import LICENCES, default_samples, montgomery_split
 from minisam.training.distill import (
     DistillSettings,
     TeacherEmbeddings,
@@ -39,6 +41,7 @@ from minisam.training.distill import (
     distill,
     student_config,
 )
+from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +65,7 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
     torch.manual_seed(args.seed)
     student = build_student(teacher, config)
     card = {
-        "name": "minisam-default-v1",
+        "name": "minisam-default-v2",
         "teacher": teacher_path.name,
         "teacher_hash": teacher.base_hash(),
         "student": args.student,
@@ -105,7 +108,7 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/minisam_v1"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/minisam_v2"))
     parser.add_argument("--student", default="student")
     parser.add_argument("--distill-epochs", type=int, default=25)
     parser.add_argument(
@@ -142,9 +145,13 @@ def main() -> None:
              "--epochs", "40", *ship])  # fmt: skip
         adapters[name] = work / name
         times[f"{name}_minutes"] = json.loads((work / "results.json").read_text())["train_minutes"]
+    adapters["xray_cxr"], times["xray_cxr_minutes"] = train_xray_adapter(args, student)
     (args.work / "times.json").write_text(json.dumps(times, indent=1))
     if args.install:
         shutil.copy(student, PACKAGE_WEIGHTS / "minisam_default.safetensors")
+        installed = PACKAGE_WEIGHTS / "adapters" / "xray_cxr"
+        shutil.rmtree(installed, ignore_errors=True)
+        shutil.copytree(adapters["xray_cxr"], installed)
     manifests = [a for m in EVAL_MANIFESTS for a in ("--manifest", f"docs/eval/{m}")]
     qat = json.loads((adapters["us_hc18_qat"] / "minisam_adapter.json").read_text())
     qat_quant = qat["training_data"]["quant"]
@@ -155,6 +162,7 @@ def main() -> None:
         f"student_nf4_lora_us={student},quant=nf4,adapter={adapters['us_hc18']}",
         f"student_int8qat_us={student},quant={qat_quant},adapter={adapters['us_hc18_qat']}",
         f"student_fp32_adalora_us={student},adapter={adapters['us_hc18_qat']}",
+        f"student_nf4_lora_xray={student},quant=nf4,adapter={adapters['xray_cxr']}",
     ]
     run([python, "-m", "minisam", "evaluate", *manifests,
          *(a for c in configs for a in ("--config", c)), "--out", str(args.table_out / "eval"),
@@ -165,6 +173,22 @@ def main() -> None:
     )
     (args.table_out / "table.md").write_text(table)
     print(table)
+
+
+def train_xray_adapter(args: argparse.Namespace, student: Path) -> tuple[Path, float]:
+    """QLoRA chest X-ray adapter on the NF4 student from the Montgomery training cases."""
+    train, _ = montgomery_split(args.data)
+    manifest = args.work / "cxr_train.csv"
+    write_manifest(
+        manifest, [{"image": str(i), "label": str(m), "modality": "xray"} for i, m in train]
+    )
+    out = args.work / "xray_cxr"
+    started = time.monotonic()
+    run([sys.executable, "-m", "minisam", "train-adapter", "--manifest", str(manifest),
+         "--modality", "DX", "--name", "xray_cxr", "--model", str(student), "--include-decoder",
+         "--rank", "16", "--lr", "2e-3", "--patience", "8", "--epochs", "40",
+         "--seed", str(args.seed), "--out", str(out), "--overwrite", "--quiet"])  # fmt: skip
+    return out, round((time.monotonic() - started) / 60, 2)
 
 
 def training_table(summary: Path, times: dict, teacher: Path, student: Path, adapters: dict) -> str:

@@ -191,6 +191,12 @@ def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
         ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--method", "dora"],
         ["--images", "a", "--modality", "US", "--out", "x"],
         ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--quant", "int4"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--targets", "qkv,neck"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--decoder-targets", ","],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--dropout", "1.5"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--alpha", "0"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--correction-clicks", "-1"],
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--geometric-aug", "2"],
         [
             "--manifest",
             "m.csv",
@@ -237,10 +243,16 @@ def test_cli_trains_from_folders(hc18: dict[str, list], tmp_path: Path, capsys) 
         shutil.copy(mask, masks / mask.name)
     args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
             "_mask", "--max-slices", "4", "--modality", "US", "--epochs", "1", "--rank", "2",
-            "--out", str(tmp_path / "ad"), "--install", "--library", str(tmp_path / "lib"),
-            "--quiet"]  # fmt: skip
+            "--targets", "qkv,lin2", "--include-decoder", "--decoder-targets", "lin1",
+            "--alpha", "8", "--out", str(tmp_path / "ad"), "--install", "--library",
+            str(tmp_path / "lib"), "--quiet"]  # fmt: skip
     assert cli_main(args) == 0
-    meta = read_adapter(tmp_path / "ad").metadata
+    adapter = read_adapter(tmp_path / "ad")
+    meta = adapter.metadata
+    assert list(meta.spec["target_modules"]) == ["qkv", "lin2"] and meta.spec["alpha"] == 8
+    assert list(meta.spec["decoder_target_modules"]) == ["lin1"]
+    adapted = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in adapter.tensors}
+    assert adapted == {"qkv", "lin2", "lin1"}
     assert meta.modality == "US" and meta.name == "us_adapter"
     assert meta.training_data["train_slices"] + meta.training_data["val_slices"] == 4
     assert 0 <= meta.metrics["val_dice"] <= 1
@@ -303,3 +315,158 @@ def test_adalora_qat_fine_tunes_through_int8_layers(hc18: dict[str, list]) -> No
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in k for k in trainable)
     assert report.base_hash == base_hash and report.quant == "int8:attn"
+
+
+# AdaLoRA-QAT cancel + resume, on the tiny random base: 4 training slices in batches of 2 (2 steps
+# an epoch), 2 epochs of stage 1 (AdaLoRA's final allocation at step 3) and 2 of stage 2.
+_QAT_SPEC = AdapterSpec(method="adalora", init_r=6, target_r=4, tinit=1, tfinal=1, total_step=4)
+_QAT_SETTINGS = AdapterTrainSettings(epochs=2, batch_size=2, learning_rate=3e-3, seed=2)
+
+
+def _run_qat(hc18: dict[str, list], out: Path, progress=None, resume=False, settings=None):
+    from minisam.training.qat import QatFiles, train_adapter_qat
+
+    loaded = load_model("random:tiny", seed=3)  # what a new process starts from
+    model, report, _ = train_adapter_qat(
+        loaded, hc18["train"][:4], hc18["val"][:2], _QAT_SPEC, "US", settings or _QAT_SETTINGS,
+        "int8:attn", 2, progress, files=QatFiles.next_to(out), resume=resume,
+    )  # fmt: skip
+    return model, report
+
+
+def _adapter_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def _cancel_at(stage: int, count: int, seen: list[dict]):
+    """A progress callback that cancels after the ``count``-th training step of ``stage``."""
+
+    def progress(info: dict) -> bool:
+        seen.append(info)
+        steps = [i for i in seen if "step" in i and i["stage"] == stage]
+        return not ("step" in info and info["stage"] == stage and len(steps) == count)
+
+    return progress
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name + "."))
+
+
+@pytest.fixture(scope="module")
+def qat_straight(hc18: dict[str, list], tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("qat") / "straight"
+    model, report = _run_qat(hc18, out)
+    assert not report.cancelled and _leftovers(out) == []  # nothing left when it ends by itself
+    return _adapter_weights(model), report
+
+
+def _assert_same_run(model, report, straight: tuple) -> None:
+    weights, expected = straight
+    got = _adapter_weights(model)
+    assert got.keys() == weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6)
+    assert not report.cancelled and report.resumed
+    assert [r["stage"] for r in report.history] == [r["stage"] for r in expected.history]
+    assert [r["epoch"] for r in report.history] == [r["epoch"] for r in expected.history]
+    for row, want in zip(report.history, expected.history, strict=True):
+        assert row["val_dice"] == pytest.approx(want["val_dice"], abs=1e-6)
+    assert report.extra.keys() == expected.extra.keys()
+    for key, value in expected.extra.items():
+        assert report.extra[key] == (
+            pytest.approx(value, abs=1e-6) if key.endswith("dice") else value
+        )
+    assert report.best_epoch == expected.best_epoch
+    assert report.zero_shot_val_dice == pytest.approx(expected.zero_shot_val_dice, abs=1e-6)
+
+
+def test_adalora_qat_resume_after_cancel_in_stage_1(hc18, qat_straight, tmp_path: Path) -> None:
+    out = tmp_path / "ad"
+    seen: list[dict] = []
+    model, report = _run_qat(hc18, out, _cancel_at(1, 3, seen))  # after AdaLoRA's final allocation
+    assert report.cancelled and {i["stage"] for i in seen} == {1}
+    assert _leftovers(out) == ["ad.stage1.resume.pt"]
+    folder = save_adapter(model, "default", out, {"name": "c", "modality": "US", "base_hash": "x"})
+    assert 0 < read_adapter(folder).num_parameters <= report.trainable_params  # usable as it is
+
+    again: list[dict] = []
+    model, report = _run_qat(hc18, out, again.append, resume=True)
+    assert [i["stage"] for i in again if "step" in i] == [1] + [2] * 4  # stage 1's last step, QAT
+    _assert_same_run(model, report, qat_straight)
+    assert _leftovers(out) == []
+
+
+def test_adalora_qat_resume_after_cancel_in_stage_2(hc18, qat_straight, tmp_path: Path) -> None:
+    from minisam.training.qat import QatFiles
+
+    out = tmp_path / "ad"
+    with pytest.raises(InputError, match="nothing to continue"):
+        _run_qat(hc18, out, resume=True)
+    model, report = _run_qat(hc18, out, _cancel_at(2, 3, []))  # stage 2, second epoch's 1st step
+    assert report.cancelled and [r["stage"] for r in report.history] == [1, 1, 2, 2]
+    files = QatFiles.next_to(out)
+    assert _leftovers(out) == ["ad.resume.pt", "ad.stage1"] and files.stage1_done()
+    other = AdapterTrainSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=2)
+    with pytest.raises(InputError, match=r"other settings \(learning_rate 0.003 != 0.001\)"):
+        _run_qat(hc18, out, resume=True, settings=other)
+
+    again: list[dict] = []
+    model, report = _run_qat(hc18, out, again.append, resume=True)
+    assert [i["stage"] for i in again if "step" in i] == [2]  # stage 1 skipped, 1 QAT step left
+    _assert_same_run(model, report, qat_straight)
+    assert len(report.history) == len(qat_straight[1].history) == 4
+    assert _leftovers(out) == []
+
+
+def test_cli_adalora_qat_ctrl_c_then_resume(hc18, tmp_path: Path, monkeypatch, capsys) -> None:
+    import os
+    import signal
+    from contextlib import contextmanager
+
+    from minisam.cli import train_adapter_command
+
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    for image, mask in hc18["pairs"]:
+        shutil.copy(image, images / image.name)
+        shutil.copy(mask, masks / mask.name)
+    out = tmp_path / "ad"
+    args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
+            "_mask", "--max-slices", "4", "--modality", "US", "--model", "random:tiny",
+            "--method", "adalora-qat", "--epochs", "2", "--qat-epochs", "1", "--batch-size", "2",
+            "--rank", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    real = train_adapter_command.training_progress
+    interrupt = {"armed": True}
+
+    @contextmanager
+    def ctrl_c_in_stage_2(*a, **k):
+        with real(*a, **k) as progress:
+
+            def wrapped(info: dict) -> bool:
+                if interrupt["armed"] and info.get("stage") == 2 and "step" in info:
+                    interrupt["armed"] = False
+                    os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler: stop after this step
+                return progress(info)
+
+            yield wrapped
+
+    monkeypatch.setattr(train_adapter_command, "training_progress", ctrl_c_in_stage_2)
+
+    def cli(*extra: str) -> tuple[int, str]:
+        code = cli_main([*args, *extra])
+        return code, capsys.readouterr().err.strip()
+
+    assert cli()[0] == 0 and not interrupt["armed"]
+    assert read_adapter(out).metadata.training_data["finished"] is False
+    assert _leftovers(out) == ["ad.resume.pt", "ad.stage1"]
+    code, err = cli("--resume", "--seed", "5")
+    assert code == 2 and len(err.splitlines()) == 1 and "other settings (seed 0 != 5)" in err, err
+    assert cli("--resume")[0] == 0
+    meta = read_adapter(out).metadata
+    assert meta.training_data["finished"] is True and meta.training_data["quant"] == "int8:attn"
+    assert [r["stage"] for r in meta.metrics["history"]] == [1, 1, 2]
+    assert set(meta.metrics["qat"]) >= {"stage1_val_dice", "ptq_val_dice", "qat_val_dice"}
+    assert _leftovers(out) == []
+    code, err = cli("--resume")
+    assert code == 2 and len(err.splitlines()) == 1 and "nothing to continue" in err, err

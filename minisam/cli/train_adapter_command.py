@@ -18,6 +18,9 @@ from minisam.cli.training_args import (
 )
 from minisam.errors import InputError
 
+ENCODER_CHOICES = ("qkv", "proj", "lin1", "lin2")
+DECODER_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj", "lin1", "lin2")
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -26,7 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Train a LoRA (QLoRA on the NF4 base by default) or AdaLoRA adapter from "
         "manifest CSVs (image,label[,label_value,modality]) or from 2D image/mask folders, and "
         "write an adapter folder (optionally installing it into the adapter library). Ctrl+C stops "
-        "after the current step; --resume continues from OUT.resume.pt.",
+        "after the current step; --resume continues from OUT.resume.pt. adalora-qat keeps stage "
+        "1's resume file in OUT.stage1.resume.pt and its finished adapter in OUT.stage1/, so "
+        "--resume continues stage 1 or, once it is done, stage 2 (all removed when the run ends).",
     )
     add_data_arguments(parser)
     parser.add_argument("--modality", required=True, help="adapter modality (US, CT, MR, DX...)")
@@ -47,7 +52,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--qat-epochs", type=int, help="adalora-qat: stage-2 epochs (default half)")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument(
+        "--alpha", type=float, help="LoRA alpha (scale alpha/rank; default 2 x rank)"
+    )
+    parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(ENCODER_CHOICES[:2]),
+        help=f"encoder linears to adapt, comma-separated from {','.join(ENCODER_CHOICES)} "
+        "(default: %(default)s, the attention)",
+    )
     parser.add_argument("--include-decoder", action="store_true", help="also adapt the decoder")
+    parser.add_argument(
+        "--decoder-targets",
+        default=",".join(DECODER_CHOICES[:4]),
+        help="with --include-decoder: mask-decoder transformer linears, comma-separated from "
+        f"{','.join(DECODER_CHOICES)} (default: %(default)s, the attention)",
+    )
     add_optimisation_arguments(parser, epochs=20, batch_size=4, lr=1e-3, patience=4)
     parser.add_argument("--name", help="adapter name (default: <modality>_adapter)")
     parser.add_argument("--out", required=True, metavar="FOLDER", help="adapter folder to write")
@@ -62,14 +83,18 @@ def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
     if args.rank < 1:
         raise InputError(f"--rank must be >= 1, not {args.rank}")
+    if args.alpha is not None and not args.alpha > 0:
+        raise InputError(f"--alpha must be > 0, not {args.alpha}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise InputError(f"--dropout must be in [0, 1), not {args.dropout}")
+    target_names(args.targets, ENCODER_CHOICES, "--targets")
+    target_names(args.decoder_targets, DECODER_CHOICES, "--decoder-targets")
     from minisam.training.adapter_trainer import check_quant
 
     check_quant(args.quant)
     if args.method == "adalora-qat":
         if not check_quant(args.qat_scheme).groups:
             raise InputError(f"--qat-scheme {args.qat_scheme!r} quantizes nothing (e.g. int8:attn)")
-        if args.resume:
-            raise InputError("--resume is not available for --method adalora-qat (two stages)")
     if args.qat_epochs is not None and args.qat_epochs < 1:
         raise InputError(f"--qat-epochs must be >= 1, not {args.qat_epochs}")
     from minisam.adapters.adapter_io import modality_family
@@ -79,18 +104,58 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--modality {args.modality!r} is not a known modality (US, CT, MR, ...)")
     check_adapter_name(args.name or f"{modality_family(args.modality).lower()}_adapter")
     refuse_existing(Path(args.out), args.overwrite, args.resume)
+    if args.resume:
+        _check_resumable(args)
+
+
+def _check_resumable(args: argparse.Namespace) -> None:
+    """--resume needs what a cancelled run left next to --out (OUT.resume.pt, adalora-qat: more)."""
+    out = Path(args.out)
+    if args.method == "adalora-qat":
+        from minisam.training.qat import QatFiles
+
+        QatFiles.next_to(out).check_resumable()
+    elif not state_file(out).is_file():
+        raise InputError(f"--resume: no resume file {state_file(out)} (nothing to continue)")
+
+
+def state_file(out: Path) -> Path:
+    """The resume file of a LoRA / AdaLoRA run writing ``out``."""
+    return out.with_name(out.name + ".resume.pt")
+
+
+def target_names(text: str, choices: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    """The comma-separated layer names of ``flag``, each one of ``choices``."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        raise InputError(
+            f"{flag} {text!r}: {'unknown layer ' + repr(unknown[0]) if unknown else 'no layer'}; "
+            f"choose from {','.join(choices)}"
+        )
+    return names
 
 
 def adapter_spec(args: argparse.Namespace, steps: int):
-    """The LoRA / AdaLoRA spec the options ask for (AdaLoRA's budget schedule scaled to ``steps``)."""
+    """The LoRA / AdaLoRA spec the options ask for (AdaLoRA's budget schedule scaled to ``steps``).
+
+    ``args`` needs ``method``, ``rank`` and ``include_decoder``; ``alpha``, ``dropout``, ``targets``
+    and ``decoder_targets`` default as on the command line (MiniSAMTrain passes only the first three).
+    """
     from minisam.adapters import AdapterSpec
 
     adalora = args.method in ("adalora", "adalora-qat")
+    alpha = getattr(args, "alpha", None)
+    targets = getattr(args, "targets", ",".join(ENCODER_CHOICES[:2]))
+    decoder_targets = getattr(args, "decoder_targets", ",".join(DECODER_CHOICES[:4]))
     return AdapterSpec(
         method="adalora" if adalora else "lora",
         rank=args.rank,
-        alpha=2.0 * args.rank,
+        alpha=2.0 * args.rank if alpha is None else alpha,
+        dropout=getattr(args, "dropout", 0.0),
+        target_modules=target_names(targets, ENCODER_CHOICES, "--targets"),
         include_decoder=args.include_decoder,
+        decoder_target_modules=target_names(decoder_targets, DECODER_CHOICES, "--decoder-targets"),
         init_r=max(args.rank, round(1.5 * args.rank)),
         target_r=args.rank,
         tinit=steps // 10 if adalora else 0,
@@ -116,24 +181,22 @@ def run(args: argparse.Namespace) -> int:
     spec = adapter_spec(args, steps)
     loaded = load_model(args.model)
     out = Path(args.out)
-    state_file = out.with_name(out.name + ".resume.pt")
-    if args.resume and not state_file.is_file():
-        raise InputError(f"--resume: no resume file {state_file} (nothing to continue)")
     qat = args.method == "adalora-qat"
     total = steps + (args.qat_epochs or max(1, args.epochs // 2)) * steps // args.epochs * qat
     with training_progress(total, "train-adapter", not args.quiet) as progress:
         with memory_hint(args.batch_size):
             if qat:
-                from minisam.training.qat import train_adapter_qat
+                from minisam.training.qat import QatFiles, train_adapter_qat
 
                 model, report, _ = train_adapter_qat(
                     loaded, train, val, spec, family, settings, args.qat_scheme, args.qat_epochs,
-                    progress, name,
+                    progress, name, files=QatFiles.next_to(out), resume=args.resume,
                 )  # fmt: skip
             else:
                 model, report = train_adapter(
                     loaded, train, val, spec, settings, args.quant, progress, name,
-                    state_file=state_file, resume_from=state_file if args.resume else None,
+                    state_file=state_file(out),
+                    resume_from=state_file(out) if args.resume else None,
                 )  # fmt: skip
     metadata = {
         "name": name,

@@ -53,6 +53,18 @@ def add_optimisation_arguments(
         help="stop after N epochs without a better validation Dice",
     )
     group.add_argument("--max-minutes", type=float, help="stop (resumably) after this budget")
+    group.add_argument(
+        "--correction-clicks",
+        type=int,
+        default=1,
+        help="corrective clicks per sample after its first prompt, as in SAM (default: 1)",
+    )
+    group.add_argument(
+        "--geometric-aug",
+        type=float,
+        default=0.5,
+        help="share of samples given a small random rotation/scale/shift, no flips (default: 0.5)",
+    )
     group.add_argument("--seed", type=int, default=0)
     group.add_argument(
         "--resume", action="store_true", help="continue an unfinished run from its resume file"
@@ -62,6 +74,10 @@ def add_optimisation_arguments(
 
 def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
     """``settings_class`` (a TrainSettings) filled from the optimisation options."""
+    if args.correction_clicks < 0:
+        raise InputError(f"--correction-clicks must be >= 0, not {args.correction_clicks}")
+    if not 0.0 <= args.geometric_aug <= 1.0:
+        raise InputError(f"--geometric-aug must be in [0, 1], not {args.geometric_aug}")
     return settings_class(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -69,6 +85,8 @@ def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
         seed=args.seed,
         patience=args.patience,
         max_minutes=args.max_minutes,
+        correction_clicks=args.correction_clicks,
+        geometric_augmentation=args.geometric_aug,
         **more,
     )
 

@@ -9,6 +9,7 @@ Loss, prompts, augmentation, resume and torchrun support are those of :mod:`mini
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,10 @@ def fit_adapter(
     val = to_model_inputs(val_samples, config)
     hooks = LoopHooks(progress=progress, **(_adalora_hooks(model) if budget else {}))
     loop_report, best = fit(
-        PromptedMaskLoss(sam, config, settings.iou_loss_weight),
-        SimulatedPromptBatches(train, settings.seed, settings.box_probability),
+        PromptedMaskLoss(sam, config, settings.iou_loss_weight, settings.correction_clicks),
+        SimulatedPromptBatches(
+            train, settings.seed, settings.box_probability, settings.geometric_augmentation
+        ),
         params,
         lambda: validation_dice(sam, val, config),
         settings,
@@ -154,19 +157,25 @@ def fit_adapter(
 
 
 def _adalora_hooks(model: PeftModel) -> dict:
-    """AdaLoRA's rank budget: update after each step, and its importance scores in the resume file."""
+    """AdaLoRA's rank budget: update after each step; its importance scores and the rank pattern
+    allocated so far (which the steps after the final allocation mask with) in the resume file."""
     if model.peft_type.value != "ADALORA":
         return {}
     tuner = model.base_model
+    config = tuner.peft_config[tuner.trainable_adapter_name]
     keys = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def state() -> dict:
         allocator = tuner.rankallocator
-        return {k: {n: t.clone() for n, t in getattr(allocator, k).items()} for k in keys}
+        saved = {k: {n: t.clone() for n, t in getattr(allocator, k).items()} for k in keys}
+        saved["rank_pattern"] = copy.deepcopy(config.rank_pattern)
+        return saved
 
     def load(saved: dict) -> None:
         for key in keys:
             getattr(tuner.rankallocator, key).update(saved.get(key, {}))
+        if saved.get("rank_pattern") is not None:
+            config.rank_pattern = saved["rank_pattern"]
 
     return {
         "after_step": tuner.update_and_allocate,

@@ -39,7 +39,7 @@ def validation_dice(
             for j in range(images.shape[0]):
                 truth = data.masks[start + j].to(device)
                 prompt = Prompt(box=mask_bounding_box(truth.cpu().numpy()))
-                logits, _ = decode(sam, features[j], prompt, False, config.image_size)
+                logits = decode(sam, features[j], prompt, False, config.image_size)[0]
                 pred = logits[0] > 0
                 inter = (pred & truth).sum().item()
                 dices.append(2 * inter / max(1, pred.sum().item() + truth.sum().item()))
@@ -76,8 +76,10 @@ def train_base(
     torch.manual_seed(settings.seed)
     params = {name: p for name, p in sam.named_parameters() if p.requires_grad}
     report, _ = fit(
-        PromptedMaskLoss(sam, config, settings.iou_loss_weight),
-        SimulatedPromptBatches(train, settings.seed, settings.box_probability),
+        PromptedMaskLoss(sam, config, settings.iou_loss_weight, settings.correction_clicks),
+        SimulatedPromptBatches(
+            train, settings.seed, settings.box_probability, settings.geometric_augmentation
+        ),
         params,
         lambda: validation_dice(sam, val, config),
         settings,

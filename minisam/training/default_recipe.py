@@ -30,11 +30,16 @@ def _pairs(folder: Path, pattern: str, mask_name) -> list[tuple[Path, Path]]:
     return [(image, folder / "masks" / mask_name(image)) for image in images]
 
 
+def montgomery_split(data_root: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(train, held-out) Montgomery chest X-ray (image, mask) pairs: every 8th case is held out."""
+    cxr = _pairs(data_root / "cxr_lung_montgomery_shenzhen", "MCUCXR_*.png", lambda p: p.name)
+    held_out = cxr[::VALIDATION_CXR_EVERY]
+    return [pair for pair in cxr if pair not in held_out], held_out
+
+
 def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSample]]:
     """(train, validation) samples for the embedded default, split by case."""
-    cxr = _pairs(data_root / "cxr_lung_montgomery_shenzhen", "MCUCXR_*.png", lambda p: p.name)
-    cxr_val = cxr[::VALIDATION_CXR_EVERY]
-    cxr_train = [pair for pair in cxr if pair not in cxr_val]
+    cxr_train, cxr_val = montgomery_split(data_root)
     prostate = _pairs(
         data_root / "prostate_mri_multisite_5shot_finetuneSAM", "*.png", lambda p: p.name
     )

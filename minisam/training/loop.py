@@ -61,6 +61,9 @@ class TrainSettings:
       patience: stop after this many epochs without a better validation Dice (None: never).
       warmup_fraction: share of all steps with a linear learning-rate warm-up (then cosine decay).
       max_minutes: stop (resumably) after the epoch that passes this wall-clock budget.
+      correction_clicks: corrective rounds per sample after its first prompt (SAM's interactive
+        training; see :mod:`minisam.training.mask_loss`).
+      geometric_augmentation: share of samples given a small random affine transform.
     """
 
     epochs: int = 10
@@ -74,6 +77,8 @@ class TrainSettings:
     patience: int | None = None
     warmup_fraction: float = 0.05
     clip_norm: float = 1.0
+    correction_clicks: int = 1
+    geometric_augmentation: float = 0.5
 
 
 @dataclass

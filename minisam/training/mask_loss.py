@@ -2,6 +2,10 @@
 
 A module (not a function) so that DistributedDataParallel can wrap one training step: its forward
 runs the image encoder on a batch and the prompt encoder and mask decoder once per sample.
+As in SAM's interactive training, each sample can get corrective clicks: after a prediction, one
+point is sampled from its error region (positive in missed foreground, negative in false
+positives), added to the prompt together with the previous low-resolution mask logits, and the
+decoder runs again; the loss is the mean over the rounds.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from monai.losses import DiceFocalLoss
 
 from minisam.model_config import SamConfig
 from minisam.prompts import Prompt
+from minisam.training.augmentation import augment
 from minisam.training.loop import derived_seed
-from minisam.training.model_inputs import ModelInputs, augment
-from minisam.training.prompt_simulation import random_prompt
+from minisam.training.model_inputs import ModelInputs
+from minisam.training.prompt_simulation import correction_click, random_prompt
 
 
 def _prompt_tensors(prompt: Prompt, device: torch.device):
@@ -34,11 +39,18 @@ def _prompt_tensors(prompt: Prompt, device: torch.device):
 
 
 def decode(
-    sam: torch.nn.Module, features: torch.Tensor, prompt: Prompt, multimask: bool, image_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask logits at the padded model-input resolution (K, S, S) and predicted IoU (K,) for one image."""
+    sam: torch.nn.Module,
+    features: torch.Tensor,
+    prompt: Prompt,
+    multimask: bool,
+    image_size: int,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one image: mask logits at the padded model-input resolution (K, S, S), predicted IoU
+    (K,) and the decoder's low-resolution logits (K, 4g, 4g), the next round's ``mask_input``."""
     points, box = _prompt_tensors(prompt, features.device)
-    sparse, dense = sam.prompt_encoder(points=points, boxes=box, masks=None)
+    masks = None if mask_input is None else mask_input[None, None]
+    sparse, dense = sam.prompt_encoder(points=points, boxes=box, masks=masks)
     low_res, iou = sam.mask_decoder(
         image_embeddings=features[None],
         image_pe=sam.prompt_encoder.get_dense_pe(),
@@ -47,7 +59,7 @@ def decode(
         multimask_output=multimask,
     )
     logits = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
-    return logits[0], iou[0]
+    return logits[0], iou[0], low_res[0]
 
 
 def hard_iou(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -63,50 +75,113 @@ class PromptedMaskLoss(torch.nn.Module):
 
     A point prompt is ambiguous, so SAM predicts three masks and only the best one is penalised
     (multimask), a box gets one mask. The IoU head learns the hard IoU of every predicted mask.
+    With ``correction_clicks`` > 0 each sample then gets that many corrective rounds (one mask
+    each, fed the previous round's best low-resolution logits, not back-propagated through).
     """
 
-    def __init__(self, sam: torch.nn.Module, config: SamConfig, iou_loss_weight: float = 1.0):
+    def __init__(
+        self,
+        sam: torch.nn.Module,
+        config: SamConfig,
+        iou_loss_weight: float = 1.0,
+        correction_clicks: int = 0,
+    ):
         super().__init__()
         self.sam = sam
         self.image_size = config.image_size
         self.iou_loss_weight = iou_loss_weight
+        self.correction_clicks = correction_clicks
         self.dice_focal = DiceFocalLoss(sigmoid=True)
 
     def forward(
-        self, images: torch.Tensor, masks: torch.Tensor, prompts: list[Prompt]
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        prompts: list[Prompt],
+        click_seeds: list[int] | None = None,
     ) -> torch.Tensor:
-        """``images`` (B, 3, S, S) 0..255 floats, ``masks`` (B, S, S) bool, one prompt per sample."""
+        """``images`` (B, 3, S, S) 0..255 floats, ``masks`` (B, S, S) bool, one prompt per sample;
+        ``click_seeds`` seed each sample's corrective clicks (needed when there are any)."""
         features = self.sam.image_encoder(self.sam.preprocess(images))
         total = features.new_zeros(())
         for j, prompt in enumerate(prompts):
             truth = masks[j]
-            logits, iou = decode(self.sam, features[j], prompt, prompt.box is None, self.image_size)
-            target = truth[None, None].float()
-            per_mask = torch.stack(
-                [self.dice_focal(logits[k][None, None], target) for k in range(len(logits))]
-            )
-            iou_target = hard_iou(logits.detach(), truth[None].expand_as(logits))
-            total = total + per_mask.min() + self.iou_loss_weight * F.mse_loss(iou, iou_target)
+            mask_input = None
+            rng = np.random.default_rng(click_seeds[j]) if self.correction_clicks else None
+            rounds = []
+            for round_index in range(self.correction_clicks + 1):
+                multimask = round_index == 0 and prompt.box is None
+                logits, iou, low_res = decode(
+                    self.sam, features[j], prompt, multimask, self.image_size, mask_input
+                )
+                loss, best = self._mask_loss(logits, iou, truth)
+                rounds.append(loss)
+                if round_index == self.correction_clicks:
+                    break
+                predicted = (logits[best].detach() > 0).cpu().numpy()
+                click = correction_click(truth.cpu().numpy(), predicted, rng)
+                if click is None:  # already perfect: nothing to correct
+                    break
+                prompt = _with_click(prompt, *click)
+                mask_input = low_res[best].detach()
+            total = total + torch.stack(rounds).mean()
         return total
+
+    def _mask_loss(
+        self, logits: torch.Tensor, iou: torch.Tensor, truth: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """(best-of-K Dice + focal + weighted IoU-head MSE, index of the best mask)."""
+        target = truth[None, None].float()
+        per_mask = torch.stack(
+            [self.dice_focal(logits[k][None, None], target) for k in range(len(logits))]
+        )
+        iou_target = hard_iou(logits.detach(), truth[None].expand_as(logits))
+        best = int(per_mask.argmin())
+        return per_mask[best] + self.iou_loss_weight * F.mse_loss(iou, iou_target), best
+
+
+def _with_click(prompt: Prompt, point: np.ndarray, label: int) -> Prompt:
+    """``prompt`` with one more point (x, y) of ``label`` (1 positive, 0 negative)."""
+    points = np.asarray(point, dtype=np.float64)[None]
+    labels = np.array([label], dtype=np.int64)
+    if prompt.points is not None:
+        points = np.concatenate([prompt.points, points])
+        labels = np.concatenate([prompt.labels, labels])
+    return Prompt(points=points, labels=labels, box=prompt.box)
 
 
 class SimulatedPromptBatches:
-    """Batches for :class:`PromptedMaskLoss`: intensity-augmented images, masks, simulated prompts."""
+    """Batches for :class:`PromptedMaskLoss`: augmented images, masks, simulated prompts, click seeds.
 
-    def __init__(self, data: ModelInputs, seed: int, box_probability: float) -> None:
+    ``geometric``: share of samples given a random affine transform (see
+    :mod:`minisam.training.augmentation`); every sample gets intensity jitter.
+    """
+
+    def __init__(
+        self, data: ModelInputs, seed: int, box_probability: float, geometric: float = 0.0
+    ) -> None:
         self.data = data
         self.seed = seed
         self.box_probability = box_probability
+        self.geometric = geometric
 
     def __len__(self) -> int:
         return len(self.data)
 
     def batch(
         self, index: torch.Tensor, part: torch.Tensor, epoch: int, step: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, list[Prompt]]:
-        """Augmentation seeded by (seed, epoch, step), each sample's prompt by (seed, epoch, sample)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Prompt], list[int]]:
+        """Augmentation seeded by (seed, epoch, step), each sample's prompt and clicks by (seed,
+        epoch, sample)."""
         augment_rng = torch.Generator().manual_seed(derived_seed(self.seed, epoch, step))
-        images, masks = augment(self.data.images[index], self.data.masks[index], augment_rng)
+        images, masks = augment(
+            self.data.images[index],
+            self.data.masks[index],
+            augment_rng,
+            sizes=[self.data.sizes[int(i)] for i in index],
+            fill=self.data.fill,
+            geometric=self.geometric,
+        )
         prompts = [
             random_prompt(
                 masks[int(j)].numpy(),
@@ -115,4 +190,5 @@ class SimulatedPromptBatches:
             )
             for j in part
         ]
-        return images[part].to(device), masks[part].to(device), prompts
+        click_seeds = [derived_seed(self.seed, epoch, int(index[j]), 1) for j in part]
+        return images[part].to(device), masks[part].to(device), prompts, click_seeds

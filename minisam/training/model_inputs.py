@@ -1,4 +1,9 @@
-"""Slice samples resized and padded to a model's square input, stored compactly for fast epochs."""
+"""Slice samples resized and padded to a model's square input, stored compactly for fast epochs.
+
+The padding is the model's pixel mean, which ``Sam.preprocess`` normalises to 0: exactly what
+inference feeds the encoder (``SamEngine.embed`` pads after normalising). Padding with black
+instead would train every non-square slice on an input the model never sees at inference.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,16 @@ from minisam.transforms import ResizeTransform
 
 @dataclass
 class ModelInputs:
-    """``images`` (N, 3, S, S) uint8, ``masks`` (N, S, S) bool and each sample's unpadded (h, w)."""
+    """``images`` (N, 3, S, S) uint8, ``masks`` (N, S, S) bool and each sample's unpadded (h, w).
+
+    ``fill`` is the padding colour (0..255 RGB), the model's pixel mean.
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
     sizes: list[tuple[int, int]]
     cases: list[str]
+    fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -29,7 +38,10 @@ class ModelInputs:
 def to_model_inputs(samples: list[SliceSample], config: SamConfig) -> ModelInputs:
     """Resize every sample as inference does (same transform), then pad bottom/right to S × S."""
     size = config.image_size
-    images = torch.zeros((len(samples), 3, size, size), dtype=torch.uint8)
+    fill = tuple(float(v) for v in torch.tensor(config.pixel_mean).round().clamp(0, 255))
+    images = (
+        torch.tensor(fill).to(torch.uint8)[None, :, None, None].repeat(len(samples), 1, size, size)
+    )
     masks = torch.zeros((len(samples), size, size), dtype=torch.bool)
     sizes = []
     resized_cache: dict[int, torch.Tensor] = {}
@@ -45,20 +57,7 @@ def to_model_inputs(samples: list[SliceSample], config: SamConfig) -> ModelInput
         mask = torch.as_tensor(sample.mask, dtype=torch.float32)[None, None]
         masks[i, :h, :w] = F.interpolate(mask, size=(h, w), mode="nearest")[0, 0] > 0.5
         sizes.append((h, w))
-    return ModelInputs(images, masks, sizes, [s.case for s in samples])
-
-
-def augment(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intensity jitter (contrast, brightness, gamma) per image; geometry is left alone so padding stays put."""
-    x = images.float() / 255.0
-    count = x.shape[0]
-    gamma = torch.exp(torch.randn(count, 1, 1, 1, generator=generator) * 0.25)
-    contrast = 1 + torch.randn(count, 1, 1, 1, generator=generator) * 0.15
-    brightness = torch.randn(count, 1, 1, 1, generator=generator) * 0.05
-    x = ((x.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
-    return x * 255.0, masks
+    return ModelInputs(images, masks, sizes, [s.case for s in samples], fill)
 
 
 def non_empty(masks: np.ndarray) -> bool:
