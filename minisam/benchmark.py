@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 LARGE_ENCODER_PARAMS = 200_000_000
-RANDOM_MODELS = ("vit_h", "vit_l", "vit_b", "compact", "small", "tiny")
+RANDOM_MODELS = ("vit_h", "vit_l", "vit_b", "compact", "small", "student", "tiny")
 
 
 @dataclass(frozen=True)

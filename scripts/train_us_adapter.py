@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minisam.adapters import load_adapter
-from minisam.adapters.adapter_io import adapter_folder_size, read_metadata
+from minisam.adapters.adapter_io import adapter_folder_size, read_metadata, ship_adapter
 from minisam.cli.main import main as cli_main
 from minisam.engine import SamEngine
 from minisam.imageio import read_image
@@ -144,22 +144,19 @@ def main() -> None:
 
 def _ship(out: Path, target: Path, summary: dict, eval_subjects: list[str], base_name: str) -> None:
     """Re-save the adapter folder atomically with the licence and held-out results recorded."""
-    from minisam.adapters.adapter_io import atomic_folder, write_model_card
-
-    meta = json.loads((out / "minisam_adapter.json").read_text())
-    meta["base_model"] = base_name
-    meta["training_data"].update(dataset="HC18 fetal head ultrasound", licence=LICENCE)
-    meta["training_data"]["source"] = "hc18_fewshot.csv (shared/data/hc18_fetal_head_us)"
-    meta["metrics"]["heldout_eval"] = {
-        "mean_dice": summary["mean_dice"],
-        "eval_subjects": eval_subjects,
-    }
-    with atomic_folder(target) as tmp:
-        for item in out.iterdir():
-            if item.is_file() and item.name != "minisam_adapter.json":
-                (tmp / item.name).write_bytes(item.read_bytes())
-        (tmp / "minisam_adapter.json").write_text(json.dumps(meta, indent=2) + "\n")
-        write_model_card(tmp)  # the card tells the licence and held-out results too
+    ship_adapter(
+        out,
+        target,
+        base_name,
+        training_data={
+            "dataset": "HC18 fetal head ultrasound",
+            "licence": LICENCE,
+            "source": "hc18_fewshot.csv (shared/data/hc18_fetal_head_us)",
+        },
+        metrics={
+            "heldout_eval": {"mean_dice": summary["mean_dice"], "eval_subjects": eval_subjects}
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -814,3 +814,34 @@ def _strip_tuner_layers(root: torch.nn.Module) -> None:
 def adapter_folder_size(folder: str | os.PathLike[str]) -> int:
     """Bytes on disk of the files in an adapter folder."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def ship_adapter(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    base_model: str,
+    training_data: dict | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Copy adapter folder ``source`` to ``target`` atomically, with metadata for shipping.
+
+    Arguments:
+      base_model: the base model's name as users know it (e.g. "default", not a work path).
+      training_data / metrics: entries added to (or replacing) those of ``minisam_adapter.json``
+        (dataset, licence, held-out results, ...). The model card (README.md) is regenerated.
+
+    Returns:
+      ``target``; an existing folder there is replaced only once the new one is complete.
+    """
+    source, target = Path(source), Path(target)
+    meta = json.loads((source / METADATA_FILE).read_text())
+    meta["base_model"] = base_model
+    meta.setdefault("training_data", {}).update(training_data or {})
+    meta.setdefault("metrics", {}).update(metrics or {})
+    with atomic_folder(target) as tmp:
+        for item in source.iterdir():
+            if item.is_file() and item.name != METADATA_FILE:
+                (tmp / item.name).write_bytes(item.read_bytes())
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_model_card(tmp)
+    return target

@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["vit_h", "vit_b", "default", "compact"],
         help="default (embedded), or presets with random weights: vit_h vit_l vit_b "
-        "compact small tiny (default: %(default)s)",
+        "compact small student tiny (student: the default model's architecture; default: %(default)s)",
     )
     parser.add_argument(
         "--quants",

@@ -28,8 +28,9 @@ REPORT_FILE = "quant_error.json"
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "quant-report",
-        help="analyse the weight error of quantizing the image encoder (JSON + PNG plots)",
-        description="Quantize the image encoder's linears with a scheme and compare every "
+        help="analyse the weight error of a quantization scheme (JSON + PNG plots)",
+        description="Quantize the linears a scheme selects (the image encoder's for nf4/int8, also "
+        "the mask decoder's with nf4:all or a 'decoder' group) and compare every "
         "quantized weight with its fp32 value: error histogram, fp32-vs-quantized scatter, "
         "|error| vs |weight|, Q-Q plot against a normal, relative error per layer.",
     )
