@@ -442,8 +442,9 @@ def test_builtin_adapters_are_listed_chosen_and_shadowed_but_not_removed(tmp_pat
         meta = {"base_hash": hc18_base, "created": created}
         library.install(_save(model, name, tmp_path / "src" / name, "US", **meta))
     listed = {info.name: info for info in library.list()}
-    assert sorted(listed) == ["us_hc18", "us_mine"]
+    assert sorted(listed) == ["us_hc18", "us_mine", "xray_cxr"]
     assert not listed["us_hc18"].builtin and library.path("us_hc18") == library.root / "us_hc18"
+    assert listed["xray_cxr"].builtin and library.for_modality("DX", hc18_base).name == "xray_cxr"
     assert library.for_modality("US", hc18_base).name == "us_hc18"
     assert library.for_modality("US", hc18_base).builtin is False
     library.remove("us_hc18")  # the user's copy goes; the built-in one is back
