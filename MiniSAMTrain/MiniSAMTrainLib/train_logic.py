@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 import slicer
 import vtk
+from MiniSAMSegmentLib.dependencies import InstallError
 from MiniSAMSegmentLib.segment_io import labelmap_oriented_image, segment_array
 from MiniSAMSegmentLib.volume_node import (
     dicom_modality,
@@ -546,7 +547,14 @@ def ensure_training_packages(
     ):
         raise InputError("adapter training cannot run until its Python packages are installed")
     for requirement in missing:
-        pip_install(requirement)
+        try:
+            pip_install(requirement)
+        except Exception as exc:  # pip's CalledProcessError, a network error, ...
+            logging.exception("pip install %s failed", requirement)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InstallError(
+                f"installing {requirement} failed ({reason}); see the Python console for details"
+            ) from exc
     importlib.invalidate_caches()
     return missing
 

@@ -351,3 +351,20 @@ def test_train_logic_is_qt_free_and_uses_known_slicer_names(shared_data: Path) -
     assert {"qMRMLNodeComboBox.setMRMLScene", "slicer.util.tryWithErrorDisplay"} <= used
     assert used <= known, sorted(used - known)
     assert "qt" in _imports(module) and ast.parse(module.read_text())
+
+
+def test_a_failed_package_installation_is_one_clear_line(monkeypatch) -> None:
+    import subprocess
+
+    from MiniSAMSegmentLib.dependencies import InstallError
+    from MiniSAMTrainLib import train_logic
+
+    monkeypatch.setitem(train_logic.TRAINING_REQUIREMENTS, "no_such_pkg_minisam", "no-such-pkg>=1")
+
+    def failing_pip(requirement: str) -> None:
+        raise subprocess.CalledProcessError(1, ["pip", "install", requirement], "ERROR: no match")
+
+    with pytest.raises(InstallError) as error:
+        train_logic.ensure_training_packages(confirm=lambda text: True, pip_install=failing_pip)
+    message = str(error.value)
+    assert message.startswith("installing no-such-pkg>=1 failed (") and "\n" not in message
