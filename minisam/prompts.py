@@ -38,6 +38,18 @@ class Prompt:
             box=np.asarray(box, dtype=np.float64).reshape(4) if box is not None else None,
         )
 
+    def with_point(
+        self, point: np.ndarray, label: int, mask_logits: np.ndarray | None = None
+    ) -> Prompt:
+        """This prompt plus one (x, y) point of ``label`` (1 positive, 0 negative), its box kept;
+        ``mask_logits`` is the new prompt's previous-mask input (None: none)."""
+        points = np.asarray(point, dtype=np.float64).reshape(1, 2)
+        labels = np.array([label], dtype=np.int64)
+        if self.points is not None:
+            points = np.concatenate([self.points, points])
+            labels = np.concatenate([self.labels, labels])
+        return Prompt(points=points, labels=labels, box=self.box, mask_logits=mask_logits)
+
     @property
     def is_empty(self) -> bool:
         return self.points is None and self.box is None

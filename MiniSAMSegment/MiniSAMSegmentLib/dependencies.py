@@ -139,16 +139,21 @@ def ensure_dependencies(
             raise InstallError("PyTorch was not installed, so MiniSAM cannot run")
         installed.append(f"torch{TORCH_REQUIREMENT}")
     for requirement in missing:
-        try:
-            pip_install(requirement)
-        except Exception as exc:
-            logging.exception("pip install %s failed", requirement)
-            raise InstallError(
-                f"installing {requirement} failed ({_first_line(exc)}); see the Python console for details"
-            ) from exc
+        install_requirement(requirement, pip_install)
         installed.append(requirement)
     importlib.invalidate_caches()
     return installed
+
+
+def install_requirement(requirement: str, pip_install: Installer = _pip_install) -> None:
+    """``pip_install(requirement)``; a failure becomes one InstallError sentence (details in the log)."""
+    try:
+        pip_install(requirement)
+    except Exception as exc:
+        logging.exception("pip install %s failed", requirement)
+        raise InstallError(
+            f"installing {requirement} failed ({_first_line(exc)}); see the Python console for details"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,11 +8,11 @@ the ``slicer-core`` package imports it as well (the tests in ``Testing/slicer`` 
 import sys
 from pathlib import Path
 
-# From a source checkout (module folders added in Slicer's settings) the core package ``minisam/`` and
-# ``MiniSAMSegmentLib``, which this module uses, are not on sys.path; in a built extension they are
-# installed next to this module and this is a no-op.
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
-if (_SOURCE_ROOT / "minisam" / "__init__.py").is_file():
-    for _path in (_SOURCE_ROOT, _SOURCE_ROOT / "MiniSAMSegment"):
-        if str(_path) not in sys.path:
-            sys.path.insert(0, str(_path))
+# From a source checkout (module folders added in Slicer's settings) MiniSAMSegmentLib, which this module
+# uses, is not on sys.path; importing it puts the core package ``minisam/`` there too (see its
+# ``__init__``). In a built extension both are installed next to this module and this is a no-op.
+_SEGMENT_MODULE = Path(__file__).resolve().parents[2] / "MiniSAMSegment"
+if (_SEGMENT_MODULE / "MiniSAMSegmentLib").is_dir() and str(_SEGMENT_MODULE) not in sys.path:
+    sys.path.insert(0, str(_SEGMENT_MODULE))
+
+import MiniSAMSegmentLib  # noqa: E402, F401 (sets up the path of the core package)

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 import slicer
 import vtk
-from MiniSAMSegmentLib.dependencies import InstallError
+from MiniSAMSegmentLib.dependencies import install_requirement
 from MiniSAMSegmentLib.segment_io import labelmap_oriented_image, segment_array
 from MiniSAMSegmentLib.volume_node import (
     dicom_modality,
@@ -547,14 +547,7 @@ def ensure_training_packages(
     ):
         raise InputError("adapter training cannot run until its Python packages are installed")
     for requirement in missing:
-        try:
-            pip_install(requirement)
-        except Exception as exc:  # pip's CalledProcessError, a network error, ...
-            logging.exception("pip install %s failed", requirement)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InstallError(
-                f"installing {requirement} failed ({reason}); see the Python console for details"
-            ) from exc
+        install_requirement(requirement, pip_install)
     importlib.invalidate_caches()
     return missing
 

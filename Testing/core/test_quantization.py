@@ -196,9 +196,7 @@ def test_decoder_group_quantizes_every_mask_decoder_linear_and_nothing_else() ->
     assert report.scheme == "int8:decoder"
     # Every linear of segment-anything's mask decoder is matched (a new one would be missed).
     assert sorted(report.layers) == sorted(f"mask_decoder.{n}" for n in linears)
-    assert all(
-        isinstance(sam.get_submodule(name), bnb.nn.Linear8bitLt) for name in report.layers
-    )
+    assert all(isinstance(sam.get_submodule(name), bnb.nn.Linear8bitLt) for name in report.layers)
     after = sam.image_encoder.state_dict()
     assert all(torch.equal(encoder_before[k], after[k]) for k in encoder_before)
     assert report.stored_bytes < report.bytes_before

@@ -95,16 +95,12 @@ def simulate(
         prompt = Prompt(points=points, labels=np.ones(len(points), dtype=np.int64))
         return prompt, predict(prompt)
     first = interior_point(truth)
-    points, labels = first[None], np.ones(1, dtype=np.int64)
-    prompt = Prompt(points=points, labels=labels)
+    prompt = Prompt(points=first[None], labels=np.ones(1, dtype=np.int64))
     prediction = predict(prompt)
     for _ in range(mode.count - 1):
         click = correction_click(truth, prediction.mask, rng)
         if click is None:  # perfect mask: nothing left to correct
             break
-        point, label = click
-        points = np.concatenate([points, point[None]])
-        labels = np.concatenate([labels, [label]])
-        prompt = Prompt(points=points, labels=labels, mask_logits=prediction.low_res_logits[:1])
+        prompt = prompt.with_point(*click, mask_logits=prediction.low_res_logits[:1])
         prediction = predict(prompt)
     return prompt, prediction

@@ -33,7 +33,7 @@ from minisam.training.distributed import World, current_world, shard, wrap
 ProgressCallback = Callable[[dict], bool | None]  # return False to cancel
 RESUME_FORMAT = "minisam.resume/1"
 # Settings a resumed run must share with the run that wrote the resume file.
-_RESUME_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "warmup_fraction")
+RESUME_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "warmup_fraction")
 
 
 class BatchSource(Protocol):
@@ -217,7 +217,7 @@ class _Run:
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise InputError(f"--resume {path}: not a MiniSAM resume file")
         saved = json.loads(state["settings"])
-        changed = [k for k in _RESUME_KEYS if saved.get(k) != getattr(self.settings, k)]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(self.settings, k)]
         if changed:
             raise InputError(
                 f"--resume {path}: written with other settings ("

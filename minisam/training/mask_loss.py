@@ -122,7 +122,7 @@ class PromptedMaskLoss(torch.nn.Module):
                 click = correction_click(truth.cpu().numpy(), predicted, rng)
                 if click is None:  # already perfect: nothing to correct
                     break
-                prompt = _with_click(prompt, *click)
+                prompt = prompt.with_point(*click)
                 mask_input = low_res[best].detach()
             total = total + torch.stack(rounds).mean()
         return total
@@ -138,16 +138,6 @@ class PromptedMaskLoss(torch.nn.Module):
         iou_target = hard_iou(logits.detach(), truth[None].expand_as(logits))
         best = int(per_mask.argmin())
         return per_mask[best] + self.iou_loss_weight * F.mse_loss(iou, iou_target), best
-
-
-def _with_click(prompt: Prompt, point: np.ndarray, label: int) -> Prompt:
-    """``prompt`` with one more point (x, y) of ``label`` (1 positive, 0 negative)."""
-    points = np.asarray(point, dtype=np.float64)[None]
-    labels = np.array([label], dtype=np.int64)
-    if prompt.points is not None:
-        points = np.concatenate([prompt.points, points])
-        labels = np.concatenate([prompt.labels, labels])
-    return Prompt(points=points, labels=labels, box=prompt.box)
 
 
 class SimulatedPromptBatches:
