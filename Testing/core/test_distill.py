@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from minisam.cli.main import main as cli_main
 from minisam.errors import ModelError
 from minisam.model_config import preset
 from minisam.model_loader import load_model
+from minisam.training.default_recipe import unlabelled_training_slices
 from minisam.training.distill import (
     DistillSettings,
     TeacherEmbeddings,
@@ -19,10 +21,15 @@ from minisam.training.distill import (
     distill,
     embedding_error,
     student_config,
+    with_views,
 )
 from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
-from minisam.training.slice_samples import samples_from_pairs
+from minisam.training.slice_samples import (
+    samples_from_pairs,
+    samples_from_volume,
+    unlabelled_slices,
+)
 
 CXR = "cxr_lung_montgomery_shenzhen"
 
@@ -106,14 +113,98 @@ def test_cli_distill_then_finetune(shared_data: Path, tmp_path: Path, capsys) ->
     ]
     manifest = write_manifest(tmp_path / "cxr.csv", rows)
     out = tmp_path / "student.safetensors"
-    args = ["distill", "--manifest", str(manifest), "--student", "tiny", "--epochs", "2",
+    brain = shared_data / "pyradiomics_testdata" / "brain2_image.nrrd"  # 23 slices, no labels used
+    args = ["distill", "--manifest", str(manifest), "--unlabelled", str(brain), "--student", "tiny", "--epochs", "2",
             "--batch-size", "4", "--finetune-epochs", "1", "--cache", str(tmp_path / "cache"),
             "--out", str(out), "--quiet"]  # fmt: skip
     assert cli_main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["teacher_images_encoded"] == 4 and "finetune_best_val_dice" in summary
+    assert summary["teacher_images_encoded"] == 4 + 23 and "finetune_best_val_dice" in summary
     assert summary["finetune_best_val_dice"] >= summary["distill_val_dice"]
     student = load_model(str(out))
     assert student.config.encoder_embed_dim == preset("tiny").encoder_embed_dim
     assert cli_main(args) == 2  # no silent overwrite
     assert "exists" in capsys.readouterr().err
+
+
+def test_augmented_views_are_the_same_view_at_teacher_and_student_size(shared_data: Path) -> None:
+    samples = samples_from_pairs(_pairs(shared_data, 0, 3), "cxr", "xray")
+    big = to_model_inputs(samples, preset("small"))  # 256 px
+    small = to_model_inputs(samples, student_config(preset("small"), "tiny", image_size=128))
+    chosen = torch.arange(3)
+    views_big = with_views(big, chosen, 2, seed=5).float()
+    views_small = with_views(small, chosen, 2, seed=5).float()
+    assert views_big.shape == (9, 3, 256, 256) and views_small.shape == (9, 3, 128, 128)
+    assert torch.equal(views_big[:3], big.images.float())  # the originals come first
+    assert torch.equal(with_views(big, chosen, 2, seed=5).float(), views_big)  # from the seed alone
+    assert not torch.equal(with_views(big, chosen, 2, seed=6).float(), views_big)
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    shrunk = torch.nn.functional.avg_pool2d(views_big, 2)
+    for i in range(3, 9):  # each view, downsized, is the student's view of it, not another view
+        same = correlation(shrunk[i], views_small[i])
+        assert same > 0.99, (i, same)
+        other = i + 3 if i < 6 else i - 3  # the same image in the other view
+        assert same > correlation(shrunk[i], views_small[other]) + 0.1
+    for i in range(3, 9):  # a view differs from its original
+        assert (views_big[i] - views_big[i % 3]).abs().mean() > 2.0
+
+
+def test_distillation_with_views_encodes_each_view_once(shared_data: Path, tmp_path: Path) -> None:
+    teacher = load_model("default")
+    config = student_config(teacher.config, "tiny")
+    torch.manual_seed(0)
+    student = build_student(teacher, config)
+    train = samples_from_pairs(_pairs(shared_data, 0, 4), "cxr", "xray")
+    cache = TeacherEmbeddings(teacher, tmp_path / "cache")
+    settings = DistillSettings(epochs=2, batch_size=4, augmented_views=2)
+    inputs = (to_model_inputs(train, teacher.config), to_model_inputs(train, config))
+    report = distill(
+        teacher, student, config, inputs, inputs[1], cache, tmp_path / "s.safetensors", settings
+    )
+    assert cache.computed == 4 * 3
+    assert len(report.history) == 2
+    cache.computed = 0
+    distill(
+        teacher, build_student(teacher, config), config, inputs, inputs[1], cache,
+        tmp_path / "s2.safetensors", settings,
+    )  # fmt: skip
+    assert cache.computed == 0  # the same views again: all from the cache
+
+
+def test_cli_distill_refuses_negative_views(shared_data: Path, tmp_path: Path, capsys) -> None:
+    rows = [
+        {"image": str(i), "label": str(m), "modality": "xray"} for i, m in _pairs(shared_data, 0, 2)
+    ]
+    manifest = write_manifest(tmp_path / "cxr.csv", rows)
+    out = tmp_path / "student.safetensors"
+    assert (
+        cli_main(["distill", "--manifest", str(manifest), "--views", "-1", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "--views must be >= 0" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    missing = ["distill", "--manifest", str(manifest), "--unlabelled", str(tmp_path / "no.nii.gz"),
+               "--out", str(out)]  # fmt: skip
+    assert cli_main(missing) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no.nii.gz" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_unlabelled_slices_add_the_slices_no_label_touches(shared_data: Path) -> None:
+    radiomics = shared_data / "pyradiomics_testdata"
+    everything = unlabelled_slices(radiomics / "brain1_image.nrrd", "radiomics", "mr")
+    labelled = samples_from_volume(
+        radiomics / "brain1_image.nrrd", radiomics / "brain1_label.nrrd", "radiomics", "mr"
+    )
+    assert len(everything) == 25 and not any(s.mask.any() for s in everything)
+    # The labelled slices are among them, byte for byte (same normalisation of the volume).
+    assert all(any(np.array_equal(s.image, u.image) for u in everything) for s in labelled)
+    assert len({s.image.tobytes() for s in labelled}) < len(everything)
+    single = unlabelled_slices(_pairs(shared_data, 0, 1)[0][0], "cxr", "xray")
+    assert len(single) == 1 and single[0].image.shape == (512, 512, 3)
+    recipe = unlabelled_training_slices(shared_data)
+    assert "example_mr_sm.nii.gz" not in {s.case for s in recipe}  # the validation volume
+    assert {s.dataset for s in recipe} >= {"totalsegmentator_example", "pyradiomics_testdata"}

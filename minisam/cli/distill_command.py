@@ -48,6 +48,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--mse-weight", type=float, default=1.0)
     parser.add_argument("--cosine-weight", type=float, default=1.0)
     parser.add_argument(
+        "--views",
+        type=int,
+        default=0,
+        help="augmented views of each training image besides the original (teacher and student "
+        "see the same view; the teacher embeds each once; default 0)",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an image or volume without labels to distil on as well (every slice; repeatable)",
+    )
+    parser.add_argument(
         "--finetune-epochs", type=int, default=0, help="end-to-end mask-loss epochs afterwards"
     )
     parser.add_argument("--modality", default="auto", help="normalisation when a row has none")
@@ -62,6 +76,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
     if args.mse_weight < 0 or args.cosine_weight < 0 or args.mse_weight + args.cosine_weight == 0:
         raise InputError("--mse-weight and --cosine-weight must be >= 0 and not both 0")
+    if args.views < 0:
+        raise InputError(f"--views must be >= 0, not {args.views}")
     if args.finetune_epochs < 0:
         raise InputError(f"--finetune-epochs must be >= 0, not {args.finetune_epochs}")
     check_checkpoint_out(args)
@@ -80,9 +96,11 @@ def run(args: argparse.Namespace) -> int:
         distill,
         distill_resume_file,
         student_config,
+        unique_images,
     )
     from minisam.training.distributed import init_from_env
     from minisam.training.model_inputs import to_model_inputs
+    from minisam.training.slice_samples import unlabelled_slices
 
     world = init_from_env()
     out = Path(args.out)
@@ -96,13 +114,18 @@ def run(args: argparse.Namespace) -> int:
         quantize_model(teacher, args.teacher_quant)
     samples, source = load_samples(args, args.modality)
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
+    # Images only: the embedding loss needs no masks (the mask fine-tuning uses the labelled ones).
+    unlabelled = [
+        s for path in args.unlabelled for s in unlabelled_slices(path, "unlabelled", args.modality)
+    ]
     import torch
 
     torch.manual_seed(args.seed)
     student = build_student(teacher, config)
     settings = settings_from_args(
-        DistillSettings, args, mse_weight=args.mse_weight, cosine_weight=args.cosine_weight
-    )
+        DistillSettings, args, mse_weight=args.mse_weight, cosine_weight=args.cosine_weight,
+        augmented_views=args.views,
+    )  # fmt: skip
     card = {
         "name": out.stem,
         "teacher": args.teacher,
@@ -112,12 +135,16 @@ def run(args: argparse.Namespace) -> int:
         "encoder_params": count_parameters(student.image_encoder),
         "data": source,
         "train_slices": len(train),
+        "unlabelled_slices": len(unlabelled),
+        "augmented_views": args.views,
         "val_slices": len(val),
     }
     cache = TeacherEmbeddings(teacher, Path(args.cache) if args.cache else default_cache())
-    train_inputs = (to_model_inputs(train, teacher.config), to_model_inputs(train, config))
+    images = train + unlabelled
+    train_inputs = (to_model_inputs(images, teacher.config), to_model_inputs(images, config))
     val_inputs = to_model_inputs(val, config)
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    distinct = len(unique_images(train_inputs[1])) * (1 + args.views)
+    steps = args.epochs * -(-distinct // args.batch_size)
     show = not args.quiet and world.is_main
     with training_progress(steps, "distill", show) as progress:
         with memory_hint(args.batch_size):
@@ -140,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         with training_progress(args.finetune_epochs * -(-len(train) // args.batch_size),
                                "fine-tune", show) as progress:  # fmt: skip
             tuned = train_base(
-                student, config, train_inputs[1], val_inputs, out, tune,
+                student, config, to_model_inputs(train, config), val_inputs, out, tune,
                 dict(card, finetune_epochs=args.finetune_epochs), progress, world=world,
                 baseline=True,
             )  # fmt: skip

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minisam.training.slice_samples import SliceSample, samples_from_pairs, samples_from_volume
+from minisam.training.slice_samples import (
+    SliceSample,
+    samples_from_pairs,
+    samples_from_volume,
+    unlabelled_slices,
+)
 
 LICENCES = {
     "cxr_montgomery": "U.S. NLM Montgomery County CXR set, public release (Jaeger et al. 2014); masks via "
@@ -22,6 +27,7 @@ LICENCES = {
     "prostate_mri_multisite": "finetune-SAM repository (Apache-2.0); upstream NCI-ISBI 2013 / PROMISE12 / I2CVB "
     "terms apply",
 }
+RADIOMICS = ("brain1", "brain2", "breast1")
 VALIDATION_CXR_EVERY = 8  # every 8th Montgomery case is held out for validation (by case)
 
 
@@ -66,7 +72,7 @@ def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSampl
         min_area=200,
         every=2,
     )
-    for name in ("brain1", "brain2", "breast1"):
+    for name in RADIOMICS:
         image = radiomics / f"{name}_image.nrrd"
         if image.exists():
             train += samples_from_volume(
@@ -86,3 +92,25 @@ def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSampl
         every=2,
     )
     return train, val
+
+
+def unlabelled_training_slices(data_root: Path) -> list[SliceSample]:
+    """Every axial slice of the training volumes, labelled or not, with empty masks.
+
+    Distillation needs no labels, so it can also learn from the slices that no label touches
+    (most of the brain MR slices, for one). The validation volume stays out.
+    """
+    ts = data_root / "totalsegmentator_example"
+    radiomics = data_root / "pyradiomics_testdata"
+    volumes = [
+        (ts / "example_ct_sm.nii.gz", "totalsegmentator_example", "ct"),
+        (ts / "example_ct_dicom", "totalsegmentator_example", "ct"),
+        *((radiomics / f"{n}_image.nrrd", "pyradiomics_testdata", "mr") for n in RADIOMICS),
+        (data_root / "dcmqi_ct3slice_seg" / "ct_dicom", "dcmqi_ct3slice_seg", "ct"),
+    ]
+    return [
+        s
+        for path, name, kind in volumes
+        if path.exists()
+        for s in unlabelled_slices(path, name, kind)
+    ]

@@ -6,6 +6,13 @@ grid (``image_size // patch_size``) and channels. The teacher runs once per imag
 are cached on disk under a key made of the teacher's weight hash, its input size and the image's
 bytes. The loss is MSE and/or cosine distance between student and teacher embeddings; validation is
 the box-prompt Dice of the student with the teacher's decoder, the quantity distillation is for.
+
+Distillation needs no labels, so every training image can be shown in several *augmented views*
+(intensity jitter and a small rotation/scale/shift, :mod:`minisam.training.augmentation`), the same
+view for teacher and student ("consistent" views, as in Beyer et al. 2022, "Knowledge distillation:
+a good teacher is patient and consistent"). The views are drawn once from the seed, so the teacher
+still runs once per view and image, and the student learns to follow the teacher on images that
+differ from the few training ones, which is where a student trained on the originals alone lags.
 """
 
 from __future__ import annotations
@@ -23,9 +30,17 @@ from minisam.atomic import atomic_output
 from minisam.checkpoints import LoadedModel, save_checkpoint
 from minisam.errors import ModelError
 from minisam.model_config import SamConfig, build_sam, preset
+from minisam.training.augmentation import augment
 from minisam.training.base_trainer import validation_dice
 from minisam.training.distributed import World
-from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
+from minisam.training.loop import (
+    LoopHooks,
+    ProgressCallback,
+    TrainReport,
+    TrainSettings,
+    derived_seed,
+    fit,
+)
 from minisam.training.model_inputs import ModelInputs
 
 ENCODER_FIELDS = (
@@ -42,13 +57,18 @@ ENCODER_FIELDS = (
 
 @dataclass
 class DistillSettings(TrainSettings):
-    """:class:`TrainSettings` plus the weights of the two embedding losses."""
+    """:class:`TrainSettings` plus the weights of the two embedding losses.
+
+    ``augmented_views``: augmented copies of each distinct training image added to the originals
+    (0: the originals only).
+    """
 
     epochs: int = 20
     batch_size: int = 8
     learning_rate: float = 1e-3
     mse_weight: float = 1.0
     cosine_weight: float = 1.0
+    augmented_views: int = 0
 
 
 def student_config(
@@ -150,6 +170,26 @@ class EmbeddingBatches:
         return self.images[chosen].to(device).float(), self.targets[chosen].to(device)
 
 
+VIEW_STREAM = 7919  # separates the views' random stream from the loop's (seed, epoch, step) draws
+
+
+def with_views(data: ModelInputs, chosen: torch.Tensor, views: int, seed: int) -> torch.Tensor:
+    """uint8 images ``data.images[chosen]`` followed by ``views`` augmented copies of them.
+
+    View ``v`` is drawn from (seed, v) alone and never looks at the masks, so the teacher-sized and
+    the student-sized inputs of one image get the same jitter and the same geometric transform.
+    """
+    images = data.images[chosen]
+    sizes = [data.sizes[int(i)] for i in chosen]
+    whole = torch.ones((len(chosen), *images.shape[-2:]), dtype=torch.bool)
+    out = [images]
+    for view in range(1, views + 1):
+        generator = torch.Generator().manual_seed(derived_seed(seed, VIEW_STREAM, view))
+        moved, _ = augment(images, whole, generator, sizes, data.fill, geometric=1.0)
+        out.append(moved.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
 def unique_images(data: ModelInputs) -> torch.Tensor:
     """Indices of the distinct images in ``data`` (several masks of one slice share an image)."""
     seen: dict[bytes, int] = {}
@@ -175,21 +215,24 @@ def distill(
     """Train ``student``'s image encoder towards the teacher's embeddings; keep the best at ``out``.
 
     Arguments:
-      train: the training samples at the teacher's and at the student's input size (same order).
+      train: the training samples at the teacher's and at the student's input size (same order);
+        each distinct image counts once, plus ``settings.augmented_views`` augmented views of it.
       val: validation samples at the student's input size (box Dice with the teacher's decoder).
       out: the student checkpoint (the last weights, also after a cancel); its resume file
         :func:`distill_resume_file` stays while the run is unfinished.
     """
     teacher_inputs, student_inputs = train
     chosen = unique_images(student_inputs)
-    targets = cache(teacher_inputs.images[chosen])
+    views = settings.augmented_views
+    targets = cache(with_views(teacher_inputs, chosen, views, settings.seed))
+    student_images = with_views(student_inputs, chosen, views, settings.seed)
     for module in (student.prompt_encoder, student.mask_decoder):
         module.requires_grad_(False)
     params = {f"image_encoder.{n}": p for n, p in student.image_encoder.named_parameters()}
 
     report, _ = fit(
         EmbeddingLoss(student, settings.mse_weight, settings.cosine_weight),
-        EmbeddingBatches(student_inputs.images[chosen], targets),
+        EmbeddingBatches(student_images, targets),
         params,
         lambda: validation_dice(student, val, config),
         settings,

@@ -33,7 +33,16 @@ from minisam.training.distributed import World, current_world, shard, wrap
 ProgressCallback = Callable[[dict], bool | None]  # return False to cancel
 RESUME_FORMAT = "minisam.resume/1"
 # Settings a resumed run must share with the run that wrote the resume file.
-RESUME_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "warmup_fraction")
+# Keys a settings class lacks (``augmented_views`` is distillation's) compare as None.
+RESUME_KEYS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "seed",
+    "warmup_fraction",
+    "augmented_views",
+)
 
 
 class BatchSource(Protocol):
@@ -217,11 +226,13 @@ class _Run:
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise InputError(f"--resume {path}: not a MiniSAM resume file")
         saved = json.loads(state["settings"])
-        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(self.settings, k)]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(self.settings, k, None)]
         if changed:
             raise InputError(
                 f"--resume {path}: written with other settings ("
-                + ", ".join(f"{k} {saved.get(k)} != {getattr(self.settings, k)}" for k in changed)
+                + ", ".join(
+                    f"{k} {saved.get(k)} != {getattr(self.settings, k, None)}" for k in changed
+                )
                 + ")"
             )
         if set(state["params"]) != set(self.params) or any(

@@ -138,7 +138,7 @@ def train_adapter_qat(
         seed=settings.seed + 1,
     )
     run = {
-        "settings": {k: getattr(settings, k) for k in RESUME_KEYS},
+        "settings": {k: getattr(settings, k, None) for k in RESUME_KEYS},
         "spec": spec.to_dict(),
         "qat_scheme": qat_scheme,
         "qat_epochs": stage2.epochs,

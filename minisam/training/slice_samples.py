@@ -98,6 +98,30 @@ def samples_from_volume(
     return samples
 
 
+def unlabelled_slices(
+    image_path: str | Path, dataset: str, modality: str = "auto", axis: int = 0
+) -> list[SliceSample]:
+    """Every slice of a volume (or the one image of a 2D file) with an empty mask.
+
+    For label-free training such as distillation, which needs images but no masks.
+    """
+    image = read_image(image_path)
+    kind = guess_modality(image) if modality == "auto" else modality
+    volume = normalize_intensity(image.array, kind)
+    case = Path(str(image_path)).name
+    if image.is_volume:
+        planes = [np.take(volume, i, axis=axis) for i in range(volume.shape[axis])]
+    else:
+        planes = [volume]
+    samples = []
+    for plane in planes:
+        if np.ptp(plane) == 0:  # a blank slice teaches nothing
+            continue
+        rgb = to_rgb(plane).astype(np.uint8)
+        samples.append(SliceSample(rgb, np.zeros(rgb.shape[:2], bool), case, kind, dataset))
+    return samples
+
+
 def _parts(mask: np.ndarray, split_components: bool, min_area: int) -> list[np.ndarray]:
     parts = [mask]
     if split_components:
