@@ -1,13 +1,14 @@
-"""Reproduce the embedded default (v2) end to end, in miniature, on the project's data:
+"""Reproduce the embedded default (v3) end to end, in miniature, on the project's data:
 
-    OMP_NUM_THREADS=2 python scripts/reproduce_default.py --data ../shared/data --work /tmp/minisam_v2
+    OMP_NUM_THREADS=2 python scripts/reproduce_default.py --data ../shared/data --work /tmp/minisam_v3
 
-1. teacher: the v0 model trained from scratch on every modality but ultrasound
-   (``minisam/pretrained/minisam_teacher_v0.safetensors``; ``--train-teacher`` retrains it with
-   scripts/train_default.py, about 45 min on 2 CPU cores);
-2. student: ``distill`` the teacher's encoder into the ``student`` preset (embedding MSE + cosine,
-   teacher embeddings cached); it keeps the teacher's decoder. (End-to-end fine-tuning afterwards,
-   ``--finetune-epochs``, lowered validation Dice here: 0.352 -> 0.33 after 1-3 epochs);
+1. teacher: v1, a 'small' SAM trained on every modality but ultrasound
+   (``minisam/pretrained/minisam_teacher_v1.safetensors``; ``--train-teacher`` retrains it with
+   scripts/train_default.py: v0 from scratch, then v1 continued from it, about 75 min on 2 CPU cores);
+2. student: ``distill`` the teacher's encoder into the ``student`` preset (embedding MSE + cosine on
+   the training images and ``--distill-views`` augmented views of each, teacher embeddings cached);
+   it keeps the teacher's decoder. (End-to-end fine-tuning afterwards, ``--finetune-epochs``,
+   lowered validation Dice for v1: 0.352 -> 0.33 after 1-3 epochs);
 3. few-shot ultrasound adapters on the student: QLoRA on its NF4 encoder, and AdaLoRA-QAT
    (INT8 attention), from 50 labelled HC18 slices (scripts/train_us_adapter.py);
 4. a chest X-ray adapter (QLoRA, rank 16) from the 77 Montgomery training cases, the cases the
@@ -16,7 +17,7 @@
    committed manifests in docs/eval, written to docs/training/ (``--table-out``).
 
 ``--install`` copies the student and the two QLoRA adapters into minisam/pretrained/. About
-40 minutes on 2 CPU cores without --train-teacher (the script runs everything on the CPU).
+35 minutes on 2 CPU cores without --train-teacher (the script runs everything on the CPU).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ import torch
 from minisam.adapters.adapter_io import ship_adapter
 from minisam.model_loader import PACKAGE_WEIGHTS
 from minisam.training.base_trainer import TrainSettings, train_base
-from minisam.training.default_recipe import LICENCES, default_samples, montgomery_split
+from minisam.training.default_recipe import (
+    LICENCES,
+    default_samples,
+    montgomery_split,
+    unlabelled_training_slices,
+)
 from minisam.training.distill import (
     DistillSettings,
     TeacherEmbeddings,
@@ -46,7 +52,7 @@ from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v0.safetensors"
+TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v1.safetensors"
 EVAL_MANIFESTS = ("cxr_heldout.csv", "us_hc18.csv", "volumes.csv")
 
 
@@ -62,14 +68,19 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
 
     teacher = load_model(str(teacher_path))
     train, val = default_samples(args.data)
+    images = train  # label-free: distillation may also see the unlabelled slices
+    if args.distill_unlabelled:
+        images = train + unlabelled_training_slices(args.data)
     config = student_config(teacher.config, args.student)
     torch.manual_seed(args.seed)
     student = build_student(teacher, config)
     card = {
-        "name": "minisam-default-v2",
+        "name": args.name,
         "teacher": teacher_path.name,
         "teacher_hash": teacher.base_hash(),
         "student": args.student,
+        "augmented_views": args.distill_views,
+        "unlabelled_slices": args.distill_unlabelled,
         "datasets": LICENCES,
         "command": "python scripts/reproduce_default.py " + " ".join(sys.argv[1:]),
     }
@@ -77,9 +88,13 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
     started = time.monotonic()
     report = distill(
         teacher, student, config,
-        (to_model_inputs(train, teacher.config), to_model_inputs(train, config)),
+        (to_model_inputs(images, teacher.config), to_model_inputs(images, config)),
         to_model_inputs(val, config), TeacherEmbeddings(teacher, args.work / "teacher_cache"),
-        distilled, DistillSettings(epochs=args.distill_epochs, seed=args.seed), card,
+        distilled,
+        DistillSettings(
+            epochs=args.distill_epochs, seed=args.seed, augmented_views=args.distill_views
+        ),
+        card,
     )  # fmt: skip
     distill_minutes = (time.monotonic() - started) / 60
     tuned = args.work / "student.safetensors"
@@ -111,7 +126,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/minisam_v2"))
     parser.add_argument("--student", default="student")
-    parser.add_argument("--distill-epochs", type=int, default=25)
+    parser.add_argument("--distill-epochs", type=int, default=12)
+    parser.add_argument(
+        "--distill-views", type=int, default=3, help="augmented views per image (distill --views)"
+    )
+    parser.add_argument(
+        "--distill-unlabelled",
+        action="store_true",
+        help="distil on every axial slice of the training volumes, not only the labelled ones",
+    )
+    parser.add_argument(
+        "--teacher", type=Path, default=TEACHER, help="the teacher checkpoint (default: shipped)"
+    )
+    parser.add_argument("--name", default="minisam-default-v3", help="the student's card name")
     parser.add_argument(
         "--finetune-epochs", type=int, default=0, help="end-to-end epochs after distillation"
     )
@@ -124,10 +151,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     python = sys.executable
 
-    teacher = TEACHER
-    if args.train_teacher:
-        teacher = args.work / "teacher.safetensors"
-        run([python, "scripts/train_default.py", "--data", str(args.data), "--out", str(teacher)])
+    teacher = args.teacher
+    if args.train_teacher:  # v0 from scratch, then v1: v0 continued (scripts/train_default.py)
+        scratch, teacher = args.work / "teacher_v0.safetensors", args.work / "teacher.safetensors"
+        run([python, "scripts/train_default.py", "--data", str(args.data), "--out", str(scratch)])
+        run([python, "scripts/train_default.py", "--data", str(args.data), "--init", str(scratch),
+             "--name", "minisam-teacher-v1", "--epochs", "6", "--lr", "1e-4",
+             "--max-minutes", "45", "--out", str(teacher)])  # fmt: skip
     done = args.work / "student_times.json"
     if (
         done.is_file() and (args.work / "student.safetensors").is_file()
@@ -220,7 +250,7 @@ def training_table(summary: Path, times: dict, teacher: Path, student: Path, ada
         lines.append(f"| {dataset} | {modality} | {row['n']} | {values} |")
     t, s = load_model(str(teacher)), load_model(str(student))
     stages = [
-        ("teacher (v0, from scratch, all but US)", count_parameters(t.sam), "see its card"),
+        ("teacher (v1 = v0 continued; all but US)", count_parameters(t.sam), "see its card"),
         ("student: distilled encoder", count_parameters(s.sam.image_encoder),
          f"{times['distill_minutes']:.1f}"),
     ]  # fmt: skip

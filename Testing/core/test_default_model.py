@@ -25,7 +25,7 @@ from minisam.training.slice_samples import read_mask_2d
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CXR = "cxr_lung_montgomery_shenzhen"
-TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v0.safetensors"
+TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v1.safetensors"
 
 
 def _held_out_cxr(shared_data: Path) -> list[Path]:
