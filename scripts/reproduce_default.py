@@ -124,7 +124,7 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/minisam_v2"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/minisam_v3"))
     parser.add_argument("--student", default="student")
     parser.add_argument("--distill-epochs", type=int, default=12)
     parser.add_argument(

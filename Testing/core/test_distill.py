@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minisam.cli.main import main as cli_main
-from minisam.errors import ModelError
+from minisam.errors import InputError, ModelError
 from minisam.model_config import preset
 from minisam.model_loader import load_model
 from minisam.training.default_recipe import unlabelled_training_slices
@@ -19,6 +19,7 @@ from minisam.training.distill import (
     TeacherEmbeddings,
     build_student,
     distill,
+    distill_resume_file,
     embedding_error,
     student_config,
     with_views,
@@ -208,3 +209,27 @@ def test_unlabelled_slices_add_the_slices_no_label_touches(shared_data: Path) ->
     recipe = unlabelled_training_slices(shared_data)
     assert "example_mr_sm.nii.gz" not in {s.case for s in recipe}  # the validation volume
     assert {s.dataset for s in recipe} >= {"totalsegmentator_example", "pyradiomics_testdata"}
+
+
+def test_resume_refuses_another_view_count(shared_data: Path, tmp_path: Path) -> None:
+    teacher = load_model("default")
+    config = student_config(teacher.config, "tiny")
+    inputs = tuple(
+        to_model_inputs(samples_from_pairs(_pairs(shared_data, 0, 2), "cxr", "xray"), c)
+        for c in (teacher.config, config)
+    )
+    cache = TeacherEmbeddings(teacher, tmp_path / "cache")
+    out = tmp_path / "s.safetensors"
+
+    def run(views: int, resume: bool):
+        settings = DistillSettings(epochs=2, batch_size=2, augmented_views=views)
+        return distill(
+            teacher, build_student(teacher, config), config, inputs, inputs[1], cache, out,
+            settings, progress=lambda event: False,  # cancel after the first step
+            resume_from=distill_resume_file(out) if resume else None,
+        )  # fmt: skip
+
+    assert run(1, resume=False).cancelled and distill_resume_file(out).is_file()
+    with pytest.raises(InputError, match="augmented_views 1 != 2"):
+        run(2, resume=True)
+    assert run(1, resume=True).resumed

@@ -9,6 +9,7 @@ held out entirely: it is the unseen modality for few-shot adapters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from minisam.training.slice_samples import (
@@ -43,6 +44,42 @@ def montgomery_split(data_root: Path) -> tuple[list[tuple[Path, Path]], list[tup
     return [pair for pair in cxr if pair not in held_out], held_out
 
 
+@dataclass(frozen=True)
+class TrainingVolume:
+    """A training volume of the default mix and how its slices become samples."""
+
+    image: Path
+    labels: Path
+    dataset: str
+    modality: str
+    min_area: int = 20
+    every: int = 1
+
+
+def training_volumes(data_root: Path) -> list[TrainingVolume]:
+    """The 3D training volumes of the default mix, in sample order (the pyradiomics ones if present)."""
+    ts = data_root / "totalsegmentator_example"
+    radiomics = data_root / "pyradiomics_testdata"
+    dcmqi = data_root / "dcmqi_ct3slice_seg"
+    ts_name, radiomics_name = "totalsegmentator_example", "pyradiomics_testdata"
+    return [
+        TrainingVolume(ts / "example_ct_sm.nii.gz", ts / "example_seg.nii.gz", ts_name, "ct", 30),
+        TrainingVolume(
+            ts / "example_ct_dicom", ts / "example_seg_dicom.nii.gz", ts_name, "ct", 200, every=2
+        ),
+        *(
+            TrainingVolume(
+                radiomics / f"{n}_image.nrrd", radiomics / f"{n}_label.nrrd", radiomics_name, "mr"
+            )
+            for n in RADIOMICS
+            if (radiomics / f"{n}_image.nrrd").exists()
+        ),  # fmt: skip
+        TrainingVolume(
+            dcmqi / "ct_dicom", dcmqi / "liver_spine_seg.nrrd", "dcmqi_ct3slice_seg", "ct", 100
+        ),
+    ]
+
+
 def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSample]]:
     """(train, validation) samples for the embedded default, split by case."""
     cxr_train, cxr_val = montgomery_split(data_root)
@@ -52,35 +89,13 @@ def default_samples(data_root: Path) -> tuple[list[SliceSample], list[SliceSampl
     prostate_val = [pair for pair in prostate if pair[0].name.startswith("UCL")]
     prostate_train = [pair for pair in prostate if pair not in prostate_val]
 
-    ts = data_root / "totalsegmentator_example"
-    radiomics = data_root / "pyradiomics_testdata"
-    dcmqi = data_root / "dcmqi_ct3slice_seg"
     train = samples_from_pairs(cxr_train, "cxr_montgomery", "xray", split_components=True)
     train += samples_from_pairs(prostate_train, "prostate_mri_multisite", "mr")
-    train += samples_from_volume(
-        ts / "example_ct_sm.nii.gz",
-        ts / "example_seg.nii.gz",
-        "totalsegmentator_example",
-        "ct",
-        min_area=30,
-    )
-    train += samples_from_volume(
-        ts / "example_ct_dicom",
-        ts / "example_seg_dicom.nii.gz",
-        "totalsegmentator_example",
-        "ct",
-        min_area=200,
-        every=2,
-    )
-    for name in RADIOMICS:
-        image = radiomics / f"{name}_image.nrrd"
-        if image.exists():
-            train += samples_from_volume(
-                image, radiomics / f"{name}_label.nrrd", "pyradiomics_testdata", "mr"
-            )
-    train += samples_from_volume(
-        dcmqi / "ct_dicom", dcmqi / "liver_spine_seg.nrrd", "dcmqi_ct3slice_seg", "ct", min_area=100
-    )
+    for v in training_volumes(data_root):
+        train += samples_from_volume(
+            v.image, v.labels, v.dataset, v.modality, min_area=v.min_area, every=v.every
+        )
+    ts = data_root / "totalsegmentator_example"
     val = samples_from_pairs(cxr_val, "cxr_montgomery", "xray", split_components=True)
     val += samples_from_pairs(prostate_val, "prostate_mri_multisite", "mr")
     val += samples_from_volume(
@@ -100,17 +115,8 @@ def unlabelled_training_slices(data_root: Path) -> list[SliceSample]:
     Distillation needs no labels, so it can also learn from the slices that no label touches
     (most of the brain MR slices, for one). The validation volume stays out.
     """
-    ts = data_root / "totalsegmentator_example"
-    radiomics = data_root / "pyradiomics_testdata"
-    volumes = [
-        (ts / "example_ct_sm.nii.gz", "totalsegmentator_example", "ct"),
-        (ts / "example_ct_dicom", "totalsegmentator_example", "ct"),
-        *((radiomics / f"{n}_image.nrrd", "pyradiomics_testdata", "mr") for n in RADIOMICS),
-        (data_root / "dcmqi_ct3slice_seg" / "ct_dicom", "dcmqi_ct3slice_seg", "ct"),
-    ]
     return [
         s
-        for path, name, kind in volumes
-        if path.exists()
-        for s in unlabelled_slices(path, name, kind)
+        for v in training_volumes(data_root)
+        for s in unlabelled_slices(v.image, v.dataset, v.modality)
     ]

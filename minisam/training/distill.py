@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,10 @@ class DistillSettings(TrainSettings):
     """:class:`TrainSettings` plus the weights of the two embedding losses.
 
     ``augmented_views``: augmented copies of each distinct training image added to the originals
-    (0: the originals only).
+    (0: the originals only); a resumed run must keep it (it sets the epoch's length).
     """
 
+    resume_keys: ClassVar[tuple[str, ...]] = (*TrainSettings.resume_keys, "augmented_views")
     epochs: int = 20
     batch_size: int = 8
     learning_rate: float = 1e-3

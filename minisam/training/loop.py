@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -32,17 +32,6 @@ from minisam.training.distributed import World, current_world, shard, wrap
 
 ProgressCallback = Callable[[dict], bool | None]  # return False to cancel
 RESUME_FORMAT = "minisam.resume/1"
-# Settings a resumed run must share with the run that wrote the resume file.
-# Keys a settings class lacks (``augmented_views`` is distillation's) compare as None.
-RESUME_KEYS = (
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "weight_decay",
-    "seed",
-    "warmup_fraction",
-    "augmented_views",
-)
 
 
 class BatchSource(Protocol):
@@ -73,8 +62,19 @@ class TrainSettings:
       correction_clicks: corrective rounds per sample after its first prompt (SAM's interactive
         training; see :mod:`minisam.training.mask_loss`).
       geometric_augmentation: share of samples given a small random affine transform.
+
+    ``resume_keys`` names the settings a resumed run must share with the run that wrote the resume
+    file; a subclass with settings of its own that shape the run extends it.
     """
 
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "seed",
+        "warmup_fraction",
+    )
     epochs: int = 10
     batch_size: int = 8
     learning_rate: float = 3e-4
@@ -226,13 +226,12 @@ class _Run:
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise InputError(f"--resume {path}: not a MiniSAM resume file")
         saved = json.loads(state["settings"])
-        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(self.settings, k, None)]
+        keys = self.settings.resume_keys
+        changed = [k for k in keys if saved.get(k) != getattr(self.settings, k)]
         if changed:
             raise InputError(
                 f"--resume {path}: written with other settings ("
-                + ", ".join(
-                    f"{k} {saved.get(k)} != {getattr(self.settings, k, None)}" for k in changed
-                )
+                + ", ".join(f"{k} {saved.get(k)} != {getattr(self.settings, k)}" for k in changed)
                 + ")"
             )
         if set(state["params"]) != set(self.params) or any(

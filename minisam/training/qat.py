@@ -40,7 +40,7 @@ from minisam.training.adapter_trainer import (
     fit_adapter,
     train_adapter,
 )
-from minisam.training.loop import RESUME_KEYS, ProgressCallback
+from minisam.training.loop import ProgressCallback
 from minisam.training.slice_samples import SliceSample
 
 DEFAULT_QAT_SCHEME = "int8:attn"
@@ -138,7 +138,7 @@ def train_adapter_qat(
         seed=settings.seed + 1,
     )
     run = {
-        "settings": {k: getattr(settings, k, None) for k in RESUME_KEYS},
+        "settings": {k: getattr(settings, k) for k in settings.resume_keys},
         "spec": spec.to_dict(),
         "qat_scheme": qat_scheme,
         "qat_epochs": stage2.epochs,
