@@ -1,7 +1,8 @@
-"""Atomic file output: write to a hidden temporary name next to the target, then rename over it.
+"""Atomic output: write to a hidden temporary name next to the target, then rename over it.
 
-A reader of the target path therefore sees either the old file or the complete new one, never a
-partial write, and a failed write leaves nothing behind.
+A reader of the target path therefore sees either the old file (or folder) or the complete new one,
+never a partial write, and a failed write leaves nothing behind. Files: :func:`atomic_output`;
+folders: :func:`atomic_folder`.
 """
 
 from __future__ import annotations
@@ -107,3 +108,32 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder to fill; on success it takes ``target``'s place.
+
+    A folder cannot be replaced by one ``os.replace``, so an existing target is first renamed aside,
+    the new folder renamed in, and the old one deleted: readers see the old or the new folder (or, for
+    an instant, none), never a half-written one. If the block raises, nothing changes.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            _remove_quietly(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        _remove_quietly(tmp)

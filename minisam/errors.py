@@ -19,7 +19,9 @@ class InputError(MiniSAMError):
 
 
 class PromptError(MiniSAMError):
-    """A point, box or slice index does not fit the image it refers to."""
+    """A segmentation request that does not fit its image: a point, box or slice outside it, no prompt,
+    an unknown or oblique slice axis or view, or a segmentation option out of range (``--min-score``,
+    ``--max-slices``, an unusable ``--device``)."""
 
 
 class ModelError(MiniSAMError):

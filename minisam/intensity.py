@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from minisam.errors import InputError
+from minisam.modality import AUTO, check_preset, preset_for_dicom
 
 if TYPE_CHECKING:
     from minisam.imageio import MedicalImage
 
 __all__ = [
     "CT_WINDOWS",
-    "MODALITIES",
     "ROBUST_PERCENTILES",
-    "guess_modality",
+    "choose_preset",
+    "guess_preset",
+    "guess_preset_of",
     "normalize_intensity",
     "to_rgb",
 ]
@@ -33,15 +35,10 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "ct-bone": (400.0, 1800.0),
     "ct-brain": (40.0, 80.0),
 }
-"""CT window presets in HU as (level, width)."""
-
-MODALITIES: tuple[str, ...] = ("auto", *CT_WINDOWS, "mr", "us", "xray", "rgb", "raw")
-"""Accepted ``modality`` values of :func:`normalize_intensity`."""
+"""CT window presets in HU as (level, width); the names are ``minisam.modality.CT_PRESETS``."""
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 """Percentiles mapped to 0 and 255 for MR and ultrasound."""
-
-_DICOM_TO_MODALITY = {"CT": "ct", "MR": "mr", "US": "us", "CR": "xray", "DX": "xray", "MG": "xray"}
 
 
 def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -62,7 +59,7 @@ def _min_max(data: np.ndarray) -> np.ndarray:
 
 
 def _guess_from_array(array: np.ndarray) -> str:
-    """Best guess when only an array is known (prefer :func:`guess_modality` on an image)."""
+    """Best guess when only an array is known (prefer :func:`guess_preset` on an image)."""
     if array.dtype == np.uint8:
         return "rgb" if array.ndim == 3 and array.shape[-1] == 3 else "xray"
     if float(array.min()) <= -500 and float(array.max()) >= 300:
@@ -81,28 +78,27 @@ def _check_window(window: tuple[float, float]) -> tuple[float, float]:
 
 
 def normalize_intensity(
-    array: np.ndarray, modality: str, window: tuple[float, float] | None = None
+    array: np.ndarray, preset: str, window: tuple[float, float] | None = None
 ) -> np.ndarray:
     """Map intensities to float32 in [0, 255] for SAM.
 
     Arguments:
       array: image, slice or whole volume (normalise volumes whole for a consistent mapping).
-      modality: "auto", "ct" (soft-tissue window), "ct-abdomen", "ct-lung", "ct-bone",
-        "ct-brain", "mr", "us" (robust percentiles), "xray" (uint8 kept, else min-max),
-        "rgb" (kept, clipped to 0..255) or "raw" (min-max). "auto" guesses from the array alone;
-        with a :class:`MedicalImage`, pass ``guess_modality(image)`` instead.
-      window: (level, width); overrides the CT preset, and for any grey modality replaces the
+      preset: a normalisation preset (``minisam.modality.PRESET_CHOICES``): "auto", "ct"
+        (soft-tissue window), "ct-abdomen", "ct-lung", "ct-bone", "ct-brain", "mr", "us" (robust
+        percentiles), "xray" (uint8 kept, else min-max), "rgb" (kept, clipped to 0..255) or "raw"
+        (min-max). "auto" guesses from the array alone; with a :class:`MedicalImage`, pass
+        ``guess_preset(image)`` instead.
+      window: (level, width); overrides the CT preset, and for any grey preset replaces the
         automatic mapping with this window.
 
     Returns:
       float32 array of the input's shape with values in [0, 255].
 
     Raises:
-      InputError: unknown modality, bad window, empty or non-finite array.
+      InputError: unknown preset, bad window, empty or non-finite array.
     """
-    key = str(modality).strip().lower()
-    if key not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    key = check_preset(preset)
     data = np.asarray(array)
     if data.size == 0:
         raise InputError("cannot normalise an empty array")
@@ -113,12 +109,12 @@ def normalize_intensity(
         data = data.astype(np.uint8)
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise InputError("cannot normalise an array containing NaN or infinite values")
-    if key == "auto":
+    if key == AUTO:
         key = _guess_from_array(data)
 
     if window is not None:
         if key == "rgb":
-            raise InputError("a (level, width) window applies to grey images, not modality 'rgb'")
+            raise InputError("a (level, width) window applies to grey images, not preset 'rgb'")
         level, width = _check_window(window)
         return _scale(data, level - width / 2, level + width / 2)
 
@@ -141,24 +137,47 @@ def normalize_intensity(
     return _min_max(data)  # raw
 
 
-def guess_modality(image: MedicalImage) -> str:
-    """Pick a :func:`normalize_intensity` modality for an image.
+def choose_preset(choice: str, image: MedicalImage) -> str:
+    """The normalisation preset ``choice`` names (checked), or for "auto" :func:`guess_preset`.
 
-    Order: DICOM modality tag (CT, MR, US, CR/DX/MG); colour -> "rgb"; an intensity range
-    spanning air and bone in HU (min <= -500 and max >= 300) -> "ct"; 2D uint8 grey -> "xray";
-    otherwise "mr".
+    Raises:
+      InputError: ``choice`` is not a preset (``minisam.modality.PRESET_CHOICES``).
     """
-    if image.modality:
-        mapped = _DICOM_TO_MODALITY.get(image.modality.strip().upper())
-        if mapped is not None:
-            return mapped
-    if image.is_rgb:
+    key = check_preset(choice)
+    return guess_preset(image) if key == AUTO else key
+
+
+def guess_preset(image: MedicalImage) -> str:
+    """The normalisation preset for an image (see :func:`guess_preset_of`)."""
+    return guess_preset_of(
+        image.array, dicom_code=image.modality, is_rgb=image.is_rgb, is_volume=image.is_volume
+    )
+
+
+def guess_preset_of(
+    array: np.ndarray, dicom_code: str | None = None, is_rgb: bool = False, is_volume: bool = True
+) -> str:
+    """Pick a :func:`normalize_intensity` preset from an image's DICOM code and values.
+
+    Order: the preset of the DICOM code's family (``minisam.modality.preset_for_dicom``: CT, MR,
+    US, the X-ray codes CR/DX/MG/...); colour -> "rgb"; an intensity range spanning air and bone in
+    HU (min <= -500 and max >= 300) -> "ct"; 2D uint8 grey -> "xray"; otherwise "mr".
+
+    Arguments:
+      array: the voxels or pixels (a volume whole, so the guess does not depend on one slice).
+      dicom_code: the image's (0008,0060) Modality, if it has one.
+      is_rgb: a colour image (last axis RGB).
+      is_volume: a 3D volume rather than a 2D image.
+    """
+    mapped = preset_for_dicom(dicom_code)
+    if mapped is not None:
+        return mapped
+    if is_rgb:
         return "rgb"
-    array = image.array
     # 2D slices too: a non-8-bit grey image spanning air..bone in HU is a CT slice.
     if array.dtype != np.uint8 and float(array.min()) <= -500 and float(array.max()) >= 300:
         return "ct"
-    if not image.is_volume and array.dtype == np.uint8:
+    if not is_volume and array.dtype == np.uint8:
         return "xray"
     return "mr"
 

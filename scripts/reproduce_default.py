@@ -231,7 +231,7 @@ def train_xray_adapter(args: argparse.Namespace, student: Path) -> tuple[Path, f
 
 def training_table(summary: Path, times: dict, teacher: Path, student: Path, adapters: dict) -> str:
     """Markdown: Dice / NSD per dataset and configuration, then what each stage trained and how long."""
-    from minisam.adapters.adapter_io import read_metadata
+    from minisam.adapters.metadata import read_metadata
     from minisam.model_config import count_parameters
     from minisam.model_loader import load_model
 

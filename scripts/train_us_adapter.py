@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from minisam.adapters import load_adapter
-from minisam.adapters.adapter_io import adapter_folder_size, read_metadata, ship_adapter
-from minisam.cli.main import main as cli_main
+from minisam.adapters.adapter_io import ship_adapter
+from minisam.adapters.metadata import adapter_folder_size, read_metadata
 from minisam.engine import SamEngine
 from minisam.imageio import read_image
 from minisam.intensity import normalize_intensity, to_rgb
@@ -101,7 +103,7 @@ def main() -> None:
     ]  # fmt: skip
     print("minisam " + " ".join(command))
     started = time.monotonic()
-    if cli_main(command) != 0:
+    if subprocess.run([sys.executable, "-m", "minisam", *command]).returncode != 0:
         raise SystemExit("training failed")
     minutes = (time.monotonic() - started) / 60
 

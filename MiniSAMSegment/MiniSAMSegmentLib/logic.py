@@ -6,18 +6,17 @@ The Segment Editor effect, the module's self-test and the headless batch script 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from minisam.adapters.choice import AdapterChoice, resolve_adapter
 from minisam.checkpoints import LoadedModel
 from minisam.embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from minisam.engine import SamEngine
 from minisam.errors import ModelError
 from minisam.intensity import normalize_intensity
+from minisam.modality import AUTO, adapter_family
 from minisam.model_loader import load_model
 from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
@@ -67,30 +66,11 @@ __all__ = [
 ]
 
 
-ADAPTER_AUTO = "auto"
-"""Adapter choice: the library's adapter for the volume's DICOM Modality (else the family of the intensity
-normalisation modality) trained on the loaded base model; none when there is no such adapter."""
+ADAPTER_AUTO = AUTO
+"""Adapter choice: the library's adapter for the volume's family (its DICOM Modality, else the family of
+its normalisation preset: "ct-lung" is CT) trained on the loaded base model; none when there is none."""
 ADAPTER_NONE = "none"
 """Adapter choice: the base model ("base" means the same)."""
-_NO_ADAPTER = (ADAPTER_NONE, "base")
-
-
-@dataclass(frozen=True)
-class AdapterChoice:
-    """An adapter resolved for one volume: its name (metadata), folder and creation time."""
-
-    name: str
-    folder: Path
-    created: str = ""
-
-
-@dataclass
-class _ModelAdapters:
-    """The adapters loaded into one model: an ``AdapterSwitcher`` and which folder is which peft name."""
-
-    switcher: object  # minisam.adapters.AdapterSwitcher (peft is imported only when needed)
-    loaded: dict[tuple[str, str], str]  # (folder, created) -> adapter name inside the model
-    labels: dict[str, str]  # adapter name inside the model -> its own name, for people
 
 
 class MiniSAMSegmentLogic:
@@ -129,7 +109,8 @@ class MiniSAMSegmentLogic:
         self._models: dict[str, LoadedModel] = {}
         self._engines: dict[tuple[str, str], SamEngine] = {}
         self._sessions: dict[str, tuple[tuple, VolumeSession]] = {}
-        self._adapters: dict[str, _ModelAdapters] = {}
+        # model spec -> minisam.adapters.AdapterSwitcher (peft is imported only when an adapter is used)
+        self._switchers: dict[str, object] = {}
 
     # -- model -------------------------------------------------------------------------------------------
 
@@ -173,38 +154,19 @@ class MiniSAMSegmentLogic:
     def adapter_for(self, volume_node, modality: str | None = None) -> AdapterChoice | None:
         """The adapter :attr:`adapter` chooses for ``volume_node`` (None: the base model); changes nothing.
 
-        ``modality``: the volume's normalisation modality, if known already (else it is worked out).
+        ``modality``: the volume's normalisation preset, if known already (else it is worked out).
+        The choice is resolved by ``minisam.adapters.choice.resolve_adapter``, as on the command line.
 
         Raises:
           ModelError: one line, for an unknown adapter name, a missing folder or an adapter trained on
             another base model.
         """
-        choice = (self.adapter or ADAPTER_AUTO).strip()
-        if choice.lower() in _NO_ADAPTER:
-            return None
-        base = self.model.base_hash()
-        if choice.lower() == ADAPTER_AUTO:
-            code = dicom_modality(volume_node)
-            if code is None:  # the family of the normalisation modality ("ct-lung" -> "ct")
-                modality = modality or normalization_modality(volume_node, self.modality)
-                code = modality.split("-")[0]
-            info = self._library().for_modality(code, base)
-            return None if info is None else AdapterChoice(info.name, info.path, info.created)
-        folder = Path(choice).expanduser()
-        if folder.is_dir():
-            from minisam.adapters.adapter_io import read_metadata
 
-            meta = read_metadata(folder)
-            if meta.base_hash != base:
-                raise ModelError(
-                    f"adapter {meta.name} ({folder}) was trained for base {meta.base_hash}, "
-                    f"the loaded model {self.model_spec} is {base}"
-                )
-            return AdapterChoice(meta.name, folder, meta.created)
-        if os.sep in choice or "/" in choice:
-            raise ModelError(f"adapter folder {choice} does not exist")
-        info = self._library().for_modality(None, base, override=choice)
-        return AdapterChoice(info.name, info.path, info.created)
+        def family() -> str | None:
+            preset = modality or normalization_modality(volume_node, self.modality)
+            return adapter_family(dicom_modality(volume_node), preset)
+
+        return resolve_adapter(self.adapter, self.model.base_hash(), family, self.library)
 
     def _activate_adapter(self, volume_node, modality: str | None = None) -> str:
         """Load (once) and activate the adapter for ``volume_node``; the model's state for cache keys.
@@ -213,38 +175,20 @@ class MiniSAMSegmentLogic:
         against the model, before the model is touched.
         """
         chosen = self.adapter_for(volume_node, modality)
-        adapters = self._adapters.get(self.model_spec)
-        if chosen is None:
-            if adapters is not None:
-                adapters.switcher.activate(None)
+        switcher = self._switchers.get(self.model_spec)
+        if chosen is None and switcher is None:
             return "base"
-        loaded = self.model
-        if adapters is None:
+        if switcher is None:
             from minisam.adapters import AdapterSwitcher
 
-            adapters = _ModelAdapters(AdapterSwitcher(loaded), {}, {})
-            self._adapters[self.model_spec] = adapters
-        key = (str(chosen.folder.resolve()), chosen.created)
-        name = adapters.loaded.get(key)
-        if name is None:
-            stale = [k for k in adapters.loaded if k[0] == key[0]]  # replaced on disk since loaded
-            name = _free_name(chosen.name, adapters.switcher.names)
-            adapters.switcher.add(chosen.folder, name=name)
-            loaded.sam.eval()
-            for old in stale:
-                adapters.switcher.remove(adapters.loaded.pop(old))
-            adapters.loaded[key] = name
-            adapters.labels[name] = chosen.name
-        adapters.switcher.activate(name)
-        return f"{name}@{chosen.created}"
+            switcher = self._switchers[self.model_spec] = AdapterSwitcher(self.model)
+        return switcher.use(chosen)
 
     @property
     def active_adapter(self) -> str | None:
         """Name of the adapter the current model runs now (None: none), as of the last :meth:`session`."""
-        adapters = self._adapters.get(self.model_spec)
-        if adapters is None or adapters.switcher.active is None:
-            return None
-        return adapters.labels[adapters.switcher.active]
+        switcher = self._switchers.get(self.model_spec)
+        return None if switcher is None else switcher.own_name(switcher.active)
 
     def describe(self) -> str:
         """What segments now, e.g. "model default + adapter us_hc18" (as of the last :meth:`session`)."""
@@ -321,12 +265,3 @@ class MiniSAMSegmentLogic:
     write_mask_to_segment = staticmethod(write_mask_to_segment)
     labelmap_oriented_image = staticmethod(labelmap_oriented_image)
     replace_modifiers = staticmethod(replace_modifiers)
-
-
-def _free_name(name: str, taken: list[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``, ... when an adapter of that name is loaded already."""
-    candidate, number = name, 1
-    while candidate in taken:
-        number += 1
-        candidate = f"{name[:60]}-{number}"
-    return candidate

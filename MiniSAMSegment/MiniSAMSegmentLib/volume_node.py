@@ -8,7 +8,6 @@ transform for points given in world RAS (what slice views and markups report).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import slicer
@@ -153,22 +152,22 @@ def dicom_modality(volume_node) -> str | None:
 
 
 def normalization_modality(volume_node, choice: str = "auto") -> str:
-    """The :func:`minisam.intensity.normalize_intensity` modality for a volume node.
+    """The normalisation preset (:func:`minisam.intensity.normalize_intensity`) for a volume node.
 
     Arguments:
       volume_node: the source volume.
-      choice: an explicit modality ("ct", "mr", ...) is returned as is; "auto" uses the DICOM modality when
-        known and otherwise the core's intensity-range guess (CT when the values span air and bone in HU).
-    """
-    if choice.strip().lower() != "auto":
-        return choice.strip().lower()
-    from minisam.intensity import guess_modality
+      choice: an explicit preset ("ct", "ct-lung", "mr", ...) is returned checked; "auto" uses the DICOM
+        modality when known and otherwise the core's intensity-range guess (CT when the values span air and
+        bone in HU), as ``minisam segment --modality auto`` does for a volume file.
 
-    # guess_modality reads only these four attributes of a MedicalImage; a volume node has no sitk image.
-    image = SimpleNamespace(
-        modality=dicom_modality(volume_node),
-        is_rgb=False,
-        is_volume=True,
-        array=volume_arrays(volume_node).array,
-    )
-    return guess_modality(image)
+    Raises:
+      InputError: ``choice`` is not a preset.
+    """
+    from minisam.intensity import guess_preset_of
+    from minisam.modality import AUTO, check_preset
+
+    preset = check_preset(choice)
+    if preset != AUTO:
+        return preset
+    array = volume_arrays(volume_node).array
+    return guess_preset_of(array, dicom_code=dicom_modality(volume_node), is_volume=True)

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import slicer
@@ -39,13 +38,20 @@ from MiniSAMSegmentLib.volume_node import (
     volume_arrays,
 )
 
-from minisam.cli.training_args import split_cases
 from minisam.errors import InputError, MiniSAMError
-from minisam.intensity import MODALITIES, normalize_intensity, to_rgb
+from minisam.intensity import normalize_intensity, to_rgb
+from minisam.modality import (
+    AUTO,
+    FAMILIES,
+    family_for_dicom,
+    family_of_preset,
+    preset_for_family,
+)
+from minisam.training.splits import split_cases
 
 __all__ = [
     "AXIS_NAMES",
-    "COMMON_MODALITIES",
+    "COMMON_FAMILIES",
     "METHODS",
     "MIN_ANNOTATED_SLICES",
     "AnnotatedSlices",
@@ -67,18 +73,15 @@ MAX_BLOCKS = 5
 VAL_FRACTION = 0.2  # with at most MAX_BLOCKS blocks, split_cases then holds back exactly one block
 AXIS_NAMES = ("K", "J", "I")  # numpy axis 0, 1, 2 of a (K, J, I) volume array
 METHODS = ("lora", "adalora")
-COMMON_MODALITIES = ("CT", "MR", "US", "XRAY", "PET")
-"""Suggestions for the panel's modality field; any DICOM Modality code or adapter family is accepted."""
+COMMON_FAMILIES = FAMILIES[:5]
+"""Suggestions for the panel's modality field (CT, MR, US, XRAY, PET); any DICOM Modality code or
+adapter family of ``minisam.modality`` is accepted."""
 TRAINING_REQUIREMENTS = {
     "peft": "peft>=0.13",
     "bitsandbytes": "bitsandbytes>=0.45",
     "monai": "monai>=1.3",
 }
 """Import name -> pip requirement of what training needs besides MiniSAMSegment's packages."""
-QAT_UNAVAILABLE = (
-    "quantization-aware training (AdaLoRA-QAT) is not available in this MiniSAM core; "
-    "train without QAT"
-)
 _ALIGNED = 1e-3  # |cos| between slice normals must be this close to 1 (about 2.6 degrees)
 
 Progress = Callable[[dict], "bool | None"]
@@ -226,7 +229,7 @@ def slice_blocks(slices: Sequence[int]) -> dict[int, str]:
 
     Why blocks: neighbouring slices of a volume are near copies of each other, so validating on a slice
     whose neighbours were trained on over-states the Dice and lets early stopping keep the wrong epoch.
-    Each block acts as a "case" for :func:`minisam.cli.training_args.split_cases`, which holds one whole
+    Each block acts as a "case" for :func:`minisam.training.splits.split_cases`, which holds one whole
     block back for validation (chosen with the seed) and trains on the others: neighbouring slices stay
     on the same side except where two blocks meet. Contiguous blocks rather than every k-th slice,
     because every-k-th validation would put each validation slice between two training slices. All
@@ -246,14 +249,11 @@ def slice_blocks(slices: Sequence[int]) -> dict[int, str]:
 
 def suggested_modality(volumeNode) -> str:
     """The adapter family of the volume's DICOM modality when known, else "CT" or "MR" from its values."""
-    code = dicom_modality(volumeNode)
-    if code:
-        from minisam.adapters.adapter_io import modality_family
-
-        family = modality_family(code)
-        if family:
-            return family
-    return normalization_modality(volumeNode, "auto").upper()
+    family = family_for_dicom(dicom_modality(volumeNode))
+    if family:
+        return family
+    preset = normalization_modality(volumeNode, AUTO)
+    return family_of_preset(preset) or preset.upper()
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -357,13 +357,11 @@ class MiniSAMTrainLogic:
         Raises:
           InputError: bad options, too few annotated slices, or an unusable volume / segmentation.
         """
-        from minisam.adapters.adapter_io import modality_family
         from minisam.adapters.library import default_root
         from minisam.adapters.lora import check_adapter_name
-        from minisam.cli.train_adapter_command import adapter_spec
-        from minisam.training.adapter_trainer import AdapterTrainSettings
+        from minisam.training.adapter_trainer import AdapterTrainSettings, adapter_spec
 
-        family = modality_family(modality)
+        family = family_for_dicom(modality)
         if family is None:
             raise InputError(
                 f"modality {modality!r} is not known: name it like a DICOM Modality (CT, MR, US, XRAY, ...)"
@@ -373,10 +371,8 @@ class MiniSAMTrainLogic:
         for label, value in (("rank", rank), ("epochs", epochs), ("batch size", batch_size)):
             if int(value) < 1:
                 raise InputError(f"{label} must be >= 1, not {value}")
-        if qat:
-            _qat_trainer()  # fails now, not after the model is loaded, when the core lacks it
-            if method != "adalora":
-                raise InputError("QAT trains an AdaLoRA adapter (AdaLoRA-QAT): choose AdaLoRA")
+        if qat and method != "adalora":
+            raise InputError("QAT trains an AdaLoRA adapter (AdaLoRA-QAT): choose AdaLoRA")
         found, masks = _read_segments(volumeNode, segmentationNode, segmentIds, axis)
         volume = node_label(volumeNode)
         require_enough(found, f"volume {volume}")
@@ -389,18 +385,14 @@ class MiniSAMTrainLogic:
                 )
         else:
             name = _free_name(root, f"{family.lower()}_{volumeNode.GetName()}")
-        norm = normalization_modality(
-            volumeNode, family.lower() if family.lower() in MODALITIES else "auto"
-        )
+        norm = normalization_modality(volumeNode, preset_for_family(family) or AUTO)
         samples = _samples(
             volume_arrays(volumeNode).array, masks, found, norm, volumeNode.GetName()
         )
         train, val = split_cases(samples, None, VAL_FRACTION, seed)
         settings = AdapterTrainSettings(epochs=int(epochs), batch_size=int(batch_size), seed=seed)
         steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
-        spec = adapter_spec(
-            SimpleNamespace(method=method, rank=int(rank), include_decoder=False), steps
-        )
+        spec = adapter_spec(method, int(rank), steps)
         summary = {
             "source": f"3D Slicer: volume {volume}, segmentation {node_label(segmentationNode)}",
             "segments": list(found.names.values()),
@@ -439,7 +431,9 @@ class MiniSAMTrainLogic:
         if not say("training"):
             return _cancelled(plan, started)
         if plan.qat:
-            model, report, _ = _qat_trainer()(
+            from minisam.training.qat import train_adapter_qat
+
+            model, report, _ = train_adapter_qat(
                 loaded, plan.train, plan.val, plan.spec, plan.family, plan.settings,
                 qat_epochs=plan.qat_epochs, progress=progress, name=plan.name,
             )  # fmt: skip
@@ -515,18 +509,6 @@ def _free_name(root: Path, wanted: str) -> str:
         number += 1
         name = f"{base}_{number}"
     return name
-
-
-def _qat_trainer():
-    """The core's two-stage AdaLoRA-QAT trainer, or a one-line InputError where the core has none."""
-    if importlib.util.find_spec("minisam.training.qat") is None:
-        raise InputError(QAT_UNAVAILABLE)
-    from minisam.training import qat
-
-    trainer = getattr(qat, "train_adapter_qat", None)
-    if trainer is None:
-        raise InputError(QAT_UNAVAILABLE)
-    return trainer
 
 
 def _cancelled(plan: TrainingPlan, started: float) -> TrainResult:

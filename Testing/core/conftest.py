@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,4 +29,22 @@ def shared_data() -> Path:
             "shared data folder",
             pytrace=False,
         )
+    return root
+
+
+@pytest.fixture(scope="session")
+def ct_adapter_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter library holding one CT adapter, ``ct_test``, for the default model.
+
+    It is the built-in us_hc18 relabelled as CT: a real adapter of the default model, enough to
+    see which family an automatic choice picks.
+    """
+    from minisam.adapters.library import BUILTIN_ROOT
+    from minisam.adapters.metadata import METADATA_FILE
+
+    root = tmp_path_factory.mktemp("ct_adapter_library")
+    shutil.copytree(BUILTIN_ROOT / "us_hc18", root / "ct_test")
+    meta = json.loads((root / "ct_test" / METADATA_FILE).read_text())
+    meta.update(name="ct_test", modality="CT")
+    (root / "ct_test" / METADATA_FILE).write_text(json.dumps(meta))
     return root

@@ -103,6 +103,32 @@ def test_unknown_adapter_name(shared_data: Path, tmp_path: Path, capsys, monkeyp
 
 
 HC18 = "hc18_fetal_head_us/images/000_HC.png"
+CT = "totalsegmentator_example/example_ct_sm.nii.gz"  # no DICOM tag: the preset decides
+
+
+@pytest.mark.parametrize(
+    ("preset", "adapter"), [("ct-lung", "ct_test"), ("ct", "ct_test"), ("raw", None)]
+)
+def test_auto_adapter_follows_the_family_of_the_preset(
+    preset: str,
+    adapter: str | None,
+    shared_data: Path,
+    tmp_path: Path,
+    ct_adapter_library,
+    capsys,
+    monkeypatch,
+) -> None:
+    """``--modality ct-lung --adapter auto`` applies the CT adapter, as the Slicer effect does.
+
+    (Before minisam.modality the CLI looked "ct-lung" up as a DICOM code and applied no adapter.)
+    """
+    monkeypatch.setenv("MINISAM_ADAPTERS", str(ct_adapter_library))
+    out = tmp_path / "m.nii.gz"
+    prompt = ["--slice", "24", "--box", "44", "27", "104", "81", "--output", str(out)]
+    command = ["segment", str(shared_data / CT), *prompt, "--modality", preset, "--adapter", "auto"]
+    assert main(command) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f" + adapter {adapter}") if adapter else "adapter" not in first
 
 
 def test_builtin_adapter_works_on_a_fresh_install(

@@ -90,7 +90,6 @@ def test_aliases_from_adalora_qat(shared_data: Path, tmp_path: Path, monkeypatch
             "60",
             "250",
             "450",
-            "--save_mask",
             "--output_mask_path",
             "m.png",
             "--save_overlay",

@@ -222,3 +222,47 @@ def test_unwritable_output_is_one_line_and_exit_2(
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out" in err[0]
+
+
+CT = "totalsegmentator_example/example_ct_sm.nii.gz"  # no DICOM tag: the preset decides
+SEG = "totalsegmentator_example/example_seg.nii.gz"
+
+
+def test_auto_adapter_is_chosen_per_case_by_family(
+    shared_data: Path, tmp_path: Path, ct_adapter_library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adapter=auto: the CT adapter for a ct-lung case, the base model for a raw one (as ``minisam
+    segment --adapter auto`` does); evaluate used to refuse "auto"."""
+    monkeypatch.setenv("MINISAM_ADAPTERS", str(ct_adapter_library))
+    cases = {"lung": "ct-lung", "raw": "raw", "lung_again": "ct-lung"}
+    manifest = tmp_path / "ct.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "label_value", "modality", "case"])
+        for case, preset in cases.items():
+            writer.writerow([shared_data / CT, shared_data / SEG, 5, preset, case])
+    out = tmp_path / "out"
+    configs = ["--config", "auto=default,adapter=auto", "--config", "base=default"]
+    command = ["evaluate", "--manifest", str(manifest), "--out", str(out), *configs, "--quiet"]
+    assert main(command) == 0
+    rows = {(r["case"], r["config"]): r for r in _read(out / "cases.csv")}
+    assert [r["status"] for r in rows.values()] == ["ok"] * 6
+    used = [rows[(case, "auto")]["adapter"] for case in cases]
+    assert used == ["auto:ct_test", "auto:none", "auto:ct_test"]
+    # Switched back and forth: the base model is really back for the raw case, the adapter after it.
+    assert rows[("raw", "auto")]["dice"] == rows[("raw", "base")]["dice"]
+    for case in ("lung", "lung_again"):
+        assert rows[(case, "auto")]["dice"] != rows[(case, "base")]["dice"]
+
+
+def test_unknown_modality_in_a_manifest_is_refused(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Evaluation used to guess silently where training refused: both refuse it now, in one line."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"image,label,modality\n{shared_data / CT},{shared_data / SEG},DX\n")
+    code = main(
+        ["evaluate", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--quiet"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "m.csv row 1: unknown modality 'DX'" in err[0]

@@ -12,10 +12,12 @@ from minisam.errors import InputError
 from minisam.imageio import MedicalImage, read_image
 from minisam.intensity import (
     CT_WINDOWS,
-    guess_modality,
+    choose_preset,
+    guess_preset,
     normalize_intensity,
     to_rgb,
 )
+from minisam.modality import CT_PRESETS
 
 
 def test_ct_window_presets() -> None:
@@ -136,38 +138,62 @@ def _fake(array: np.ndarray, modality: str | None = None) -> MedicalImage:
     return MedicalImage(array=array, image=image, path=Path("x"), modality=modality)
 
 
-def test_guess_modality_rules() -> None:
-    assert guess_modality(_fake(np.zeros((4, 5), np.int16), "MR")) == "mr"
-    assert guess_modality(_fake(np.zeros((4, 5), np.uint8), "US")) == "us"
+def test_guess_preset_rules() -> None:
+    assert guess_preset(_fake(np.zeros((4, 5), np.int16), "MR")) == "mr"
+    assert guess_preset(_fake(np.zeros((4, 5), np.uint8), "US")) == "us"
     for tag in ("CR", "DX", "MG"):
-        assert guess_modality(_fake(np.zeros((4, 5), np.uint16), tag)) == "xray"
-    assert guess_modality(_fake(np.zeros((4, 5, 3), np.uint8))) == "rgb"
+        assert guess_preset(_fake(np.zeros((4, 5), np.uint16), tag)) == "xray"
+    assert guess_preset(_fake(np.zeros((4, 5, 3), np.uint8))) == "rgb"
     hu = np.zeros((3, 4, 5), np.int16)
     hu[0, 0, 0], hu[0, 0, 1] = -1000, 400
-    assert guess_modality(_fake(hu)) == "ct"
-    assert guess_modality(_fake(np.zeros((4, 5), np.uint8))) == "xray"
-    assert guess_modality(_fake(np.zeros((3, 4, 5), np.float32))) == "mr"
-    assert guess_modality(_fake(hu, "OT")) == "ct"  # unknown tag falls through to heuristics
+    assert guess_preset(_fake(hu)) == "ct"
+    assert guess_preset(_fake(np.zeros((4, 5), np.uint8))) == "xray"
+    assert guess_preset(_fake(np.zeros((3, 4, 5), np.float32))) == "mr"
+    assert guess_preset(_fake(hu, "OT")) == "ct"  # unknown tag falls through to heuristics
+    assert guess_preset(_fake(hu, "PT")) == "ct"  # a family without a preset: heuristics too
 
 
-def test_guess_modality_real_data(shared_data: Path) -> None:
+def test_every_dicom_code_of_a_family_gets_its_preset() -> None:
+    """One table: the X-ray and ultrasound codes the adapters know normalise as X-ray / ultrasound.
+
+    Before minisam.modality, intensity knew only CR/DX/MG and US, so an angiogram (XA) or an
+    intravascular ultrasound (IVUS) fell through to the value heuristics ("mr" for 16-bit 2D).
+    """
+    for tag in ("XA", "RF", "PX", "IO"):
+        assert guess_preset(_fake(np.zeros((4, 5), np.uint16), tag)) == "xray"
+    assert guess_preset(_fake(np.zeros((4, 5), np.uint16), "IVUS")) == "us"
+
+
+def test_choose_preset() -> None:
+    image = _fake(np.zeros((4, 5), np.uint8), "US")
+    assert choose_preset("auto", image) == choose_preset(" AUTO ", image) == "us"
+    assert choose_preset("CT-Lung", image) == "ct-lung"
+    with pytest.raises(InputError, match="unknown modality 'DX'"):
+        choose_preset("DX", image)
+
+
+def test_ct_windows_are_the_ct_presets() -> None:
+    assert tuple(CT_WINDOWS) == CT_PRESETS
+
+
+def test_guess_preset_real_data(shared_data: Path) -> None:
     dicom = read_image(shared_data / "totalsegmentator_example" / "example_ct_dicom")
-    assert guess_modality(dicom) == "ct"
+    assert guess_preset(dicom) == "ct"
     ct = read_image(shared_data / "totalsegmentator_example" / "example_ct_sm.nii.gz")
-    assert guess_modality(ct) == "ct"  # no tag: HU range
+    assert guess_preset(ct) == "ct"  # no tag: HU range
     mr = read_image(shared_data / "totalsegmentator_example" / "example_mr_sm.nii.gz")
-    assert guess_modality(mr) == "mr"
+    assert guess_preset(mr) == "mr"
     flair = read_image(
         shared_data / "brats2021_samplecase_sammed3d" / "BraTS2021_01646_flair.nii.gz"
     )
-    assert guess_modality(flair) == "mr"
+    assert guess_preset(flair) == "mr"
     cxr = read_image(
         sorted((shared_data / "cxr_lung_montgomery_shenzhen" / "images").glob("*.png"))[0]
     )
-    assert guess_modality(cxr) == "xray"
+    assert guess_preset(cxr) == "xray"
     kvasir = read_image(sorted((shared_data / "kvasir_seg_sample" / "images").glob("*.jpg"))[0])
-    assert guess_modality(kvasir) == "rgb"
-    out = normalize_intensity(ct.array, guess_modality(ct))
+    assert guess_preset(kvasir) == "rgb"
+    out = normalize_intensity(ct.array, guess_preset(ct))
     assert out.shape == ct.shape and 0.0 <= out.min() and out.max() <= 255.0
 
 

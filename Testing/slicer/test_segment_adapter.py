@@ -103,16 +103,38 @@ def test_auto_on_ct_uses_no_adapter(us_case, ct_volume) -> None:
     assert logic.active_adapter is None and logic.describe() == "model default"
 
 
+def _install_copy(logic, name: str, **metadata) -> Path:
+    """us_hc18 installed again as ``name`` in the logic's user library, its metadata changed."""
+    folder = Path(logic.library.root) / name
+    shutil.copytree(logic.library.path("us_hc18"), folder)
+    meta = json.loads((folder / "minisam_adapter.json").read_text())
+    meta.update(name=name, **metadata)
+    (folder / "minisam_adapter.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_auto_on_a_ct_lung_window_uses_the_ct_adapter(us_case, ct_volume) -> None:
+    """Without a DICOM tag the family of the normalisation preset decides: "ct-lung" is CT, here as on
+    the command line and in evaluation (test_cli_adapters, test_evaluate)."""
+    logic = us_case["logic"]
+    folder = _install_copy(logic, "ct_test", modality="CT")
+    try:
+        logic.adapter = "auto"
+        for preset, expected in (("ct-lung", "ct_test"), ("ct-bone", "ct_test"), ("raw", None)):
+            logic.modality = preset
+            chosen = logic.adapter_for(ct_volume)
+            assert (chosen and chosen.name) == expected
+    finally:
+        logic.modality = "auto"
+        shutil.rmtree(folder)
+
+
 def test_bad_adapter_is_one_line_and_leaves_the_model(us_case, tmp_path: Path) -> None:
     logic, volume, prompt = us_case["logic"], us_case["volume"], us_case["prompt"]
     logic.adapter = "auto"
     logic.session(volume)
     # An adapter trained on another base, installed next to the built-in one.
-    foreign = Path(logic.library.root) / "us_other"
-    shutil.copytree(logic.library.path("us_hc18"), foreign)
-    meta = json.loads((foreign / "minisam_adapter.json").read_text())
-    meta.update(name="us_other", base_hash="0123456789abcdef")
-    (foreign / "minisam_adapter.json").write_text(json.dumps(meta))
+    foreign = _install_copy(logic, "us_other", base_hash="0123456789abcdef")
     try:
         assert "us_other" not in logic.available_adapters()
         for choice, message in (

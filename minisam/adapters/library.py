@@ -14,23 +14,22 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
-from minisam.adapters.adapter_io import (
+from minisam.adapters.lora import check_adapter_name
+from minisam.adapters.metadata import (
     WEIGHTS_FILE,
     adapter_folder_size,
-    atomic_folder,
-    modality_family,
-    read_adapter,
     read_metadata,
+    stored_parameters,
 )
-from minisam.adapters.lora import check_adapter_name
+from minisam.adapters.validation import read_adapter
+from minisam.atomic import atomic_folder
 from minisam.errors import ModelError, OutputError
+from minisam.modality import family_for_dicom
 from minisam.model_loader import PACKAGE_WEIGHTS
 
 ENV_ROOT = "MINISAM_ADAPTERS"
-# Explicit "use no adapter" choices for a manual override.
-_NO_ADAPTER = ("none", "base")
 # Adapters shipped inside the package (read-only; listed after the user's own).
 BUILTIN_ROOT = PACKAGE_WEIGHTS / "adapters"
 
@@ -61,7 +60,7 @@ class AdapterInfo:
 
 
 class AdapterLibrary:
-    """Adapters installed as ``<root>/<name>/`` folders (see :mod:`minisam.adapters.adapter_io`), plus
+    """Adapters installed as ``<root>/<name>/`` folders (see :mod:`minisam.adapters.metadata`), plus
     the built-in adapters of ``builtin`` that no user adapter of the same name shadows.
 
     Arguments:
@@ -163,32 +162,24 @@ class AdapterLibrary:
                 warnings.warn(f"skipping adapter folder {folder}: {exc}", stacklevel=3)
         return found
 
-    def for_modality(
-        self, dicom_modality: str | None, base_hash: str, override: str | None = None
-    ) -> AdapterInfo | None:
-        """The installed adapter to use for an image of DICOM Modality ``dicom_modality`` on a base model.
+    def info(self, name: str) -> AdapterInfo:
+        """Installed adapter ``name``: the user's, else the built-in one (ModelError if neither)."""
+        return self._info(*self._find(name))
+
+    def for_modality(self, modality: str | None, base_hash: str) -> AdapterInfo | None:
+        """The installed adapter the automatic choice takes for an image of ``modality``.
 
         Arguments:
-          dicom_modality: the image's (0008,0060) code ("CT", "MR", "DX", ...) or a family name ("XRAY").
+          modality: an adapter family ("XRAY") or a DICOM Modality code ("DX"); see
+            ``minisam.modality.family_for_dicom``.
           base_hash: ``LoadedModel.base_hash()`` of the model in use; only adapters trained on it qualify.
-          override: the user's choice: an adapter name (used whatever the modality, but it must fit the
-            base), or "none"/"base" for the base model; None chooses automatically.
 
         Returns:
-          the adapter, or None for the base model (no adapter for this modality and base). Among several
+          the adapter, or None for the base model (no adapter for this family and base). Among several
           candidates a user-installed adapter wins over a built-in one, then the most recently created.
+          A choice by name or folder goes through ``minisam.adapters.choice.resolve_adapter``.
         """
-        if override is not None:
-            if override.strip().lower() in _NO_ADAPTER:
-                return None
-            info = self._info(*self._find(override))
-            if info.base_hash != base_hash:
-                raise ModelError(
-                    f"adapter {info.name} was trained for base {info.base_hash}, "
-                    f"the loaded model is {base_hash}"
-                )
-            return info
-        family = modality_family(dicom_modality)
+        family = family_for_dicom(modality)
         if family is None:
             return None
         candidates = [a for a in self.list() if a.modality == family and a.base_hash == base_hash]
@@ -202,15 +193,8 @@ class AdapterLibrary:
             raise ModelError(
                 f"adapter folder {folder} holds adapter {meta.name!r}; its folder must be named so"
             )
-        # The tensor header gives the parameter count without reading the weights.
         try:
-            with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
-                params = 0
-                for key in handle.keys():
-                    count = 1
-                    for size in handle.get_slice(key).get_shape():
-                        count *= int(size)
-                    params += count
+            params = stored_parameters(folder / WEIGHTS_FILE)
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"adapter {folder}: unreadable {WEIGHTS_FILE} ({exc})") from None
         spec = meta.spec or {}

@@ -15,7 +15,8 @@ import time
 import torch
 from peft import PeftModel
 
-from minisam.adapters.adapter_io import load_adapter
+from minisam.adapters.choice import AdapterChoice
+from minisam.adapters.injection import load_adapter
 from minisam.adapters.library import AdapterLibrary
 from minisam.adapters.lora import drop_empty_tuner_layers
 from minisam.checkpoints import LoadedModel
@@ -54,6 +55,9 @@ class AdapterSwitcher:
         # Held while switching; inference that must not see a switch half way can hold it too.
         self.lock = threading.RLock()
         self.last_switch_s = 0.0
+        # For use(): (resolved folder, created) -> name inside peft, and that name -> the adapter's own.
+        self._by_folder: dict[tuple[str, str], str] = {}
+        self._own_names: dict[str, str] = {}
 
     @property
     def names(self) -> list[str]:
@@ -84,11 +88,44 @@ class AdapterSwitcher:
             self._apply(self._active)
         return added
 
+    def use(self, choice: AdapterChoice | None) -> str:
+        """Activate a resolved choice (None: the base model), loading its folder the first time.
+
+        An adapter folder is loaded once; a folder replaced on disk since (another ``created``) is
+        loaded again and its stale copy unloaded. A second adapter of the same name gets a numbered
+        name inside peft (``ct-2``); :meth:`own_name` gives the adapter's own name back.
+
+        Returns:
+          what the model computes now, for cache keys: "base" or ``<name>@<created>``.
+        """
+        if choice is None:
+            self.activate(None)
+            return "base"
+        key = (str(choice.folder.resolve()), choice.created)
+        with self.lock:
+            name = self._by_folder.get(key)
+            if name is None:
+                stale = [k for k in self._by_folder if k[0] == key[0]]
+                name = self.add(choice.folder, name=_free_name(choice.name, self.names))
+                self.sam.eval()
+                for old in stale:
+                    self.remove(self._by_folder[old])
+                self._by_folder[key] = name
+                self._own_names[name] = choice.name
+            self.activate(name)
+        return f"{name}@{choice.created}"
+
+    def own_name(self, name: str | None) -> str | None:
+        """The adapter's own name of peft adapter ``name`` (they differ after a clash, see :meth:`use`)."""
+        return None if name is None else self._own_names.get(name, name)
+
     def remove(self, name: str) -> None:
         """Unload adapter ``name`` (the base model becomes active if it was)."""
         with self.lock:
             if name not in self.names:
                 raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.names})")
+            self._own_names.pop(name, None)
+            self._by_folder = {k: v for k, v in self._by_folder.items() if v != name}
             if self._active == name:
                 self._apply(None)
                 self._active = None
@@ -130,3 +167,12 @@ class AdapterSwitcher:
         # right after freezes it again (inference never needs gradients).
         tuner.enable_adapter_layers()
         self.peft.set_adapter(name, inference_mode=True)
+
+
+def _free_name(name: str, taken: list[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... when an adapter of that name is loaded already."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name[:60]}-{number}"
+    return candidate

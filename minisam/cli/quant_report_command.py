@@ -42,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quant",
         required=True,
-        help="scheme: nf4, int8, or e.g. 'nf4:mlp+int8:attn' (see minisam/quantization.py)",
+        help="scheme: nf4, int8, or e.g. 'nf4:mlp+int8:attn' (see minisam/quantization/scheme.py)",
     )
     parser.add_argument("--out", required=True, help="output folder (created; files replaced)")
     parser.add_argument(

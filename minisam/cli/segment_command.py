@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from minisam.adapters.choice import apply_adapter
 from minisam.atomic import full_suffix
 from minisam.errors import OutputError, PromptError
+from minisam.modality import PRESET_CHOICES, adapter_family
 from minisam.overlay import render_overlay
 from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
@@ -93,19 +95,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--quant",
         default="fp32",
         help="quantize the image encoder: fp32 (default), nf4, int8, or a scheme such as "
-        "'nf4:mlp+int8:attn' (bitsandbytes; see minisam/quantization.py)",
+        "'nf4:mlp+int8:attn' (bitsandbytes; see minisam/quantization/scheme.py)",
     )
     model.add_argument(
         "--adapter",
         default="none",
-        help="modality adapter: an installed name, an adapter folder, 'auto' (by the image's DICOM "
-        "modality, from the adapter library) or 'none' (default)",
+        help="modality adapter: an installed name, an adapter folder, 'auto' (from the adapter "
+        "library, for the image's DICOM modality, else for the family of --modality: ct-lung is CT) "
+        "or 'none' (default)",
     )
     model.add_argument(
         "--modality",
         default="auto",
-        help="intensity normalisation: auto, ct, ct-lung, ct-bone, ct-brain, ct-abdomen, mr, us, "
-        "xray, rgb, raw (default auto)",
+        help=f"intensity normalisation preset: {', '.join(PRESET_CHOICES)} (default auto)",
     )
     model.add_argument(
         "--window", nargs=2, type=float, metavar=("LEVEL", "WIDTH"), help="CT window in HU"
@@ -121,9 +123,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--output_mask_path",
         dest="output",
         help="mask file (.png for 2D; .nii.gz/.nrrd/.mha); default <input stem>_mask.*",
-    )
-    outputs.add_argument(
-        "--save_mask", action="store_true", help="accepted for AdaLoRA-QAT familiarity"
     )
     outputs.add_argument("--overlay", help="overlay PNG of the prompted slice")
     outputs.add_argument(
@@ -151,7 +150,7 @@ def _check_number(name: str, value: float | None, low: float, high: float) -> No
 def run(args: argparse.Namespace) -> int:
     """Validate everything cheap first (arguments, input, outputs, prompts), then load, predict, write."""
     from minisam.imageio import read_image
-    from minisam.intensity import guess_modality, normalize_intensity
+    from minisam.intensity import choose_preset, normalize_intensity
     from minisam.model_loader import load_model
 
     _check_number("--min-score", args.min_score, 0.0, 1.0)
@@ -162,15 +161,15 @@ def run(args: argparse.Namespace) -> int:
     mask_path, overlay_path = _output_paths(args, input_path, image.is_volume)
     axis, prompts = _prompts(args, image)
 
-    modality = guess_modality(image) if args.modality == "auto" else args.modality
+    preset = choose_preset(args.modality, image)
     window = tuple(args.window) if args.window else None
-    normalized = normalize_intensity(image.array, modality, window=window)
+    normalized = normalize_intensity(image.array, preset, window=window)
     loaded = load_model(args.model, download=not args.no_download)
     if args.quant != "fp32":
         from minisam.quantization import quantize_model
 
         quantize_model(loaded, args.quant, device=args.device)
-    adapter = _apply_adapter(args.adapter, loaded, image.modality or modality)
+    adapter = apply_adapter(args.adapter, loaded, adapter_family(image.modality, preset))
     session = _session(loaded, normalized, image.is_rgb, args.device)
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
     bar = None
@@ -300,24 +299,6 @@ def _session(loaded, normalized: np.ndarray, is_rgb: bool, device: str):
             f"--device {device} is not usable here ({str(exc).splitlines()[0]})"
         ) from None
     return VolumeSession(engine, normalized, is_rgb=is_rgb)
-
-
-def _apply_adapter(choice: str, loaded, modality: str) -> str | None:
-    """Load the adapter ``choice`` names onto ``loaded`` and return its name (None: the base model)."""
-    if choice.strip().lower() == "none":
-        return None
-    from minisam.adapters import AdapterLibrary, load_adapter  # peft: imported only when asked
-
-    folder = Path(choice).expanduser()
-    if not folder.is_dir():
-        library = AdapterLibrary()
-        override = None if choice == "auto" else choice
-        info = library.for_modality(modality, loaded.base_hash(), override=override)
-        if info is None:
-            return None
-        folder = info.path
-    load_adapter(loaded.sam, folder, loaded.base_hash())
-    return folder.name
 
 
 def _summary(

@@ -27,7 +27,8 @@ class LoadedCase:
     truth: np.ndarray  # bool, (H, W) or (Z, Y, X)
     spacing: tuple[float, ...]  # per array axis of ``truth`` (numpy order), mm
     slice_index: int  # prompted slice along axis 0 (0 for 2D)
-    modality: str  # the normalisation modality actually used
+    modality: str  # the normalisation preset actually used
+    dicom_modality: str | None = None  # the image's DICOM Modality, if it has one
 
     @property
     def is_volume(self) -> bool:
@@ -78,7 +79,7 @@ def _truth_mask(label, spec: CaseSpec) -> np.ndarray:
 def load_case(spec: CaseSpec) -> LoadedCase:
     """Read and check a case; raises :class:`InputError` with one line naming the problem."""
     from minisam.imageio import read_image
-    from minisam.intensity import MODALITIES, guess_modality, normalize_intensity
+    from minisam.intensity import choose_preset, normalize_intensity
 
     for role, path in (("image", spec.image), ("label", spec.label)):
         if not path.exists():
@@ -86,8 +87,7 @@ def load_case(spec: CaseSpec) -> LoadedCase:
     image, label = read_image(spec.image), read_image(spec.label)
     _check_geometry(image, label, spec)
     truth = _truth_mask(label, spec)
-    asked = spec.modality.strip().lower()
-    modality = asked if asked in MODALITIES and asked != "auto" else guess_modality(image)
+    modality = choose_preset(spec.modality, image)
     normalized = normalize_intensity(image.array, modality)
     spacing = tuple(float(v) for v in reversed(image.spacing))
     slice_index = 0
@@ -102,4 +102,5 @@ def load_case(spec: CaseSpec) -> LoadedCase:
         spacing=spacing,
         slice_index=slice_index,
         modality=modality,
+        dicom_modality=image.modality,
     )

@@ -8,8 +8,9 @@ Two ways to ask for them on the command line (they can be mixed):
   ``--model``) or once per ``--model`` (aligned by position); their names are
   ``MODEL[-QUANT][+ADAPTER]`` (``default``, ``default-nf4``).
 
-``MODEL``, ``QUANT`` and ``ADAPTER`` take the values of ``minisam segment``, except adapter ``auto``
-(one adapter per configuration here, not one per case).
+``MODEL``, ``QUANT`` and ``ADAPTER`` take the values of ``minisam segment``; with adapter ``auto``
+each case gets the adapter for its family (DICOM modality, else the family of its preset), and the
+case row's ``adapter`` cell says which (``auto:<name>`` or ``auto:none``).
 """
 
 from __future__ import annotations
@@ -101,10 +102,4 @@ def build_configurations(
         raise InputError(
             f"configuration name(s) {', '.join(duplicates)} given twice: name them with --config"
         )
-    for config in result:
-        if config.adapter.strip().lower() == "auto":
-            raise InputError(
-                f"configuration {config.name}: adapter 'auto' is not supported by evaluate; "
-                "name the adapter"
-            )
     return result

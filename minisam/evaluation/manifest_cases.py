@@ -1,8 +1,9 @@
 """Read a dataset manifest: CSV with ``image``, ``label`` (relative to the CSV), optional
-``label_value`` (default: any non-zero), ``modality``, ``case`` and ``dataset`` columns.
+``label_value`` (default: any non-zero), ``modality`` (a normalisation preset of
+``minisam.modality.PRESET_CHOICES``; default auto), ``case`` and ``dataset`` columns.
 
-Only the manifest's own structure is checked here (columns, empty cells, label values); missing files
-and geometry problems belong to single cases and are reported per case by :mod:`.cases`.
+Only the manifest's own structure is checked here (columns, empty cells, label values, presets);
+missing files and geometry problems belong to single cases and are reported per case by :mod:`.cases`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minisam.errors import InputError
+from minisam.modality import AUTO, check_preset
 
 REQUIRED_COLUMNS = ("image", "label")
 
@@ -26,7 +28,7 @@ class CaseSpec:
     image: Path
     label: Path
     label_value: float | None
-    modality: str
+    modality: str  # a normalisation preset, or "auto"
     row: int  # 1-based data row number in the manifest (header excluded)
 
 
@@ -38,6 +40,13 @@ def _parse_label_value(text: str, where: str) -> float | None:
         return float(text)
     except ValueError:
         raise InputError(f"{where}: label_value {text!r} is not a number") from None
+
+
+def _parse_preset(text: str, where: str) -> str:
+    try:
+        return check_preset((text or "").strip() or AUTO)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
 
 
 def _default_case_name(row: dict) -> str:
@@ -87,7 +96,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[CaseSpec]:
                 image=root / image,
                 label=root / label,
                 label_value=_parse_label_value(row.get("label_value", ""), where),
-                modality=(row.get("modality") or "").strip() or "auto",
+                modality=_parse_preset(row.get("modality", ""), where),
                 row=number,
             )
         )

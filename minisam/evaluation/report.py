@@ -111,6 +111,7 @@ def _prompted_slice(case, loaded: LoadedConfiguration, settings: EvaluationSetti
     from minisam.evaluation.prompting import case_rng, simulate
     from minisam.volume_session import VolumeSession
 
+    loaded.prepare(case)  # the adapter the row was made with ("auto": the case's own)
     session = VolumeSession(loaded.engine, case.normalized, is_rgb=case.is_rgb)  # type: ignore[arg-type]
     rng = case_rng(settings.seed, case.spec.dataset, case.spec.case)
     prompt, prediction = simulate(

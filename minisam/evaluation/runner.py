@@ -8,7 +8,6 @@ row for each configuration; the other cases go on.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from minisam.adapters.choice import apply_adapter, resolve_adapter
+from minisam.checkpoints import LoadedModel
 from minisam.engine import Prediction, SamEngine, SliceEmbedding
 from minisam.errors import MiniSAMError
 from minisam.evaluation.cases import LoadedCase, load_case
@@ -24,6 +25,7 @@ from minisam.evaluation.manifest_cases import CaseSpec
 from minisam.evaluation.prompting import PromptMode, case_rng, simulate
 from minisam.evaluation.ssim import mask_ssim
 from minisam.metrics import segmentation_metrics
+from minisam.modality import AUTO, adapter_family
 from minisam.prompts import Prompt
 
 METRICS = ("dice", "iou", "nsd", "hd95", "ssim", "score", "encoder_s", "decoder_s")
@@ -76,15 +78,51 @@ class TimedEngine:
 
 @dataclass
 class LoadedConfiguration:
+    """A configuration's model, loaded, quantized and (for a named adapter) adapted.
+
+    ``adapter``: the adapter the engine runs (with adapter "auto": the one of the last case
+    prepared), None for the base model alone.
+    """
+
     config: Configuration
     engine: TimedEngine
     adapter: str | None
     trained: bool = True
+    model: LoadedModel | None = None
+    switcher: object = None  # adapter "auto": minisam.adapters.AdapterSwitcher, made when needed
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the adapter is chosen per case (adapter "auto")."""
+        return _per_case(self.config)
+
+    def prepare(self, case: LoadedCase) -> str | None:
+        """Make the engine run this configuration's adapter for ``case``; the adapter's name.
+
+        A named adapter was loaded with the model. "auto" picks per case, for the case's family (its
+        DICOM modality, else the family of its preset: "ct-lung" is CT), as ``minisam segment
+        --adapter auto`` does; adapters are loaded once and switched.
+        """
+        if not self.automatic:
+            return self.adapter
+        family = adapter_family(case.dicom_modality, case.modality)
+        chosen = resolve_adapter(AUTO, self.model.base_hash(), family)
+        if chosen is not None and self.switcher is None:
+            from minisam.adapters import AdapterSwitcher
+
+            self.switcher = AdapterSwitcher(self.model)
+        if self.switcher is not None:
+            self.switcher.use(chosen)
+        self.adapter = None if chosen is None else chosen.name
+        return self.adapter
+
+
+def _per_case(config: Configuration) -> bool:
+    return config.adapter.strip().lower() == AUTO
 
 
 def load_configuration(config: Configuration, device: str = "cpu") -> LoadedConfiguration:
     """Load, quantize and adapt the model of ``config`` (as ``minisam segment`` does)."""
-    from minisam.cli.segment_command import _apply_adapter
     from minisam.model_loader import load_model
 
     loaded = load_model(config.model)
@@ -92,9 +130,10 @@ def load_configuration(config: Configuration, device: str = "cpu") -> LoadedConf
         from minisam.quantization import quantize_model
 
         quantize_model(loaded, config.quant, device=device)
-    adapter = _apply_adapter(config.adapter, loaded, "")
+    adapter = None if _per_case(config) else apply_adapter(config.adapter, loaded)
     engine = TimedEngine(SamEngine(loaded.sam, loaded.config, device=device))
-    return LoadedConfiguration(config, engine, adapter, bool(loaded.card.get("trained", True)))
+    trained = bool(loaded.card.get("trained", True))
+    return LoadedConfiguration(config, engine, adapter, trained, loaded)
 
 
 def base_row(spec: CaseSpec, config: Configuration, settings: EvaluationSettings) -> dict:
@@ -120,6 +159,7 @@ def evaluate_case(
     from minisam.propagation import PropagationSettings
     from minisam.volume_session import VolumeSession
 
+    adapter = loaded.prepare(case)
     engine = loaded.engine
     engine.reset()
     session = VolumeSession(engine, case.normalized, is_rgb=case.is_rgb)  # type: ignore[arg-type]
@@ -151,6 +191,7 @@ def evaluate_case(
     values.update(
         status="ok",
         modality_used=case.modality,
+        **({"adapter": f"{AUTO}:{adapter or 'none'}"} if loaded.automatic else {}),
         scope=scope,
         slice=case.slice_index,
         pred_pixels=int(np.count_nonzero(pred)),
@@ -249,7 +290,3 @@ def run_cases(
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if isinstance(error, MiniSAMError) else f"{type(error).__name__}: {text}"
-
-
-def is_finite(value: object) -> bool:
-    return isinstance(value, float | int) and math.isfinite(float(value))

@@ -10,13 +10,20 @@ Loss, prompts, augmentation, resume and torchrun support are those of :mod:`mini
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 
-from minisam.adapters.lora import AdapterSpec, adapter_parameters, attach_adapter
+from minisam.adapters.lora import (
+    DECODER_TARGETS,
+    ENCODER_TARGETS,
+    AdapterSpec,
+    adapter_parameters,
+    attach_adapter,
+)
 from minisam.checkpoints import LoadedModel
 from minisam.errors import InputError, ModelError
 from minisam.quantization import QuantScheme, parse_scheme, quantize_model
@@ -58,6 +65,43 @@ class AdapterTrainReport(TrainReport):
     train_slices: int = 0
     val_slices: int = 0
     extra: dict = field(default_factory=dict)
+
+
+def adapter_spec(
+    method: str,
+    rank: int,
+    steps: int,
+    *,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = ENCODER_TARGETS,
+    include_decoder: bool = False,
+    decoder_target_modules: Sequence[str] = DECODER_TARGETS,
+) -> AdapterSpec:
+    """The spec of a training run of ``steps`` optimiser steps, as ``minisam train-adapter`` builds it.
+
+    Arguments:
+      method: "lora", or "adalora" / "adalora-qat" (AdaLoRA, its rank budget starting at 1.5 x
+        ``rank`` and its schedule scaled to ``steps``).
+      rank: LoRA rank, AdaLoRA's target rank.
+      alpha: LoRA scaling numerator (default 2 x ``rank``).
+      dropout, target_modules, include_decoder, decoder_target_modules: see :class:`AdapterSpec`.
+    """
+    adalora = method in ("adalora", "adalora-qat")
+    return AdapterSpec(
+        method="adalora" if adalora else "lora",
+        rank=rank,
+        alpha=2.0 * rank if alpha is None else alpha,
+        dropout=dropout,
+        target_modules=tuple(target_modules),
+        include_decoder=include_decoder,
+        decoder_target_modules=tuple(decoder_target_modules),
+        init_r=max(rank, round(1.5 * rank)),
+        target_r=rank,
+        tinit=steps // 10 if adalora else 0,
+        tfinal=steps // 5 if adalora else 0,
+        total_step=steps if adalora else None,
+    )
 
 
 def train_adapter(

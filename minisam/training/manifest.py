@@ -2,8 +2,8 @@
 
 Columns (see :mod:`minisam.evaluation.manifest_cases`): ``image`` and ``label`` (paths relative to
 the CSV's folder, or absolute), optional ``label_value`` (empty or absent: any non-zero value),
-``modality`` (a normalisation name such as "us", "ct", "mr", "xray"; empty: the command's choice,
-else guessed), ``case`` and ``dataset``. A 2D image gives one slice sample; a 3D volume one per
+``modality`` (a normalisation preset such as "us", "ct-lung", "mr", "xray"; empty or "auto": the
+command's choice, else guessed), ``case`` and ``dataset``. A 2D image gives one slice sample; a 3D volume one per
 slice (along axis 0) with enough foreground. Unlike evaluation, which reports a bad case and goes
 on, training refuses a manifest with a missing file: a model must not silently train on less.
 """
@@ -18,7 +18,8 @@ import numpy as np
 from minisam.errors import InputError, MiniSAMError
 from minisam.evaluation.manifest_cases import CaseSpec, read_manifest
 from minisam.imageio import read_image
-from minisam.intensity import guess_modality, normalize_intensity, to_rgb
+from minisam.intensity import choose_preset, normalize_intensity, to_rgb
+from minisam.modality import AUTO
 from minisam.training.slice_samples import SliceSample
 
 MANIFEST_COLUMNS = ("image", "label", "label_value", "modality")
@@ -44,7 +45,7 @@ def samples_from_manifest(
     """Slice samples of every row (a row's own modality wins over ``modality``)."""
     samples = []
     for spec in specs:
-        kind = spec.modality if spec.modality != "auto" else modality
+        kind = spec.modality if spec.modality != AUTO else modality
         try:
             samples += row_samples(spec, kind, min_area)
         except MiniSAMError as exc:
@@ -65,7 +66,7 @@ def row_samples(spec: CaseSpec, modality: str = "auto", min_area: int = 20) -> l
     spatial = array.shape[:2] if array.ndim == 3 and array.shape[-1] in (3, 4) else array.shape
     if labels.shape != spatial:
         raise InputError(f"label {spec.label} has shape {labels.shape}, image {spatial}")
-    kind = guess_modality(image) if modality == "auto" else modality
+    kind = choose_preset(modality, image)
     foreground = labels != 0 if spec.label_value is None else labels == spec.label_value
     normalized = normalize_intensity(array, kind)
     case = str(spec.image)

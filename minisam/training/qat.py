@@ -28,8 +28,10 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from minisam.adapters.adapter_io import atomic_folder, load_adapter, save_adapter
+from minisam.adapters.adapter_io import save_adapter
+from minisam.adapters.injection import load_adapter
 from minisam.adapters.lora import AdapterSpec
+from minisam.atomic import atomic_folder
 from minisam.checkpoints import LoadedModel
 from minisam.errors import InputError, OutputError
 from minisam.quantization import quantize_model

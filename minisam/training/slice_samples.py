@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from minisam.errors import InputError
 from minisam.imageio import read_image
-from minisam.intensity import guess_modality, normalize_intensity, to_rgb
+from minisam.intensity import choose_preset, normalize_intensity, to_rgb
 
 
 @dataclass
@@ -49,7 +49,7 @@ def samples_from_pairs(
             raise InputError(
                 f"mask {mask_path} has shape {mask.shape}, image {image_path} {image.array.shape}"
             )
-        kind = guess_modality(image) if modality == "auto" else modality
+        kind = choose_preset(modality, image)
         rgb = to_rgb(normalize_intensity(image.array, kind)).astype(np.uint8)
         case = Path(image_path).stem
         for part in _parts(mask, split_components, min_area):
@@ -75,7 +75,7 @@ def samples_from_volume(
             f"label map {label_path} has shape {labels.shape}, image {image_path} "
             f"{image.array.shape}"
         )
-    kind = guess_modality(image) if modality == "auto" else modality
+    kind = choose_preset(modality, image)
     volume = normalize_intensity(image.array, kind)
     values = (
         label_values if label_values is not None else [int(v) for v in np.unique(labels) if v != 0]
@@ -106,7 +106,7 @@ def unlabelled_slices(
     For label-free training such as distillation, which needs images but no masks.
     """
     image = read_image(image_path)
-    kind = guess_modality(image) if modality == "auto" else modality
+    kind = choose_preset(modality, image)
     volume = normalize_intensity(image.array, kind)
     case = Path(str(image_path)).name
     if image.is_volume:

@@ -1,0 +1,47 @@
+"""Training / validation splits by case: a case's slices never land on both sides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minisam.errors import InputError
+
+__all__ = ["split_cases"]
+
+
+def split_cases(
+    samples: list, max_slices: int | None, val_fraction: float, seed: int
+) -> tuple[list, list]:
+    """(train, val) by case: cases shuffled with ``seed``, at most ``max_slices`` slices in all.
+
+    A case's slices never land on both sides; a volume's slices are taken in random order so that
+    K slices spread over it.
+    """
+    cases = sorted({s.case for s in samples})
+    if len(cases) < 2:
+        raise InputError(f"need annotated slices from at least 2 cases, got {len(cases)}")
+    if max_slices is not None and max_slices > len(samples):
+        raise InputError(
+            f"--max-slices {max_slices} is more than the {len(samples)} annotated slices"
+        )
+    rng = np.random.default_rng(seed)
+    order = [cases[i] for i in rng.permutation(len(cases))]
+    by_case = {}
+    for case in cases:
+        group = [s for s in samples if s.case == case]
+        by_case[case] = [group[i] for i in rng.permutation(len(group))]
+    chosen, count = [], 0
+    for case in order:
+        if max_slices is not None and count >= max_slices:
+            break
+        room = by_case[case] if max_slices is None else by_case[case][: max_slices - count]
+        chosen.append((case, room))
+        count += len(room)
+    if len(chosen) < 2:
+        raise InputError(
+            f"--max-slices {max_slices} fits in one case; training and validation need two cases"
+        )
+    n_val = min(len(chosen) - 1, max(1, round(val_fraction * len(chosen))))
+    val = [s for _, group in chosen[:n_val] for s in group]
+    train = [s for _, group in chosen[n_val:] for s in group]
+    return train, val
