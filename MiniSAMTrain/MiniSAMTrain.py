@@ -16,7 +16,7 @@ import qt
 import slicer
 from MiniSAMTrainLib.train_logic import (
     AXIS_NAMES,
-    COMMON_MODALITIES,
+    COMMON_FAMILIES,
     MIN_ANNOTATED_SLICES,
     TrainingJob,
     ensure_training_packages,
@@ -108,7 +108,7 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         form = qt.QFormLayout(options)
         self.modalitySelector = qt.QComboBox()
         self.modalitySelector.editable = True
-        self.modalitySelector.addItems(list(COMMON_MODALITIES))
+        self.modalitySelector.addItems(list(COMMON_FAMILIES))
         self.modalitySelector.setToolTip("DICOM modality of the images (CT, MR, US, XRAY, DX, ...)")
         form.addRow("Modality:", self.modalitySelector)
         self.methodSelector = qt.QComboBox()
@@ -125,6 +125,12 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "Second stage trained through the quantized layers (AdaLoRA only)"
         )
         form.addRow(self.qatCheckBox)
+        self.modelEdit = qt.QLineEdit("default")
+        self.modelEdit.setToolTip(
+            "Base model the adapter is trained for (the MiniSAM effect must use the same one): "
+            "'default', a registered name such as litemedsam or mobilesam, or a checkpoint path"
+        )
+        form.addRow("Base model:", self.modelEdit)
         self.quantSelector = qt.QComboBox()
         self.quantSelector.addItems(list(QUANT_CHOICES))
         self.quantSelector.setToolTip("Precision of the frozen base model while training")
@@ -293,6 +299,7 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "epochs": self.epochsSpinBox.value,
             "quant": self.quantSelector.currentText,
             "qat": self.qatCheckBox.checked,
+            "model": self.modelEdit.text.strip() or "default",
             "axis": self.axisSelector.currentIndex,
             "name": self.nameEdit.text.strip() or None,
         }

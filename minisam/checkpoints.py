@@ -20,8 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minisam.atomic import atomic_output
+from minisam.encoders import encoder_config_from_state
 from minisam.errors import ModelError
-from minisam.model_config import PRESETS, SamConfig, build_sam
+from minisam.model_config import PRESETS, SamConfig, build_sam, describe
 
 FORMAT = "minisam.sam/1"
 _ENCODER = "image_encoder."
@@ -56,7 +57,7 @@ def weights_hash(sam: torch.nn.Module) -> str:
     for key, tensor in sorted(sam.state_dict().items()):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{key}:{tuple(data.shape)}:{data.dtype};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -113,7 +114,7 @@ def load_official_checkpoint(path: str | Path, arch: str | None = None) -> Loade
     Arguments:
       path: the checkpoint file.
       arch: a preset name; when None the architecture is inferred from the tensor shapes and matched to a
-        preset when one fits (a file named ``medsam*`` gets MedSAM's preprocessing).
+        preset when one fits (a ViT file named ``medsam*`` gets MedSAM's preprocessing).
     """
     path = Path(path)
     state = _torch_load_state_dict(path)
@@ -123,7 +124,8 @@ def load_official_checkpoint(path: str | Path, arch: str | None = None) -> Loade
         config = PRESETS[arch]
     else:
         config = infer_config(state, path)
-        if "medsam" in path.name.lower():
+        # MedSAM ships ViT-B weights under its own name; LiteMedSAM's TinyViT is recognised by its shapes.
+        if config.family == "vit" and "medsam" in path.name.lower():
             config = config.replace(**_preprocessing_of(PRESETS["medsam_vit_b"]))
     sam = build_sam(config)
     _load_state(sam, state, path, config)
@@ -173,58 +175,57 @@ def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, .
 
 
 def infer_config(state: dict[str, torch.Tensor], path: Path = Path("<state dict>")) -> SamConfig:
-    """Read a SAM architecture off a state dict's tensor shapes; prefer an exactly matching preset."""
-    embed_dim, _, patch, _ = _shape(state, "image_encoder.patch_embed.proj.weight", path)
-    _, grid, _, _ = _shape(state, "image_encoder.pos_embed", path)
-    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
-    rel_sizes = [
-        _shape(state, f"image_encoder.blocks.{i}.attn.rel_pos_h", path) for i in range(depth)
-    ]
-    global_blocks = tuple(i for i, (n, _) in enumerate(rel_sizes) if n == 2 * grid - 1)
-    window_sizes = {(n + 1) // 2 for i, (n, _) in enumerate(rel_sizes) if i not in global_blocks}
-    head_dim = rel_sizes[0][1]
-    prompt_dim = _shape(state, "image_encoder.neck.0.weight", path)[0]
+    """Read a SAM architecture off a state dict's tensor shapes; prefer an exactly matching preset.
+
+    The image encoder is recognised by its family (:mod:`minisam.encoders`); a matching preset brings
+    its preprocessing along (a LiteMedSAM-shaped TinyViT gets LiteMedSAM's).
+    """
+    encoder = encoder_config_from_state(state, _ENCODER)
+    if encoder is None:
+        raise ModelError(
+            f"checkpoint {path} has an image encoder of no known family "
+            "(segment-anything's ViT or TinyViT): another architecture"
+        )
+    prompt_dim = _shape(state, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", path)
     decoder_depth = 1 + max(
-        int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
+        (int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")),
+        default=-1,
     )
     mlp_dim = _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", path)[0]
     iou_hidden = _shape(state, "mask_decoder.iou_prediction_head.layers.0.weight", path)[0]
     mask_in = _shape(state, "prompt_encoder.mask_downscaling.0.weight", path)[0] * 4
+    if prompt_dim[1] * 2 != encoder.out_chans:
+        raise ModelError(
+            f"checkpoint {path}: the image encoder gives {encoder.out_chans} channels but the prompt "
+            f"encoder expects {prompt_dim[1] * 2}"
+        )
     inferred = SamConfig(
-        image_size=grid * patch,
-        patch_size=patch,
-        encoder_embed_dim=embed_dim,
-        encoder_depth=depth,
-        encoder_num_heads=max(1, embed_dim // head_dim),
-        encoder_global_attn_indexes=global_blocks,
-        encoder_window_size=window_sizes.pop() if len(window_sizes) == 1 else 14,
-        prompt_embed_dim=prompt_dim,
+        encoder=encoder,
         mask_in_chans=mask_in,
         decoder_depth=decoder_depth,
         decoder_mlp_dim=mlp_dim,
         # The head count of the decoder's attention does not change any tensor shape; SAM uses 8.
-        decoder_num_heads=8 if prompt_dim % 8 == 0 else 1,
+        decoder_num_heads=8 if encoder.out_chans % 8 == 0 else 1,
         iou_head_hidden_dim=iou_hidden,
     )
-    for name in ("vit_b", "vit_l", "vit_h"):
+    for name in ("vit_b", "vit_l", "vit_h", "mobilesam", "litemedsam"):
         if _architecture_of(PRESETS[name]) == _architecture_of(inferred):
             return PRESETS[name]
     return inferred
 
 
+_PREPROCESSING = ("pixel_mean", "pixel_std", "resize_mode", "resize_filter", "intensity_scaling")
+
+
 def _architecture_of(config: SamConfig) -> dict[str, Any]:
     data = config.to_dict()
-    for key in ("pixel_mean", "pixel_std", "resize_mode", "extra", "decoder_num_heads"):
+    for key in (*_PREPROCESSING, "extra", "decoder_num_heads"):
         data.pop(key)
     return data
 
 
 def _preprocessing_of(config: SamConfig) -> dict[str, Any]:
-    return {
-        "pixel_mean": config.pixel_mean,
-        "pixel_std": config.pixel_std,
-        "resize_mode": config.resize_mode,
-    }
+    return {key: getattr(config, key) for key in _PREPROCESSING}
 
 
 def check_state_fits(
@@ -255,15 +256,6 @@ def check_state_fits(
 def _load_state(
     sam: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, config: SamConfig
 ) -> None:
-    check_state_fits(sam.state_dict(), state, path, f"the {_describe(config)} architecture")
+    check_state_fits(sam.state_dict(), state, path, f"the {describe(config)} architecture")
     sam.load_state_dict(state, strict=True)
     sam.eval()
-
-
-def _describe(config: SamConfig) -> str:
-    for name, candidate in PRESETS.items():
-        if candidate == config:
-            return name
-    return (
-        f"{config.encoder_embed_dim}-wide {config.encoder_depth}-block ViT at {config.image_size}px"
-    )

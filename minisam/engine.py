@@ -61,7 +61,9 @@ class SamEngine:
         transform = ResizeTransform.create(
             rgb.shape[:2], self.config.image_size, self.config.resize_mode
         )
-        tensor = transform.image_to_input(rgb).to(self.device)
+        tensor = transform.image_to_input(
+            rgb, self.config.resize_filter, self.config.intensity_scaling
+        ).to(self.device)
         features = self.sam.image_encoder(self.sam.preprocess(tensor))
         return SliceEmbedding(features=features, transform=transform)
 

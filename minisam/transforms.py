@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,66 @@ class ResizeTransform:
             [self.points_to_input(boxes[:, :2]), self.points_to_input(boxes[:, 2:])], 1
         )
 
-    def image_to_input(self, rgb: np.ndarray) -> torch.Tensor:
-        """Resize an (H, W, 3) 0..255 image to a (1, 3, h, w) float tensor (antialiased bilinear)."""
-        tensor = torch.as_tensor(np.ascontiguousarray(rgb), dtype=torch.float32).permute(2, 0, 1)[
-            None
-        ]
-        if tuple(tensor.shape[-2:]) == self.input_size:
-            return tensor
-        return F.interpolate(
-            tensor, size=self.input_size, mode="bilinear", align_corners=False, antialias=True
-        )
+    def image_to_input(
+        self, rgb: np.ndarray, resize_filter: str = "bilinear", intensity_scaling: str = "fixed"
+    ) -> torch.Tensor:
+        """Resize an (H, W, 3) 0..255 image to a (1, 3, h, w) float tensor, still in 0..255.
+
+        Arguments:
+          resize_filter: "bilinear" (antialiased, on float values: MiniSAM's own models), "pil_bilinear"
+            (SAM's predictor: PIL's bilinear on the 8-bit image) or "area" (LiteMedSAM's cv2 INTER_AREA on
+            8-bit images: exact pixel-area averaging when shrinking, plain bilinear when enlarging, rounded
+            to whole grey levels).
+          intensity_scaling: "fixed" keeps the values; "minmax" stretches the resized image to its own
+            min..max (LiteMedSAM's normalisation, here onto 0..255 so the model's pixel_std finishes it).
+        """
+        rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+        shrinking = self.input_size[0] < rgb.shape[0] or self.input_size[1] < rgb.shape[1]
+        if resize_filter == "area" and shrinking:
+            tensor = _area_resize(rgb, self.input_size)
+        elif resize_filter == "pil_bilinear":
+            tensor = _pil_bilinear_resize(rgb, self.input_size)
+        elif tuple(rgb.shape[:2]) == self.input_size:
+            tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        else:
+            tensor = F.interpolate(
+                torch.from_numpy(rgb).permute(2, 0, 1)[None],
+                size=self.input_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=resize_filter == "bilinear",  # cv2 enlarges INTER_AREA bilinearly
+            )
+        if resize_filter == "area":
+            # LiteMedSAM resizes 8-bit images (cv2 rounds halves up); its encoder notices sub-level
+            # differences (+-0.5 noise moves the embedding 7-12 %).
+            tensor = torch.floor(tensor + 0.5).clamp(0, 255)
+        if intensity_scaling == "minmax":
+            low, high = tensor.min(), tensor.max()
+            tensor = (tensor - low) / torch.clamp(high - low, min=1e-8) * 255.0
+        return tensor
+
+
+def _pil_bilinear_resize(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """SAM's ``ResizeLongestSide.apply_image``: the image as 8-bit RGB, resized by PIL (bilinear)."""
+    image = Image.fromarray(np.floor(np.clip(rgb, 0, 255) + 0.5).astype(np.uint8))
+    resized = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1)[None]
+
+
+def _area_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) matrix of pixel-area averaging: each output pixel is the coverage-weighted
+    mean of the source pixels its footprint overlaps (cv2's INTER_AREA when shrinking)."""
+    scale = source / target
+    starts = np.arange(target)[:, None] * scale
+    edges = np.arange(source)[None, :]
+    overlap = np.minimum(starts + scale, edges + 1) - np.maximum(starts, edges)
+    return np.clip(overlap, 0, None) / scale
+
+
+def _area_resize(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel-area averaging of an (H, W, 3) image to ``size``, as a (1, 3, h, w) tensor."""
+    rows = _area_weights(rgb.shape[0], size[0])
+    cols = _area_weights(rgb.shape[1], size[1])
+    channels = np.moveaxis(rgb.astype(np.float64), 2, 0)  # (3, H, W)
+    resized = rows[None] @ channels @ cols.T[None]  # two matrix products, not a 5-index einsum
+    return torch.from_numpy(resized.astype(np.float32))[None]

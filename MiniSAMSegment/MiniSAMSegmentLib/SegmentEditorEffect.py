@@ -71,11 +71,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- options -------------------------------------------------------------------------------------------
 
     def setupOptionsFrame(self):
-        from minisam.intensity import MODALITIES
+        from minisam.modality import PRESET_CHOICES
 
         self.modelEdit = qt.QLineEdit()
         self.modelEdit.toolTip = (
-            "'default' (embedded), sam_vit_b/l/h, medsam_vit_b, or a checkpoint path"
+            "'default' (embedded), litemedsam, mobilesam (fetched once, verified), sam_vit_b/l/h, "
+            "medsam_vit_b, or a checkpoint path"
         )
         self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelEdit)
         self.adapterCombo = qt.QComboBox()
@@ -87,7 +88,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         )
         self.scriptedEffect.addLabeledOptionsWidget("Adapter:", self.adapterCombo)
         self.modalityCombo = qt.QComboBox()
-        for name in MODALITIES:
+        for name in PRESET_CHOICES:
             self.modalityCombo.addItem(name)
         self.modalityCombo.toolTip = "Intensity normalisation; auto reads the DICOM modality"
         self.scriptedEffect.addLabeledOptionsWidget("Modality:", self.modalityCombo)

@@ -20,20 +20,16 @@ from minisam.adapters import (
     attach_adapter,
     count_adapter_parameters,
     count_trainable_parameters,
+    injection,
     load_adapter,
     read_adapter,
     save_adapter,
 )
-from minisam.adapters.adapter_io import (
-    CONFIG_FILE,
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    modality_family,
-    model_card,
-    read_metadata,
-)
+from minisam.adapters.choice import resolve_adapter
 from minisam.adapters.library import BUILTIN_ROOT
 from minisam.adapters.lora import adapter_parameters, base_module, target_module_names
+from minisam.adapters.metadata import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_metadata
+from minisam.adapters.model_card import model_card
 from minisam.checkpoints import weights_hash
 from minisam.engine import SamEngine
 from minisam.errors import ModelError
@@ -347,7 +343,7 @@ def test_failure_while_peft_applies_the_adapter_is_rolled_back(
         raise RuntimeError("simulated failure inside peft")
 
     # After validation, when the layers are already injected: the hardest moment to undo.
-    monkeypatch.setattr(adapter_io, "set_peft_model_state_dict", fail)
+    monkeypatch.setattr(injection, "set_peft_model_state_dict", fail)
     with pytest.raises(ModelError, match="could not be applied"):
         load_adapter(model, folder, BASE_HASH)
     assert torch.equal(_outputs(model), before) and set(model.state_dict()) == keys
@@ -400,10 +396,19 @@ def test_library_install_list_remove_and_modality_choice(
     assert library.for_modality("MG", BASE_HASH).name == "chest"  # mammography -> X-ray family
     assert library.for_modality("US", BASE_HASH) is None  # no ultrasound adapter: the base model
     assert library.for_modality("CT", "0" * 16) is None  # no adapter for another base
-    assert library.for_modality("CT", BASE_HASH, override="mr").name == "mr"
-    assert library.for_modality("CT", BASE_HASH, override="none") is None
+    # A choice by name or "none" (resolve_adapter) overrides the modality.
+    assert resolve_adapter("mr", BASE_HASH, "CT", library).name == "mr"
+    assert resolve_adapter("mr", BASE_HASH, "CT", library).folder == library.root / "mr"
+    assert resolve_adapter("none", BASE_HASH, "CT", library) is None
+    assert resolve_adapter(" Base ", BASE_HASH, "CT", library) is None
+    assert resolve_adapter("auto", BASE_HASH, "CT", library).name == "ct"
+    assert resolve_adapter("auto", BASE_HASH, None, library) is None
     with pytest.raises(ModelError, match="was trained for base"):
-        library.for_modality("CT", "0" * 16, override="ct")
+        resolve_adapter("ct", "0" * 16, "CT", library)
+    with pytest.raises(ModelError, match="not installed"):
+        resolve_adapter("nosuch", BASE_HASH, "CT", library)
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_adapter(str(tmp_path / "missing"), BASE_HASH, "CT", library)
     with pytest.raises(ModelError, match="already installed"):
         library.install(sources["ct"][0])
     assert library.install(sources["ct"][0], replace=True).name == "ct"
@@ -429,7 +434,7 @@ def test_builtin_adapters_are_listed_chosen_and_shadowed_but_not_removed(tmp_pat
     assert library.path("us_hc18") == shipped.path
     hc18_base = shipped.base_hash
     assert library.for_modality("US", hc18_base) == shipped  # --adapter auto on an ultrasound
-    assert library.for_modality("CT", hc18_base, override="us_hc18") == shipped
+    assert resolve_adapter("us_hc18", hc18_base, "CT", library).folder == shipped.path
     assert library.for_modality("US", BASE_HASH) is None  # built for another base
     with pytest.raises(ModelError, match="built into the package") as error:
         library.remove("us_hc18")
@@ -462,19 +467,6 @@ def test_shipped_adapter_readme_is_our_model_card() -> None:
     assert meta.base_hash == load_model("default").base_hash()  # made for the shipped default
     held_out = meta.metrics["heldout_eval"]["mean_dice"]["adapter on nf4 base"]
     assert "HC18" in card and "CC BY 4.0" in card and f"adapter on nf4 base {held_out}" in card
-
-
-def test_modality_family_mapping() -> None:
-    assert [modality_family(c) for c in ("CT", "MR", "US", "CR", "DX", "MG", "PT")] == [
-        "CT",
-        "MR",
-        "US",
-        "XRAY",
-        "XRAY",
-        "XRAY",
-        "PET",
-    ]
-    assert modality_family("OT") is None and modality_family(None) is None
 
 
 def test_bad_names_and_specs_are_refused() -> None:
@@ -543,7 +535,7 @@ def test_small_preset_rank_8_adapter_size(tmp_path: Path) -> None:
     sam = build_sam(config)
     model = attach_adapter(sam, AdapterSpec(rank=8), "ct")
     params = count_adapter_parameters(model, "ct")
-    width, depth = config.encoder_embed_dim, config.encoder_depth
+    width, depth = config.encoder.embed_dim, config.encoder.depth
     # Per block: qkv (d -> 3d) and proj (d -> d), each r x in + out x r.
     assert params == depth * 8 * ((width + 3 * width) + (width + width)) == 73_728
     assert count_trainable_parameters(model) == params < 5_000_000

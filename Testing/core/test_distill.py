@@ -45,11 +45,11 @@ def test_student_config_matches_the_teacher_grid() -> None:
     teacher = load_model("default").config  # 256 px, 16 x 16 grid, 256-d embedding
     tiny = student_config(teacher, "tiny")
     assert (tiny.embedding_size, tiny.prompt_embed_dim) == (16, 256)
-    assert tiny.encoder_embed_dim == preset("tiny").encoder_embed_dim
+    assert tiny.encoder.embed_dim == preset("tiny").encoder.embed_dim
     assert tiny.decoder_mlp_dim == teacher.decoder_mlp_dim
     vit_h = preset("vit_h")
-    assert student_config(vit_h, "compact").patch_size == 8  # 512 px onto vit_h's 64 x 64 grid
-    with pytest.raises(ModelError, match="not a multiple of the teacher's 16x16"):
+    assert student_config(vit_h, "compact").encoder.patch_size == 8  # 512 px onto a 64 x 64 grid
+    with pytest.raises(ModelError, match="not a multiple of the 16x16 embedding grid"):
         student_config(teacher, "tiny", image_size=100)
 
 
@@ -123,7 +123,7 @@ def test_cli_distill_then_finetune(shared_data: Path, tmp_path: Path, capsys) ->
     assert summary["teacher_images_encoded"] == 4 + 23 and "finetune_best_val_dice" in summary
     assert summary["finetune_best_val_dice"] >= summary["distill_val_dice"]
     student = load_model(str(out))
-    assert student.config.encoder_embed_dim == preset("tiny").encoder_embed_dim
+    assert student.config.encoder.embed_dim == preset("tiny").encoder.embed_dim
     assert cli_main(args) == 2  # no silent overwrite
     assert "exists" in capsys.readouterr().err
 

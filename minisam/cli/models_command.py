@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     for row in weights.describe_cache():
         state = f"cached at {row['path']}" if row["cached"] else "not cached"
         print(f"  {row['name']:<14} {row['arch']:<13} {row['size']:>9}  {state}")
+        print(f"  {'':<14} from {row['source']}")
+        if row["card"]:
+            print(f"  {'':<14} model card: {row['card']}")
     print("\nUntrained architectures (timing, tests):")
     for name, config in PRESETS.items():
         encoder = (
@@ -36,8 +39,5 @@ def run(args: argparse.Namespace) -> int:
             else None
         )
         extra = f", encoder {encoder / 1e6:.1f} M params" if encoder else ""
-        print(
-            f"  {RANDOM_PREFIX}{name:<13} input {config.image_size}px, ViT {config.encoder_embed_dim}x"
-            f"{config.encoder_depth}{extra}"
-        )
+        print(f"  {RANDOM_PREFIX}{name:<13} {config.encoder.describe()}{extra}")
     return 0

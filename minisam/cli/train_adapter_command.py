@@ -17,8 +17,11 @@ from minisam.cli.training_args import (
     training_progress,
 )
 from minisam.errors import InputError
+from minisam.modality import AUTO, family_for_dicom, preset_for_family
 
-ENCODER_CHOICES = ("qkv", "proj", "lin1", "lin2")
+# Attention (qkv, proj) and MLP linears: lin1/lin2 in a ViT, fc1/fc2 in a TinyViT (a name the model's
+# family lacks is refused when the adapter is attached).
+ENCODER_CHOICES = ("qkv", "proj", "lin1", "lin2", "fc1", "fc2")
 DECODER_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj", "lin1", "lin2")
 
 
@@ -97,12 +100,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--qat-scheme {args.qat_scheme!r} quantizes nothing (e.g. int8:attn)")
     if args.qat_epochs is not None and args.qat_epochs < 1:
         raise InputError(f"--qat-epochs must be >= 1, not {args.qat_epochs}")
-    from minisam.adapters.adapter_io import modality_family
     from minisam.adapters.lora import check_adapter_name
 
-    if modality_family(args.modality) is None:
+    family = family_for_dicom(args.modality)
+    if family is None:
         raise InputError(f"--modality {args.modality!r} is not a known modality (US, CT, MR, ...)")
-    check_adapter_name(args.name or f"{modality_family(args.modality).lower()}_adapter")
+    check_adapter_name(args.name or f"{family.lower()}_adapter")
     refuse_existing(Path(args.out), args.overwrite, args.resume)
     if args.resume:
         _check_resumable(args)
@@ -136,49 +139,31 @@ def target_names(text: str, choices: tuple[str, ...], flag: str) -> tuple[str, .
     return names
 
 
-def adapter_spec(args: argparse.Namespace, steps: int):
-    """The LoRA / AdaLoRA spec the options ask for (AdaLoRA's budget schedule scaled to ``steps``).
-
-    ``args`` needs ``method``, ``rank`` and ``include_decoder``; ``alpha``, ``dropout``, ``targets``
-    and ``decoder_targets`` default as on the command line (MiniSAMTrain passes only the first three).
-    """
-    from minisam.adapters import AdapterSpec
-
-    adalora = args.method in ("adalora", "adalora-qat")
-    alpha = getattr(args, "alpha", None)
-    targets = getattr(args, "targets", ",".join(ENCODER_CHOICES[:2]))
-    decoder_targets = getattr(args, "decoder_targets", ",".join(DECODER_CHOICES[:4]))
-    return AdapterSpec(
-        method="adalora" if adalora else "lora",
-        rank=args.rank,
-        alpha=2.0 * args.rank if alpha is None else alpha,
-        dropout=getattr(args, "dropout", 0.0),
-        target_modules=target_names(targets, ENCODER_CHOICES, "--targets"),
-        include_decoder=args.include_decoder,
-        decoder_target_modules=target_names(decoder_targets, DECODER_CHOICES, "--decoder-targets"),
-        init_r=max(args.rank, round(1.5 * args.rank)),
-        target_r=args.rank,
-        tinit=steps // 10 if adalora else 0,
-        tfinal=steps // 5 if adalora else 0,
-        total_step=steps if adalora else None,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     from minisam.adapters import AdapterLibrary, save_adapter
-    from minisam.adapters.adapter_io import adapter_folder_size, modality_family
+    from minisam.adapters.metadata import adapter_folder_size
     from minisam.model_loader import load_model
-    from minisam.training.adapter_trainer import AdapterTrainSettings, train_adapter
+    from minisam.training.adapter_trainer import AdapterTrainSettings, adapter_spec, train_adapter
 
-    family = modality_family(args.modality)
+    family = family_for_dicom(args.modality)
     name = args.name or f"{family.lower()}_adapter"
-    norm = {"US": "us", "CT": "ct", "MR": "mr", "XRAY": "xray"}.get(family, "auto")
-    samples, source = load_samples(args, norm)
+    samples, source = load_samples(args, preset_for_family(family) or AUTO)
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
     settings = settings_from_args(AdapterTrainSettings, args)
     steps = args.epochs * -(-len(train) // args.batch_size)
-    spec = adapter_spec(args, steps)
+    spec = adapter_spec(
+        args.method,
+        args.rank,
+        steps,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        target_modules=target_names(args.targets, ENCODER_CHOICES, "--targets"),
+        include_decoder=args.include_decoder,
+        decoder_target_modules=target_names(
+            args.decoder_targets, DECODER_CHOICES, "--decoder-targets"
+        ),
+    )
     loaded = load_model(args.model)
     out = Path(args.out)
     qat = args.method == "adalora-qat"

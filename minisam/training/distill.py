@@ -2,7 +2,7 @@
 
 The student is the teacher with another image encoder: it keeps the teacher's prompt encoder and
 mask decoder (copied, frozen while distilling), so its encoder must produce the teacher's embedding
-grid (``image_size // patch_size``) and channels. The teacher runs once per image: its embeddings
+grid and channels. The teacher runs once per image: its embeddings
 are cached on disk under a key made of the teacher's weight hash, its input size and the image's
 bytes. The loss is MSE and/or cosine distance between student and teacher embeddings; validation is
 the box-prompt Dice of the student with the teacher's decoder, the quantity distillation is for.
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from minisam.atomic import atomic_output
 from minisam.checkpoints import LoadedModel, save_checkpoint
-from minisam.errors import ModelError
+from minisam.encoders import family_module
 from minisam.model_config import SamConfig, build_sam, preset
 from minisam.training.augmentation import augment
 from minisam.training.base_trainer import validation_dice
@@ -43,17 +43,6 @@ from minisam.training.loop import (
     fit,
 )
 from minisam.training.model_inputs import ModelInputs
-
-ENCODER_FIELDS = (
-    "image_size",
-    "patch_size",
-    "encoder_embed_dim",
-    "encoder_depth",
-    "encoder_num_heads",
-    "encoder_global_attn_indexes",
-    "encoder_window_size",
-    "encoder_mlp_ratio",
-)
 
 
 @dataclass
@@ -78,20 +67,16 @@ def student_config(
 ) -> SamConfig:
     """The teacher's configuration with the image encoder of preset (or config) ``encoder``.
 
-    The patch size is chosen so that the student's embedding grid is the teacher's (what the
-    teacher's mask decoder reads): ``image_size`` (default: the preset's) / teacher grid.
+    The student's encoder is fitted to what the teacher's mask decoder reads: the teacher's embedding
+    grid (a ViT gets the patch size ``image_size`` / grid) and channels. ``image_size`` defaults to the
+    preset's. Preprocessing stays the teacher's: the student learns the teacher's embedding of one input.
     """
-    source = preset(encoder) if isinstance(encoder, str) else encoder
-    fields = {name: getattr(source, name) for name in ENCODER_FIELDS}
+    source = (preset(encoder) if isinstance(encoder, str) else encoder).encoder
     size = image_size or source.image_size
     grid = teacher.embedding_size
-    if size % grid:
-        raise ModelError(
-            f"student image size {size} is not a multiple of the teacher's {grid}x{grid} "
-            f"embedding grid (choose e.g. {grid * max(1, round(size / grid))})"
-        )
-    fields.update(image_size=size, patch_size=size // grid)
-    return teacher.replace(**fields)
+    family = family_module(source.family)
+    fitted = family.for_grid(source.replace(out_chans=teacher.prompt_embed_dim), size, grid)
+    return teacher.replace(encoder=fitted)
 
 
 def build_student(teacher: LoadedModel, config: SamConfig) -> torch.nn.Module:

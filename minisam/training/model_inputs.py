@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,14 +50,15 @@ def to_model_inputs(samples: list[SliceSample], config: SamConfig) -> ModelInput
         key = id(sample.image)  # slices of one image share their resized copy
         if key not in resized_cache:
             resized_cache[key] = (
-                transform.image_to_input(sample.image)[0].round().clamp(0, 255).to(torch.uint8)
+                transform.image_to_input(
+                    sample.image, config.resize_filter, config.intensity_scaling
+                )[0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
             )
         images[i, :, :h, :w] = resized_cache[key]
         mask = torch.as_tensor(sample.mask, dtype=torch.float32)[None, None]
         masks[i, :h, :w] = F.interpolate(mask, size=(h, w), mode="nearest")[0, 0] > 0.5
         sizes.append((h, w))
     return ModelInputs(images, masks, sizes, [s.case for s in samples], fill)
-
-
-def non_empty(masks: np.ndarray) -> bool:
-    return bool(masks.any())
