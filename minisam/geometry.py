@@ -4,6 +4,9 @@ Conventions: indices are SimpleITK's, x first (i, j, k), continuous (0.0 is a vo
 physical points are ITK's LPS millimetres. ``physical = origin + D @ (spacing * ijk)`` where
 ``D`` is the direction matrix whose columns are the world directions of the index axes. A numpy
 array from SimpleITK is (Z, Y, X), so index axis i is array axis 2, j is 1 and k is 0.
+
+:func:`slice_axis_from_direction` is the one rule for which array axis a view slices along; the CLI
+(:func:`slice_axis_for`) and the Slicer glue (``slice_geometry.slice_axis``) only feed it a direction.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ if TYPE_CHECKING:
     from minisam.imageio import MedicalImage
 
 __all__ = [
+    "MIN_ALIGNMENT",
     "VIEW_WORLD_AXIS",
     "index_to_physical",
     "lps_to_ras",
     "physical_to_index",
     "ras_to_lps",
     "slice_axis_for",
+    "slice_axis_from_direction",
 ]
 
 VIEW_WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -105,50 +110,138 @@ def ras_to_lps(points: ArrayLike) -> np.ndarray:
     return lps_to_ras(points)
 
 
-def _index_axis_per_world_axis(direction: np.ndarray) -> tuple[int, ...]:
+MIN_ALIGNMENT = 0.99
+"""Least |cos| between a slice normal and the voxel axis it picks; below it the view is oblique."""
+
+_SPACES = ("LPS", "RAS")
+
+
+def _index_axis_per_world_axis(directions: np.ndarray) -> tuple[int, ...]:
     """For each world axis, the index axis aligned with it (a one-to-one assignment).
 
     Taking the arg-max per world axis independently can give two views the same axis on an
-    oblique volume; choosing the permutation with the largest total alignment cannot.
+    oblique volume; choosing the permutation with the largest total alignment cannot. Ties (an
+    index axis exactly 45 degrees between two world axes) go to the first permutation in
+    lexicographic order, i.e. the pairing closest to R->i, A->j, S->k.
     """
-    weights = np.abs(direction)  # weights[w, a]: world component w of index axis a
-    best = max(
-        permutations(range(direction.shape[0])),
-        key=lambda perm: sum(weights[w, a] for w, a in enumerate(perm)),
-    )
-    return tuple(best)
+    weights = np.abs(directions)  # weights[w, a]: world component w of index axis a
+    candidates = list(permutations(range(directions.shape[0])))
+    totals = [sum(weights[w, a] for w, a in enumerate(perm)) for perm in candidates]
+    best = max(totals)
+    return next(p for p, t in zip(candidates, totals, strict=True) if t >= best - 1e-9)
 
 
-def slice_axis_for(image: sitk.Image | MedicalImage, view: str | int) -> int:
+def slice_axis_from_direction(
+    direction: ArrayLike,
+    view: str | int | ArrayLike,
+    *,
+    space: str = "LPS",
+    where: str = "the volume",
+) -> int:
+    """The one slice-axis rule: the axis (0, 1 or 2) of a (Z, Y, X) array to slice along for a view.
+
+    Every caller (``minisam segment``, the Slicer effect and logic, ``batch_segment.py``) comes
+    through here, so one volume is sliced the same way everywhere.
+
+    Arguments:
+      direction: 3x3 index-to-world direction, columns = world directions of the index axes i, j, k
+        (x first, as SimpleITK's ``GetDirection()`` reshaped, or the 3x3 of Slicer's IJKToRAS;
+        spacing in the columns is divided out). In LPS (SimpleITK, the default) or RAS (Slicer)
+        as ``space`` says; RAS is converted to LPS here and nowhere else.
+      view: one of
+        - "axial", "coronal", "sagittal": the three views get three different array axes — the
+          permutation of voxel axes to (S, A, R) with the largest total |cos| (on an axis-aligned
+          volume that is simply the voxel axis along S, A or R);
+        - an array axis 0, 1, 2 or "0", "1", "2", returned as is;
+        - a slice normal (3 numbers, in ``space``, sign ignored): the voxel axis best aligned with
+          it, which must be within ``MIN_ALIGNMENT`` (|cos| 0.99) of it.
+      space: "LPS" or "RAS", the frame of ``direction`` and of a normal ``view``.
+      where: how messages name the volume.
+
+    Returns:
+      the array axis (index axis i -> 2, j -> 1, k -> 0).
+
+    Raises:
+      PromptError: unknown view, axis out of range, a zero normal, a normal oblique to every voxel
+        axis, or a direction that is not 3x3.
+    """
+    if space not in _SPACES:
+        raise ValueError(f"space must be 'LPS' or 'RAS', got {space!r}")
+    matrix = np.asarray(direction, dtype=np.float64)
+    if matrix.shape != (3, 3):
+        raise PromptError(
+            f"a slice view needs a 3D volume; the direction of {where} is {matrix.shape}, not 3x3"
+        )
+    flip = np.array([-1.0, -1.0, 1.0]) if space == "RAS" else np.ones(3)
+    directions = flip[:, None] * matrix  # the one RAS -> LPS conversion (rows are world axes)
+    norms = np.linalg.norm(directions, axis=0)
+    if not np.all(norms > 0):
+        raise PromptError(f"the direction matrix of {where} has a zero column")
+    directions = directions / norms
+
+    if isinstance(view, (int, np.integer)) and not isinstance(view, bool):
+        axis = int(view)
+    elif isinstance(view, str):
+        key = view.strip().lower()
+        if key.lstrip("-").isdigit():
+            axis = int(key)
+        elif key in VIEW_WORLD_AXIS:
+            index_axis = _index_axis_per_world_axis(directions)[VIEW_WORLD_AXIS[key]]
+            return 2 - index_axis
+        else:
+            raise PromptError(
+                f"unknown view {view!r}; expected axial, coronal, sagittal or an array axis 0, 1, 2"
+            )
+    else:
+        return 2 - _axis_along_normal(directions, view, flip, where)
+    if not 0 <= axis < 3:
+        raise PromptError(f"slice axis {axis} out of range; expected 0, 1 or 2")
+    return axis
+
+
+def _axis_along_normal(directions: np.ndarray, view, flip: np.ndarray, where: str) -> int:
+    """Index axis along a slice normal given in the direction's original space (strict)."""
+    try:
+        normal = np.asarray(view, dtype=np.float64)
+    except (TypeError, ValueError):
+        normal = np.empty(0)
+    if isinstance(view, bool) or normal.shape != (3,) or not np.all(np.isfinite(normal)):
+        raise PromptError(
+            f"unknown view {view!r}; expected axial, coronal, sagittal, an array axis 0, 1, 2 "
+            "or a slice normal of 3 numbers"
+        )
+    length = np.linalg.norm(normal)
+    if not length > 0:
+        raise PromptError("the slice normal is a zero vector")
+    alignment = np.abs((flip * normal / length) @ directions)
+    index_axis = int(np.argmax(alignment))
+    if alignment[index_axis] < MIN_ALIGNMENT:
+        raise PromptError(
+            f"the slice view is oblique to {where}: "
+            "use 'Rotate to volume plane' in the slice view menu"
+        )
+    return index_axis
+
+
+def slice_axis_for(image: sitk.Image | MedicalImage, view: str | int | ArrayLike) -> int:
     """Numpy array axis (0, 1 or 2 of a (Z, Y, X) array) to slice along for a view.
+
+    The SimpleITK face of :func:`slice_axis_from_direction` (direction and any normal in LPS).
 
     Arguments:
       image: a 3D reference image.
-      view: "axial", "coronal" or "sagittal" (the index axis best aligned with S, A or R), or an
-        array axis given directly as 0, 1, 2 or "0", "1", "2".
+      view: "axial", "coronal" or "sagittal", an array axis 0, 1, 2 or "0", "1", "2", or a slice
+        normal in LPS; see :func:`slice_axis_from_direction`.
 
     Returns:
       the array axis.
 
     Raises:
-      PromptError: unknown view, axis out of range or a 2D image.
+      PromptError: unknown view, axis out of range, an oblique normal or a 2D image.
     """
     ref = _sitk_image(image)
     dim = ref.GetDimension()
     if dim != 3:
         raise PromptError(f"a slice view needs a 3D volume, this image is {dim}D")
-    if isinstance(view, (int, np.integer)) and not isinstance(view, bool):
-        axis = int(view)
-    elif isinstance(view, str) and view.strip().lstrip("-").isdigit():
-        axis = int(view.strip())
-    elif isinstance(view, str) and view.strip().lower() in VIEW_WORLD_AXIS:
-        _, _, direction = _geometry(ref)
-        index_axis = _index_axis_per_world_axis(direction)[VIEW_WORLD_AXIS[view.strip().lower()]]
-        return dim - 1 - index_axis  # i -> array axis 2, j -> 1, k -> 0
-    else:
-        raise PromptError(
-            f"unknown view {view!r}; expected axial, coronal, sagittal or an array axis 0, 1, 2"
-        )
-    if not 0 <= axis < dim:
-        raise PromptError(f"slice axis {axis} out of range; expected 0, 1 or 2")
-    return axis
+    _, _, direction = _geometry(ref)
+    return slice_axis_from_direction(direction, view, space="LPS")

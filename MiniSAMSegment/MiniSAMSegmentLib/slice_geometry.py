@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minisam.errors import PromptError
+from minisam.geometry import slice_axis_from_direction
 from minisam.prompts import Prompt
 
 from .volume_node import node_label, volume_arrays, world_to_local
@@ -27,15 +28,8 @@ __all__ = [
     "slice_axis",
 ]
 
-VIEW_NORMALS_RAS = {
-    "axial": (0.0, 0.0, 1.0),
-    "coronal": (0.0, 1.0, 0.0),
-    "sagittal": (1.0, 0.0, 0.0),
-}
 IN_PLANE_IJK = {0: (0, 1), 1: (0, 2), 2: (1, 2)}
 """Array axis -> (IJK axis giving pixel x, IJK axis giving pixel y)."""
-MIN_ALIGNMENT = 0.99
-"""|cos| between a slice view's normal and the chosen voxel axis; below this the view is oblique."""
 
 
 class SlicePrompt(NamedTuple):
@@ -45,49 +39,33 @@ class SlicePrompt(NamedTuple):
 
 
 def _ijk_axes_in_world(volume_node) -> np.ndarray:
-    """3x3 matrix whose column ``a`` is the unit world-RAS direction of IJK axis ``a``."""
+    """3x3 whose column ``a`` is the world-RAS direction of IJK axis ``a`` (parent transform in)."""
     local_to_world = np.linalg.inv(world_to_local(volume_node))
-    directions = (local_to_world @ volume_arrays(volume_node).ijk_to_ras)[:3, :3]
-    return directions / np.linalg.norm(directions, axis=0)
+    return (local_to_world @ volume_arrays(volume_node).ijk_to_ras)[:3, :3]
 
 
 def slice_axis(volume_node, view: str | int | Sequence[float]) -> int:
-    """Numpy axis of the volume's array to slice along.
+    """Numpy axis of the volume's array to slice along, by the core's one rule.
+
+    Only the node's world IJK-to-RAS direction is read here; the rule itself is
+    :func:`minisam.geometry.slice_axis_from_direction`, so the effect, the logic,
+    ``batch_segment.py`` and ``minisam segment`` slice one volume the same way.
 
     Arguments:
       volume_node: the source volume.
-      view: "axial", "coronal", "sagittal" (the voxel axis best aligned with S, A, R), an array axis 0/1/2,
-        or a slice view's normal in world RAS (third column of the slice node's SliceToRAS).
+      view: "axial", "coronal", "sagittal" (three distinct voxel axes, those best aligned with
+        S, A, R together), an array axis 0/1/2, or a slice view's normal in world RAS (third
+        column of the slice node's SliceToRAS).
 
     Raises:
       PromptError: unknown view name or axis, or a normal that is oblique to every voxel axis.
     """
-    if isinstance(view, (int, np.integer)) and not isinstance(view, bool):
-        if view not in (0, 1, 2):
-            raise PromptError(f"slice axis {view} out of range; expected 0, 1 or 2")
-        return int(view)
-    if isinstance(view, str):
-        key = view.strip().lower()
-        if key in ("0", "1", "2"):
-            return int(key)
-        if key not in VIEW_NORMALS_RAS:
-            raise PromptError(
-                f"unknown view {view!r}; expected axial, coronal, sagittal or an array axis 0, 1, 2"
-            )
-        normal, strict = np.asarray(VIEW_NORMALS_RAS[key]), False
-    else:
-        normal, strict = np.asarray(view, dtype=np.float64).reshape(3), True
-        if not np.linalg.norm(normal) > 0:
-            raise PromptError("the slice normal is a zero vector")
-        normal = normal / np.linalg.norm(normal)
-    alignment = np.abs(normal @ _ijk_axes_in_world(volume_node))
-    ijk_axis = int(np.argmax(alignment))
-    if strict and alignment[ijk_axis] < MIN_ALIGNMENT:
-        raise PromptError(
-            f"the slice view is oblique to volume {node_label(volume_node)}: "
-            "use 'Rotate to volume plane' in the slice view menu"
-        )
-    return 2 - ijk_axis
+    return slice_axis_from_direction(
+        _ijk_axes_in_world(volume_node),
+        view,
+        space="RAS",
+        where=f"volume {node_label(volume_node)}",
+    )
 
 
 def ras_to_ijk(

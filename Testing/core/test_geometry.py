@@ -15,6 +15,7 @@ from minisam.geometry import (
     physical_to_index,
     ras_to_lps,
     slice_axis_for,
+    slice_axis_from_direction,
 )
 from minisam.imageio import read_image
 
@@ -144,3 +145,66 @@ def test_slice_axis_explicit_and_errors(oblique: sitk.Image) -> None:
         slice_axis_for(oblique, "-1")
     with pytest.raises(PromptError, match="3D"):
         slice_axis_for(sitk.Image(4, 4, sitk.sitkUInt8), "axial")
+
+
+VIEWS = ("axial", "coronal", "sagittal")
+RAS_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+
+def test_one_rule_for_lps_and_ras_directions() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        lps = _rotation(rng.normal(size=3), float(rng.uniform(0, 180)))
+        ras = RAS_FLIP @ lps * np.array([0.7, 1.3, 2.5])  # Slicer's IJKToRAS carries the spacing
+        image = _volume(lps)
+        for view in (*VIEWS, 0, "2", *lps.T):  # names, axes and the three voxel-axis normals
+            expected = slice_axis_for(image, view)
+            assert slice_axis_from_direction(lps, view) == expected
+            ras_view = RAS_FLIP @ view if isinstance(view, np.ndarray) else view
+            assert slice_axis_from_direction(ras, ras_view, space="RAS") == expected
+
+
+def test_double_oblique_views_get_three_planes_not_the_best_axis_each() -> None:
+    # 35 degrees about L-R then 40 about A-P: S is closest to i (0.643) but k (0.628) is nearly
+    # as close, and i is sagittal's axis (0.766). Axial gets k, not a copy of the sagittal plane.
+    direction = _rotation(np.array([0, 1.0, 0]), 40) @ _rotation(np.array([1.0, 0, 0]), 35)
+    assert int(np.argmax(np.abs(direction[2]))) == 0  # the per-view arg-max would say i
+    assert [slice_axis_from_direction(direction, v) for v in VIEWS] == [0, 1, 2]
+
+
+def test_exact_45_degree_ties_keep_the_unrotated_pairing() -> None:
+    for axis in np.eye(3):
+        direction = _rotation(axis, 45.0)
+        assert [slice_axis_from_direction(direction, v) for v in VIEWS] == [0, 1, 2]
+
+
+def test_slice_normals_are_strict() -> None:
+    direction = _rotation(np.array([1.0, 0, 0]), 35.0)
+    assert slice_axis_from_direction(direction, direction[:, 2]) == 0
+    assert slice_axis_from_direction(direction, -direction[:, 0] * 3.0) == 2  # sign, length ignored
+    assert slice_axis_for(_volume(direction), tuple(direction[:, 1])) == 1
+    almost = direction[:, 1] + 0.05 * direction[:, 2]  # about 3 degrees off j: still j
+    assert slice_axis_from_direction(direction, almost) == 1
+    with pytest.raises(PromptError, match="oblique to volume 'x'.*Rotate to volume plane"):
+        slice_axis_from_direction(direction, (0.0, 0.0, 1.0), where="volume 'x'")
+    with pytest.raises(PromptError, match="zero vector"):
+        slice_axis_from_direction(direction, (0.0, 0.0, 0.0))
+    with pytest.raises(PromptError, match="unknown view"):
+        slice_axis_from_direction(direction, (1.0, 0.0))
+    with pytest.raises(PromptError, match="unknown view"):
+        slice_axis_from_direction(direction, True)
+
+
+def test_slice_axis_from_direction_errors() -> None:
+    assert slice_axis_from_direction(np.eye(3), " Coronal ") == 1
+    assert slice_axis_from_direction(np.eye(3), np.int64(2)) == 2
+    with pytest.raises(PromptError, match="out of range"):
+        slice_axis_from_direction(np.eye(3), "-1")
+    with pytest.raises(PromptError, match="unknown view 'transverse'"):
+        slice_axis_from_direction(np.eye(3), "transverse")
+    with pytest.raises(PromptError, match="3D volume"):
+        slice_axis_from_direction(np.eye(2), "axial")
+    with pytest.raises(PromptError, match="zero column"):
+        slice_axis_from_direction(np.diag([1.0, 0.0, 1.0]), "axial")
+    with pytest.raises(ValueError, match="LPS"):
+        slice_axis_from_direction(np.eye(3), "axial", space="ijk")

@@ -172,7 +172,10 @@ def quantize_encoder(
     device: str | torch.device = "cpu",
     cpu_strategy: str | dict[str, str] | None = None,
 ) -> QuantReport:
-    """Replace the selected linears of ``sam`` (encoder groups, decoder) by quantized layers, in place.
+    """Replace the linears of the scheme's groups by quantized layers, in place.
+
+    Despite its name (kept for callers) it quantizes the mask decoder too when the scheme names the
+    "decoder" group.
 
     All new layers are built (and test-run on ``device``) before any is swapped in, so on error the
     model is left exactly as it was. The fp32 weights hash is recorded first as
@@ -183,8 +186,9 @@ def quantize_encoder(
       scheme: a :class:`QuantScheme` or spec string (see :func:`parse_scheme`).
       device: where the quantized layers live (bitsandbytes quantizes on that device); the rest of
         the model is not moved.
-      cpu_strategy: "bnb" or "dequantize", or a dict kind -> strategy; None uses
-        :data:`DEFAULT_CPU_STRATEGY`. Ignored off CPU.
+      cpu_strategy: one of :data:`~minisam.quantization.layers.CPU_STRATEGIES` ("bnb-bf16", "bnb",
+        "dequantize") for every kind, or a dict kind -> strategy; None uses
+        :data:`~minisam.quantization.layers.DEFAULT_CPU_STRATEGY`. Ignored off CPU.
 
     Returns:
       a :class:`QuantReport`.

@@ -23,10 +23,11 @@ KINDS: tuple[str, ...] = ("fp32", "nf4", "int8")
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """Which precision each group of encoder linears gets.
+    """Which precision each layer group gets: the encoder's "attn" and "mlp", and the "decoder".
 
     Arguments:
-      assignments: (group, kind) for every group of :data:`GROUPS`, in that order.
+      assignments: (group, kind) for every group of :data:`GROUPS`, in that order; kind is one of
+        :data:`KINDS` ("fp32" = left alone).
     """
 
     assignments: tuple[tuple[str, str], ...]
