@@ -23,7 +23,11 @@ import numpy as np
 import torch
 
 LARGE_ENCODER_PARAMS = 200_000_000
-RANDOM_MODELS = ("vit_h", "vit_l", "vit_b", "compact", "small", "student", "tiny")
+# Presets measured with random weights (the same compute as trained ones): ViT and TinyViT families.
+RANDOM_MODELS = (
+    "vit_h", "vit_l", "vit_b", "compact", "small", "student", "tiny",
+    "mobilesam", "litemedsam", "tiny_vit",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def _load(case: BenchCase):
         return load_model(case.model)
     config = preset(case.model)
     if case.input_size:
-        config = config.replace(image_size=case.input_size)
+        config = config.replace_encoder(image_size=case.input_size)
     torch.manual_seed(0)
     return LoadedModel(sam=build_sam(config), config=config, name=f"random:{case.model}")
 

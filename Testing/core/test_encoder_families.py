@@ -174,3 +174,12 @@ def test_frozen_batch_norms_keep_their_statistics_in_train_mode(image) -> None:
     assert before and all(torch.equal(before[k], after[k]) for k in before)
     student = load_model(TINY_VIT, seed=5).sam.train()  # nothing frozen: batch norms train
     assert any(m.training for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_bench_measures_a_tiny_vit_at_another_input_size(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--models", "tiny_vit", "--quants", "fp32", "--input-sizes", "64",
+            "--repeats", "1", "--no-adapter-rows", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "tiny_vit" and row["input_size"] == 64 and row["encoder_ms"] > 0
