@@ -250,14 +250,8 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, name: str = "defau
     config.minisam_spec = (
         spec  # not a dataclass field: peft never serialises it; save_adapter reads it
     )
+    check_can_add(model, name, config, f"a new {config.peft_type.value} adapter")
     if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise ModelError(f"the model already has an adapter named {name!r}")
-        if model.peft_type != config.peft_type:
-            raise ModelError(
-                f"cannot add a {config.peft_type.value} adapter to a model holding "
-                f"{model.peft_type.value} adapters: peft does not mix the two in one model"
-            )
         mark_quantized(base_module(model))
         model.add_adapter(name, config)
         peft_model = model
@@ -310,6 +304,22 @@ def target_module_names(sam: torch.nn.Module, spec: AdapterSpec) -> list[str]:
         for n, m in base_layers(sam).items()
         if pattern.fullmatch(n) and isinstance(m, torch.nn.Linear)
     ]
+
+
+def check_can_add(model: torch.nn.Module, name: str, config: PeftConfig, what: str) -> None:
+    """ModelError if a PeftModel ``model`` already holds adapter ``name`` or adapters of another kind.
+
+    ``what`` names the adapter in the message ("adapter ct_v2 (LORA)").
+    """
+    if not isinstance(model, PeftModel):
+        return
+    if name in model.peft_config:
+        raise ModelError(f"the model already has an adapter named {name!r}")
+    if model.peft_type != config.peft_type:
+        raise ModelError(
+            f"cannot add {what} to a model holding {model.peft_type.value} adapters: "
+            "peft cannot mix the two in one model"
+        )
 
 
 def check_targets_exist(model: torch.nn.Module, spec: AdapterSpec) -> None:

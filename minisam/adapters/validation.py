@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from minisam.adapters.lora import base_layers, check_name_fits, describe
+from minisam.adapters.lora import base_layers, check_can_add, check_name_fits, describe
 from minisam.adapters.metadata import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -173,14 +173,7 @@ def check_fits(
             f"the loaded model is {expected_base_hash}"
         )
     config = contents.config
-    if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise ModelError(f"the model already has an adapter named {name!r}")
-        if model.peft_type != config.peft_type:
-            raise ModelError(
-                f"adapter {meta.name} is {config.peft_type.value} but the model holds "
-                f"{model.peft_type.value} adapters: peft cannot mix the two in one model"
-            )
+    check_can_add(model, name, config, f"adapter {meta.name} ({config.peft_type.value})")
     check_name_fits(model, name)
     modules = base_layers(model)
     targeted = {}
