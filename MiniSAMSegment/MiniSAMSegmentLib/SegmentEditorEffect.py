@@ -286,13 +286,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             logging.debug("MiniSAM action failed", exc_info=True)
 
     def _logic(self):
-        from MiniSAMSegmentLib.dependencies import ensure_dependencies
-
-        ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
-        from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
-        from MiniSAMSegmentLib.prompt_book import PromptBook
-
         if self.logic is None:
+            # Once per session: the logic exists only after the packages were found (or installed).
+            from MiniSAMSegmentLib.dependencies import ensure_dependencies
+
+            ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
+            from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+            from MiniSAMSegmentLib.prompt_book import PromptBook
+
             self.logic = MiniSAMSegmentLogic()
             self.book = PromptBook()
         self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
