@@ -484,3 +484,18 @@ def test_nf4_all_with_half_rest_is_a_fifth_of_the_default_model_file(
         fp32_mask = _box_mask(model.sam, model.config, rgb, box)
         iou = (fp32_mask & expected).sum() / (fp32_mask | expected).sum()
         assert iou > MASK_IOU["nf4"], f"nf4:all mask IoU vs fp32 {iou:.4f}"
+
+
+def test_importing_peft_after_minisam_prints_no_bitsandbytes_noise() -> None:
+    # bitsandbytes logs a missing optional "kernels" package when peft imports it (issue 18).
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import minisam, peft, bitsandbytes"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr and "kernels" not in done.stderr, done.stderr

@@ -27,36 +27,22 @@ autograd; MiniSAM's layers never do that. On CUDA the plain bitsandbytes path is
 from __future__ import annotations
 
 import copy
-import logging
 import sys
 from typing import Any
 
 import torch
 
 from minisam.errors import ModelError
+from minisam.library_noise import quiet_library_noise
 
 CPU_STRATEGIES: tuple[str, ...] = ("bnb-bf16", "bnb", "dequantize")
 # Fastest measured on CPU per kind (docs/bench/quant_kernels.md); INT8 has no bf16 kernel.
 DEFAULT_CPU_STRATEGY: dict[str, str] = {"nf4": "bnb-bf16", "int8": "bnb"}
 
 
-# bitsandbytes log lines that are noise for MiniSAM: the optional "kernels" package would only
-# replace bnb's built-in fused CPU kernel, and the fp16 cast of int8 inputs is logged on every call.
-_BNB_NOISE = ("Failed to load CPU gemm_4bit_forward", "MatMul8bitLt: inputs will be cast")
-_BNB_NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions")
-
-
-class _DropBnbNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_BNB_NOISE)
-
-
 def _bnb() -> Any:
     """bitsandbytes, imported on first use (only quantization needs it)."""
-    for name in _BNB_NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropBnbNoise) for f in logger.filters):
-            logger.addFilter(_DropBnbNoise())
+    quiet_library_noise()
     try:
         import bitsandbytes
     except Exception as exc:  # ImportError, or a broken native library raising at import
