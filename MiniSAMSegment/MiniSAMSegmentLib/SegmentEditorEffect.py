@@ -317,29 +317,25 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not self.scriptedEffect.confirmCurrentSegmentVisible():
             return
         logic = self._logic()
-        glue = logic_module()
         sliceToRas = viewWidget.mrmlSliceNode().GetSliceToRAS()
         normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
-        geometry = glue.geometry_image(volumeNode)
+        geometry = logic_module().geometry_image(volumeNode)
         transform = volumeNode.GetParentTransformNode()
 
         def toIjk(xy):
             return self.xyToIjk(xy, viewWidget, geometry, transform)
 
-        slicePrompt = glue.ijk_to_slice_prompt(
-            glue.volume_arrays(volumeNode).array.shape,
-            glue.slice_axis(volumeNode, normal),
+        edit = logic.prompt_slice(
+            volumeNode,
+            normal,
             positive_ijk=[toIjk(xy) for xy in positive],
             negative_ijk=[toIjk(xy) for xy in negative],
             box_ijk=None if box is None else [toIjk(xy) for xy in box],
-            where=f"volume '{volumeNode.GetName()}'",
+            book=self.book,
         )
-        axis, index = slicePrompt.axis, slicePrompt.index
-        prompt = self.book.add(volumeNode.GetID(), axis, index, slicePrompt.prompt)
-        mask, score = logic.predict_on_slice(volumeNode, axis, index, prompt)
-        self._apply(volumeNode, segmentationNode, mask, axis, [index])
+        self._apply(volumeNode, segmentationNode, edit.mask, edit.axis, [edit.index])
         self.statusLabel.text = (
-            f"Slice {index}: predicted IoU {score:.2f}, {int(mask.sum())} voxels "
+            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels "
             f"({logic.describe()})."
         )
         self._refreshAdapters(logic)

@@ -6,7 +6,8 @@ The Segment Editor effect, the module's self-test and the headless batch script 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from minisam.adapters.choice import AdapterChoice, resolve_adapter
 from minisam.checkpoints import LoadedModel
 from minisam.embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from minisam.engine import SamEngine
-from minisam.errors import ModelError
+from minisam.errors import InputError, ModelError
 from minisam.intensity import normalize_intensity
 from minisam.modality import AUTO, adapter_family
 from minisam.model_loader import load_model
@@ -49,6 +50,7 @@ __all__ = [
     "ADAPTER_NONE",
     "AdapterChoice",
     "MiniSAMSegmentLogic",
+    "SliceEdit",
     "SlicePrompt",
     "dicom_modality",
     "geometry_image",
@@ -64,6 +66,16 @@ __all__ = [
     "write_mask_to_segment",
     "write_segmentation",
 ]
+
+
+class SliceEdit(NamedTuple):
+    """What one click or box in a slice view produced: the slice and its new mask."""
+
+    axis: int  # numpy axis of the (Z, Y, X) array sliced along
+    index: int  # the slice
+    mask: np.ndarray  # (H, W) bool, the slice's new content for the selected segment
+    score: float  # the model's predicted IoU
+    prompt: Prompt  # the slice's combined prompt (every click and box on it so far)
 
 
 ADAPTER_AUTO = AUTO
@@ -109,6 +121,7 @@ class MiniSAMSegmentLogic:
         self._models: dict[str, LoadedModel] = {}
         self._engines: dict[tuple[str, str], SamEngine] = {}
         self._sessions: dict[str, tuple[tuple, VolumeSession]] = {}
+        self._presets: dict[str, tuple[tuple, str]] = {}  # volume id -> (key, normalisation preset)
         # model spec -> minisam.adapters.AdapterSwitcher (peft is imported only when an adapter is used)
         self._switchers: dict[str, object] = {}
 
@@ -200,7 +213,7 @@ class MiniSAMSegmentLogic:
     def session(self, volume_node) -> VolumeSession:
         """The cached session of ``volume_node``, rebuilt when its voxels, the modality, the model or the
         adapter changed; the volume's adapter is made active."""
-        modality = normalization_modality(volume_node, self.modality)
+        modality = self._preset(volume_node)
         adapter_state = self._activate_adapter(volume_node, modality)
         engine = self.engine
         key = (
@@ -219,12 +232,24 @@ class MiniSAMSegmentLogic:
         self._sessions[volume_node.GetID()] = (key, session)
         return session
 
+    def _preset(self, volume_node) -> str:
+        """The volume's normalisation preset, decided once per voxel content and modality choice (the
+        automatic guess looks at every voxel)."""
+        key = (volume_node.GetImageData().GetMTime(), self.modality)
+        cached = self._presets.get(volume_node.GetID())
+        if cached is None or cached[0] != key:
+            cached = (key, normalization_modality(volume_node, self.modality))
+            self._presets[volume_node.GetID()] = cached
+        return cached[1]
+
     def forget(self, volume_node=None) -> None:
         """Drop the session of one volume node (all when None) and the cached embeddings."""
         if volume_node is None:
             self._sessions.clear()
+            self._presets.clear()
         else:
             self._sessions.pop(volume_node.GetID(), None)
+            self._presets.pop(volume_node.GetID(), None)
         self.cache.clear()
 
     # -- segmentation ------------------------------------------------------------------------------------
@@ -235,6 +260,43 @@ class MiniSAMSegmentLogic:
         """(mask (H, W) bool, predicted IoU) for ``prompt`` on slice ``index`` along numpy ``axis``."""
         prediction = self.session(volume_node).predict(axis, index, prompt, multimask=multimask)
         return prediction.mask, prediction.score
+
+    def prompt_slice(
+        self,
+        volume_node,
+        view: str | int | Sequence[float],
+        positive_ijk: Sequence[Sequence[float]] = (),
+        negative_ijk: Sequence[Sequence[float]] = (),
+        box_ijk: Sequence[Sequence[float]] | None = None,
+        book=None,
+    ) -> SliceEdit:
+        """One interaction of the effect, from voxel positions to the slice's new mask.
+
+        Arguments:
+          volume_node: the source volume.
+          view: the slice view's normal in world RAS (or a view name / array axis), see
+            :func:`slice_axis`.
+          positive_ijk, negative_ijk, box_ijk: the clicks and the box's corners as IJK positions.
+          book: a :class:`~MiniSAMSegmentLib.prompt_book.PromptBook`; the new prompt is merged into
+            the slice's earlier ones (None: the new prompt alone).
+        """
+        image = volume_node.GetImageData() if volume_node is not None else None
+        if image is None:
+            raise InputError("select a source volume with image data first")
+        shape = tuple(reversed(image.GetDimensions()))  # (Z, Y, X) without touching the voxels
+        slice_prompt = ijk_to_slice_prompt(
+            shape,
+            slice_axis(volume_node, view),
+            positive_ijk=positive_ijk,
+            negative_ijk=negative_ijk,
+            box_ijk=box_ijk,
+            where=f"volume '{volume_node.GetName()}'",
+        )
+        axis, index, prompt = slice_prompt
+        if book is not None:
+            prompt = book.add(volume_node.GetID(), axis, index, prompt)
+        mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
+        return SliceEdit(axis, index, mask, score, prompt)
 
     def segment(
         self,

@@ -104,3 +104,33 @@ def test_sessions_are_cached_until_the_voxels_change(ct_volume) -> None:
     assert logic.session(ct_volume) is not first
     logic.modality = "mr"
     assert logic.session(ct_volume).key[2] == "mr"
+
+
+def test_one_call_per_click_merges_prompts_and_reads_no_voxels_for_the_geometry(
+    ct_volume, liver_labels, segment_logic, monkeypatch
+) -> None:
+    from MiniSAMSegmentLib import logic as logic_module
+    from MiniSAMSegmentLib import volume_node as volume_module
+    from MiniSAMSegmentLib.prompt_book import PromptBook
+
+    reads = []
+    real = volume_module.volume_arrays
+    for module in (logic_module, volume_module):
+        monkeypatch.setattr(module, "volume_arrays", lambda node: reads.append(1) or real(node))
+    segment_logic.forget()
+    book = PromptBook()
+    i0, j0, i1, j1 = LIVER_BOX
+    box = [(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)]
+    edit = segment_logic.prompt_slice(ct_volume, [0.0, 0.0, 1.0], box_ijk=box, book=book)
+    assert (edit.axis, edit.index) == (0, LIVER_SLICE)
+    assert edit.mask.shape == liver_labels.shape[1:]
+    assert dice(edit.mask, liver_labels[LIVER_SLICE]) > 0.7
+    assert len(reads) == 2  # the voxels read once for the modality guess, once for the session
+    click = segment_logic.prompt_slice(
+        ct_volume,
+        [0.0, 0.0, 1.0],
+        positive_ijk=[((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)],
+        book=book,
+    )
+    assert click.prompt.box is not None and click.prompt.points is not None  # merged with the box
+    assert len(reads) == 2  # a further click on the same volume reads no voxels
