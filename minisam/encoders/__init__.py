@@ -1,6 +1,6 @@
 """Image-encoder families behind one SAM: a registry from family name to its module.
 
-Every family module (``vit``, ``tiny_vit``) provides ``FAMILY``, a frozen config dataclass with
+Every family module (``vit``, ``tiny_vit``) provides ``FAMILY``, ``Config`` (its frozen config dataclass) with
 ``image_size``, ``embedding_size``, ``out_chans``, ``family``, ``describe()``, ``to_dict()``/``from_dict()``,
 ``build(config)``, ``config_from_state(state, prefix)``, ``QUANTIZABLE_LINEAR`` (encoder-relative layer
 names with a ``group`` of "attn" or "mlp"), ``LORA_TARGETS`` and ``LORA_BLOCK_SCOPE``. A new family is one
@@ -18,11 +18,6 @@ from minisam.encoders import tiny_vit, vit
 from minisam.errors import ModelError
 
 FAMILIES: dict[str, ModuleType] = {vit.FAMILY: vit, tiny_vit.FAMILY: tiny_vit}
-
-CONFIG_CLASSES: dict[str, type] = {
-    vit.FAMILY: vit.ViTConfig,
-    tiny_vit.FAMILY: tiny_vit.TinyViTConfig,
-}
 
 EncoderConfig = Union[vit.ViTConfig, tiny_vit.TinyViTConfig]  # noqa: UP007 (a runtime alias)
 
@@ -45,9 +40,7 @@ def encoder_config_to_dict(config: EncoderConfig) -> dict[str, Any]:
 def encoder_config_from_dict(data: dict[str, Any]) -> EncoderConfig:
     """Inverse of :func:`encoder_config_to_dict` (untagged data is a ViT's)."""
     values = dict(data)
-    family = values.pop("family", vit.FAMILY)
-    family_module(family)  # a clear error for an unknown family
-    return CONFIG_CLASSES[family].from_dict(values)
+    return family_module(values.pop("family", vit.FAMILY)).Config.from_dict(values)
 
 
 def build_encoder(config: EncoderConfig) -> torch.nn.Module:

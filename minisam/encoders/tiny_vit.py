@@ -516,6 +516,9 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+Config = TinyViTConfig  # the family's config class, for the registry
+
+
 def build(config: TinyViTConfig) -> torch.nn.Module:
     """An untrained TinyViT encoder for ``config``, in eval mode (see :meth:`TinyViT.train` for the batch
     norms of frozen layers)."""

@@ -93,6 +93,9 @@ class ViTConfig:
         return dataclasses.replace(self, **changes)
 
 
+Config = ViTConfig  # the family's config class, for the registry
+
+
 def build(config: ViTConfig) -> torch.nn.Module:
     """An untrained ``ImageEncoderViT`` for ``config``."""
     modeling = import_modeling()
