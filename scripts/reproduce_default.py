@@ -43,11 +43,11 @@ from minisam.training.default_recipe import (
 )
 from minisam.training.distill import (
     DistillSettings,
-    TeacherEmbeddings,
     build_student,
     distill,
     student_config,
 )
+from minisam.training.embedding_store import EmbeddingStore
 from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
 
@@ -89,7 +89,7 @@ def make_student(args: argparse.Namespace, teacher_path: Path) -> tuple[Path, di
     report = distill(
         teacher, student, config,
         (to_model_inputs(images, teacher.config), to_model_inputs(images, config)),
-        to_model_inputs(val, config), TeacherEmbeddings(teacher, args.work / "teacher_cache"),
+        to_model_inputs(val, config), EmbeddingStore(teacher, args.work / "teacher_cache"),
         distilled,
         DistillSettings(
             epochs=args.distill_epochs, seed=args.seed, augmented_views=args.distill_views

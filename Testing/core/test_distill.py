@@ -16,7 +16,6 @@ from minisam.model_loader import load_model
 from minisam.training.default_recipe import unlabelled_training_slices
 from minisam.training.distill import (
     DistillSettings,
-    TeacherEmbeddings,
     build_student,
     distill,
     distill_resume_file,
@@ -24,6 +23,7 @@ from minisam.training.distill import (
     student_config,
     with_views,
 )
+from minisam.training.embedding_store import EmbeddingStore
 from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
 from minisam.training.slice_samples import (
@@ -67,7 +67,7 @@ def test_distillation_brings_student_embeddings_to_the_teacher(
 
     train = samples_from_pairs(_pairs(shared_data, 0, 8), "cxr", "xray")
     held_out = samples_from_pairs(_pairs(shared_data, 20, 3), "cxr", "xray")
-    cache = TeacherEmbeddings(teacher, tmp_path / "cache")
+    cache = EmbeddingStore(teacher, tmp_path / "cache")
     teacher_held = cache(to_model_inputs(held_out, teacher.config).images)
     student_held = to_model_inputs(held_out, config).images
     before = embedding_error(student, student_held, teacher_held)
@@ -94,7 +94,7 @@ def test_teacher_embeddings_come_from_the_cache(shared_data: Path, tmp_path: Pat
     images = to_model_inputs(
         samples_from_pairs(_pairs(shared_data, 0, 2), "cxr", "xray"), teacher.config
     ).images
-    first = TeacherEmbeddings(teacher, tmp_path)(images)
+    first = EmbeddingStore(teacher, tmp_path)(images)
     with torch.inference_mode():
         direct = teacher.sam.image_encoder(teacher.sam.preprocess(images.float()))
     torch.testing.assert_close(first, direct, rtol=1e-5, atol=1e-5)
@@ -103,7 +103,7 @@ def test_teacher_embeddings_come_from_the_cache(shared_data: Path, tmp_path: Pat
         raise AssertionError("the teacher ran although its embeddings are cached")
 
     teacher.sam.image_encoder.forward = refuse
-    again = TeacherEmbeddings(teacher, tmp_path)
+    again = EmbeddingStore(teacher, tmp_path)
     torch.testing.assert_close(again(images), first)
     assert again.computed == 0
 
@@ -159,7 +159,7 @@ def test_distillation_with_views_encodes_each_view_once(shared_data: Path, tmp_p
     torch.manual_seed(0)
     student = build_student(teacher, config)
     train = samples_from_pairs(_pairs(shared_data, 0, 4), "cxr", "xray")
-    cache = TeacherEmbeddings(teacher, tmp_path / "cache")
+    cache = EmbeddingStore(teacher, tmp_path / "cache")
     settings = DistillSettings(epochs=2, batch_size=4, augmented_views=2)
     inputs = (to_model_inputs(train, teacher.config), to_model_inputs(train, config))
     report = distill(
@@ -218,7 +218,7 @@ def test_resume_refuses_another_view_count(shared_data: Path, tmp_path: Path) ->
         to_model_inputs(samples_from_pairs(_pairs(shared_data, 0, 2), "cxr", "xray"), c)
         for c in (teacher.config, config)
     )
-    cache = TeacherEmbeddings(teacher, tmp_path / "cache")
+    cache = EmbeddingStore(teacher, tmp_path / "cache")
     out = tmp_path / "s.safetensors"
 
     def run(views: int, resume: bool):

@@ -54,7 +54,8 @@ class AdapterSpec:
       dropout: dropout on the adapter's input during training.
       target_modules: leaf names of the image encoder's linear layers to adapt, matched only inside
         the family's transformer blocks (``image_encoder.blocks`` for a ViT) so the patch embedding and
-        neck (also named ``proj``) are left alone.
+        neck (also named ``proj``) are left alone; empty for a decoder-only adapter (then
+        ``include_decoder`` must be set), which leaves the encoder's embeddings unchanged.
       include_decoder: also adapt the mask decoder transformer's attention projections.
       decoder_target_modules: leaf names matched inside ``mask_decoder.transformer``.
       init_r, target_r, tinit, tfinal, deltaT, total_step, orth_reg_weight: AdaLoRA's schedule, see
@@ -94,7 +95,7 @@ class AdapterSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"adapter dropout must be in [0, 1), not {self.dropout}")
         names = self.target_modules + (self.decoder_target_modules if self.include_decoder else ())
-        if not self.target_modules or not all(_LEAF.fullmatch(n) for n in names):
+        if not names or not all(_LEAF.fullmatch(n) for n in names):
             raise ModelError(
                 f"adapter target modules must be plain layer names such as 'qkv', not {list(names)}"
             )
@@ -118,6 +119,8 @@ class AdapterSpec:
         decoder = r"mask_decoder\.transformer\.(?:\w+\.)*(?:{})".format(
             "|".join(map(re.escape, self.decoder_target_modules))
         )
+        if not self.target_modules:  # a decoder-only adapter: the encoder stays as it is
+            return decoder
         return f"(?:{encoder})|(?:{decoder})"
 
     def to_peft_config(self) -> PeftConfig:

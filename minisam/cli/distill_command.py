@@ -91,14 +91,13 @@ def run(args: argparse.Namespace) -> int:
     from minisam.training.base_trainer import TrainSettings, train_base
     from minisam.training.distill import (
         DistillSettings,
-        TeacherEmbeddings,
         build_student,
         distill,
         distill_resume_file,
         student_config,
-        unique_images,
     )
     from minisam.training.distributed import init_from_env
+    from minisam.training.embedding_store import EmbeddingStore, unique_images
     from minisam.training.model_inputs import to_model_inputs
     from minisam.training.slice_samples import unlabelled_slices
 
@@ -139,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "augmented_views": args.views,
         "val_slices": len(val),
     }
-    cache = TeacherEmbeddings(teacher, Path(args.cache) if args.cache else default_cache())
+    cache = EmbeddingStore(teacher, Path(args.cache) if args.cache else default_cache())
     images = train + unlabelled
     train_inputs = (to_model_inputs(images, teacher.config), to_model_inputs(images, config))
     val_inputs = to_model_inputs(val, config)

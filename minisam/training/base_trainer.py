@@ -15,7 +15,7 @@ import torch
 from minisam.atomic import atomic_output
 from minisam.checkpoints import save_checkpoint
 from minisam.model_config import SamConfig
-from minisam.prompts import Prompt, mask_bounding_box
+from minisam.prompts import Prompt, interior_point, mask_bounding_box
 from minisam.training.distributed import World
 from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
 from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches, decode
@@ -25,26 +25,50 @@ __all__ = ["TrainReport", "TrainSettings", "train_base", "validation_dice"]
 
 
 def validation_dice(
-    sam: torch.nn.Module, data: ModelInputs, config: SamConfig, batch_size: int = 8
+    sam: torch.nn.Module,
+    data: ModelInputs,
+    config: SamConfig,
+    batch_size: int = 8,
+    prompt: str = "box",
+    embeddings: torch.Tensor | None = None,
 ) -> float:
-    """Mean Dice of box prompts (exact bounding boxes) over ``data``, at model-input resolution."""
+    """Mean Dice over ``data`` at model-input resolution for one kind of prompt.
+
+    ``prompt``: "box" = the exact bounding box, one mask; "click" = one positive click at the most
+    interior pixel, and of SAM's three masks the one its IoU head rates best (what a user gets).
+    ``embeddings``: the images' embeddings when the encoder is frozen and they are cached.
+    """
+    if prompt not in ("box", "click"):
+        raise ValueError(f"unknown validation prompt {prompt!r}")
     was_training = sam.training
     sam.eval()
     dices = []
     device = next(sam.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            images = data.images[start : start + batch_size].to(device).float()
-            features = sam.image_encoder(sam.preprocess(images))
-            for j in range(images.shape[0]):
+            if embeddings is None:
+                images = data.images[start : start + batch_size].to(device).float()
+                features = sam.image_encoder(sam.preprocess(images))
+            else:
+                features = embeddings[start : start + batch_size].to(device)
+            for j in range(features.shape[0]):
                 truth = data.masks[start + j].to(device)
-                prompt = Prompt(box=mask_bounding_box(truth.cpu().numpy()))
-                logits = decode(sam, features[j], prompt, False, config.image_size)[0]
-                pred = logits[0] > 0
+                logits, iou, _ = decode(
+                    sam, features[j], _validation_prompt(truth, prompt), prompt == "click",
+                    config.image_size,
+                )  # fmt: skip
+                pred = logits[int(iou.argmax())] > 0
                 inter = (pred & truth).sum().item()
                 dices.append(2 * inter / max(1, pred.sum().item() + truth.sum().item()))
     sam.train(was_training)
     return float(np.mean(dices)) if dices else float("nan")
+
+
+def _validation_prompt(truth: torch.Tensor, kind: str) -> Prompt:
+    mask = truth.cpu().numpy()
+    if kind == "box":
+        return Prompt(box=mask_bounding_box(mask))
+    return Prompt(points=interior_point(mask)[None], labels=np.ones(1, dtype=np.int64))
 
 
 def train_base(

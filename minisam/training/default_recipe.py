@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from minisam.evaluation.manifest_cases import read_manifest
 from minisam.training.slice_samples import (
     SliceSample,
     samples_from_pairs,
@@ -27,7 +28,10 @@ LICENCES = {
     "dcmqi_ct3slice_seg": "dcmqi repository test data, BSD-style licence",
     "prostate_mri_multisite": "finetune-SAM repository (Apache-2.0); upstream NCI-ISBI 2013 / PROMISE12 / I2CVB "
     "terms apply",
+    "hc18_fetal_head_us": "HC18 (van den Heuvel et al. 2018, Zenodo 10.5281/zenodo.1322001), CC BY 4.0 per a "
+    "third-party dataset card (not verified)",
 }
+CLICK_VALIDATION_EVERY = 10  # every 10th training case of a 2D set validates the click tuning
 RADIOMICS = ("brain1", "brain2", "breast1")
 VALIDATION_CXR_EVERY = 8  # every 8th Montgomery case is held out for validation (by case)
 
@@ -120,3 +124,51 @@ def unlabelled_training_slices(data_root: Path) -> list[SliceSample]:
         for v in training_volumes(data_root)
         for s in unlabelled_slices(v.image, v.dataset, v.modality)
     ]
+
+
+def evaluation_images(manifests: list[Path]) -> set[Path]:
+    """The resolved image paths of evaluation manifests: what no training run may see."""
+    return {spec.image.resolve() for m in manifests for spec in read_manifest(m)}
+
+
+def _hc18_subject(image: Path) -> str:
+    return image.name[:3]  # "063_2HC.png": subject 063's second image
+
+
+def click_tuning_samples(
+    data_root: Path, held_out: set[Path]
+) -> tuple[list[SliceSample], list[SliceSample]]:
+    """(train, validation) samples for teaching the default's prompt path clicks.
+
+    The licence-compatible sets of the default mix plus HC18 ultrasound, minus every image in
+    ``held_out`` (:func:`evaluation_images`) and, for HC18, every image of a held-out subject.
+    Validation is every :data:`CLICK_VALIDATION_EVERY`-th case of the 2D sets (by case); the
+    volumes all train. Non-commercial sets (Shenzhen masks, BraTS 2015, HAM10000) and the
+    research-only Kvasir stay out: the result ships.
+    """
+    cxr_train, _ = montgomery_split(data_root)
+    cxr = [pair for pair in cxr_train if pair[0].resolve() not in held_out]
+    hc18_root = data_root / "hc18_fetal_head_us"
+    held_subjects = {_hc18_subject(p) for p in held_out if p.is_relative_to(hc18_root.resolve())}
+    hc18 = [
+        (image, hc18_root / "masks_filled" / f"{image.stem}_mask.png")
+        for image in sorted((hc18_root / "images").glob("*.png"))
+        if image.resolve() not in held_out and _hc18_subject(image) not in held_subjects
+    ]
+    train: list[SliceSample] = []
+    val: list[SliceSample] = []
+    for pairs, dataset, modality, split in (
+        (cxr, "cxr_montgomery", "xray", True),
+        (hc18, "hc18_fetal_head_us", "us", False),
+    ):
+        chosen = pairs[::CLICK_VALIDATION_EVERY]
+        val += samples_from_pairs(chosen, dataset, modality, split_components=split)
+        rest = [pair for pair in pairs if pair not in chosen]
+        train += samples_from_pairs(rest, dataset, modality, split_components=split)
+    for v in training_volumes(data_root):
+        if v.image.resolve() in held_out:
+            continue
+        train += samples_from_volume(
+            v.image, v.labels, v.dataset, v.modality, min_area=v.min_area, every=v.every
+        )
+    return train, val

@@ -17,23 +17,20 @@ differ from the few training ones, which is where a student trained on the origi
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from minisam.atomic import atomic_output
 from minisam.checkpoints import LoadedModel, save_checkpoint
 from minisam.encoders import family_module
 from minisam.model_config import SamConfig, build_sam, preset
 from minisam.training.augmentation import augment
 from minisam.training.base_trainer import validation_dice
 from minisam.training.distributed import World
+from minisam.training.embedding_store import EmbeddingStore, unique_images
 from minisam.training.loop import (
     LoopHooks,
     ProgressCallback,
@@ -87,45 +84,6 @@ def build_student(teacher: LoadedModel, config: SamConfig) -> torch.nn.Module:
     return student
 
 
-class TeacherEmbeddings:
-    """The teacher's image embeddings, computed once per image and kept in ``folder``."""
-
-    def __init__(self, teacher: LoadedModel, folder: Path, batch_size: int = 4) -> None:
-        self.teacher = teacher
-        self.folder = Path(folder)
-        self.batch_size = batch_size
-        self.computed = 0  # images the teacher actually ran on (the rest came from the cache)
-
-    def _key(self, image: torch.Tensor) -> str:
-        digest = hashlib.sha256(self.teacher.base_hash().encode())
-        digest.update(f"{self.teacher.config.image_size}:".encode())
-        digest.update(image.contiguous().numpy().tobytes())
-        return digest.hexdigest()[:32]
-
-    def __call__(
-        self, images: torch.Tensor, progress: Callable[[int, int], None] | None = None
-    ) -> torch.Tensor:
-        """Embeddings (N, C, g, g) of teacher-sized uint8 ``images`` (N, 3, S, S)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        keys = [self._key(image) for image in images]
-        files = [self.folder / f"{key}.safetensors" for key in keys]
-        missing = [i for i, file in enumerate(files) if not file.is_file()]
-        sam = self.teacher.sam.eval()
-        device = next(sam.parameters()).device
-        with torch.inference_mode():
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start : start + self.batch_size]
-                batch = images[chunk].to(device).float()
-                embeddings = sam.image_encoder(sam.preprocess(batch)).float().cpu()
-                for i, embedding in zip(chunk, embeddings, strict=True):
-                    with atomic_output(files[i]) as tmp:
-                        save_file({"embedding": embedding.contiguous()}, str(tmp))
-                self.computed += len(chunk)
-                if progress is not None:
-                    progress(start + len(chunk), len(missing))
-        return torch.stack([load_file(str(file))["embedding"] for file in files])
-
-
 class EmbeddingLoss(torch.nn.Module):
     """Sum over samples of ``mse_weight`` × MSE + ``cosine_weight`` × (1 − cosine) per location."""
 
@@ -177,21 +135,13 @@ def with_views(data: ModelInputs, chosen: torch.Tensor, views: int, seed: int) -
     return torch.cat(out)
 
 
-def unique_images(data: ModelInputs) -> torch.Tensor:
-    """Indices of the distinct images in ``data`` (several masks of one slice share an image)."""
-    seen: dict[bytes, int] = {}
-    for i in range(len(data)):
-        seen.setdefault(hashlib.sha1(data.images[i].numpy().tobytes()).digest(), i)
-    return torch.tensor(sorted(seen.values()), dtype=torch.long)
-
-
 def distill(
     teacher: LoadedModel,
     student: torch.nn.Module,
     config: SamConfig,
     train: tuple[ModelInputs, ModelInputs],
     val: ModelInputs,
-    cache: TeacherEmbeddings,
+    cache: EmbeddingStore,
     out: Path,
     settings: DistillSettings,
     card: dict | None = None,

@@ -77,6 +77,8 @@ class PromptedMaskLoss(torch.nn.Module):
     (multimask), a box gets one mask. The IoU head learns the hard IoU of every predicted mask.
     With ``correction_clicks`` > 0 each sample then gets that many corrective rounds (one mask
     each, fed the previous round's best low-resolution logits, not back-propagated through).
+    ``precomputed``: the batches carry image embeddings of a frozen encoder instead of images, so
+    only the prompt encoder and mask decoder run (and train).
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class PromptedMaskLoss(torch.nn.Module):
         config: SamConfig,
         iou_loss_weight: float = 1.0,
         correction_clicks: int = 0,
+        precomputed: bool = False,
     ):
         super().__init__()
+        self.precomputed = precomputed
         self.sam = sam
         self.image_size = config.image_size
         self.iou_loss_weight = iou_loss_weight
@@ -95,14 +99,18 @@ class PromptedMaskLoss(torch.nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        inputs: torch.Tensor,
         masks: torch.Tensor,
         prompts: list[Prompt],
         click_seeds: list[int] | None = None,
     ) -> torch.Tensor:
-        """``images`` (B, 3, S, S) 0..255 floats, ``masks`` (B, S, S) bool, one prompt per sample;
+        """``inputs`` (B, 3, S, S) 0..255 float images, or their image embeddings (B, C, g, g) when
+        the module is ``precomputed``; ``masks`` (B, S, S) bool, one prompt per sample;
         ``click_seeds`` seed each sample's corrective clicks (needed when there are any)."""
-        features = self.sam.image_encoder(self.sam.preprocess(images))
+        if self.precomputed:
+            features = inputs
+        else:
+            features = self.sam.image_encoder(self.sam.preprocess(inputs))
         total = features.new_zeros(())
         for j, prompt in enumerate(prompts):
             truth = masks[j]
@@ -182,3 +190,47 @@ class SimulatedPromptBatches:
         ]
         click_seeds = [derived_seed(self.seed, epoch, int(index[j]), 1) for j in part]
         return images[part].to(device), masks[part].to(device), prompts, click_seeds
+
+
+class EmbeddedPromptBatches:
+    """Batches for a ``precomputed`` :class:`PromptedMaskLoss`: cached image embeddings, masks,
+    simulated prompts and click seeds.
+
+    The embeddings are fixed, so there is no image augmentation: the prompts vary instead (a new
+    jittered box or set of clicks for every sample in every epoch, then corrective clicks).
+    """
+
+    def __init__(
+        self, embeddings: torch.Tensor, masks: torch.Tensor, seed: int, box_probability: float
+    ) -> None:
+        if len(embeddings) != len(masks):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(masks)} masks")
+        self.embeddings = embeddings
+        self.masks = masks
+        self.seed = seed
+        self.box_probability = box_probability
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def batch(
+        self, index: torch.Tensor, part: torch.Tensor, epoch: int, step: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Prompt], list[int]]:
+        """Each sample's prompt and clicks seeded by (seed, epoch, sample), as in
+        :class:`SimulatedPromptBatches`."""
+        chosen = index[part]
+        prompts = [
+            random_prompt(
+                self.masks[int(i)].numpy(),
+                np.random.default_rng([self.seed, epoch, int(i)]),
+                self.box_probability,
+            )
+            for i in chosen
+        ]
+        click_seeds = [derived_seed(self.seed, epoch, int(i), 1) for i in chosen]
+        return (
+            self.embeddings[chosen].to(device),
+            self.masks[chosen].to(device),
+            prompts,
+            click_seeds,
+        )
