@@ -62,11 +62,22 @@ def weights_hash(sam: torch.nn.Module) -> str:
 
 
 def save_checkpoint(
-    sam: torch.nn.Module, config: SamConfig, path: str | Path, card: dict[str, Any] | None = None
+    sam: torch.nn.Module,
+    config: SamConfig,
+    path: str | Path,
+    card: dict[str, Any] | None = None,
+    storage_dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write ``sam``'s weights and ``config`` (and an optional model card) atomically to a safetensors file."""
+    """Write ``sam``'s weights and ``config`` (and an optional model card) atomically to a safetensors file.
+
+    ``storage_dtype`` torch.float16 halves the file: floating-point tensors are stored in half
+    precision (loading casts them back to the model's float32).
+    """
     path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sam.state_dict().items()}
+    tensors = {
+        k: (v.to(storage_dtype) if v.is_floating_point() else v).detach().to("cpu").contiguous()
+        for k, v in sam.state_dict().items()
+    }
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
     if card:
         metadata["card"] = json.dumps(card)

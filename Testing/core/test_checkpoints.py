@@ -90,3 +90,18 @@ def test_non_sam_files_are_refused(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(1)}, str(plain))
     with pytest.raises(ModelError, match="no MiniSAM model config"):
         load_model(str(plain))
+
+
+def test_half_precision_storage_halves_the_file_and_loads_as_float32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = preset("tiny")
+    sam = build_sam(config)
+    full = save_checkpoint(sam, config, tmp_path / "full.safetensors")
+    half = save_checkpoint(sam, config, tmp_path / "half.safetensors", storage_dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load_model(str(half)).sam
+    for key, value in sam.state_dict().items():
+        again = loaded.state_dict()[key]
+        assert again.dtype == value.dtype
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert torch.equal(again, expected), key
