@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from minisam.imageio import MedicalImage
 
 __all__ = [
+    "GRID_TOLERANCE",
     "MIN_ALIGNMENT",
     "VIEW_WORLD_AXIS",
+    "grid_mismatch",
     "index_to_physical",
     "lps_to_ras",
     "physical_to_index",
@@ -34,6 +36,10 @@ __all__ = [
     "slice_axis_for",
     "slice_axis_from_direction",
 ]
+
+GRID_TOLERANCE = 1e-3
+"""Two grids are the same when spacing, origin and direction cosines differ by at most 0.001 (mm or
+cosine) plus 0.1 % of the value: far below any voxel, above the rounding of file headers."""
 
 VIEW_WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 """World (LPS) axis normal to each standard view: R-L for sagittal, A-P coronal, S-I axial."""
@@ -245,3 +251,48 @@ def slice_axis_for(image: sitk.Image | MedicalImage, view: str | int | ArrayLike
         raise PromptError(f"a slice view needs a 3D volume, this image is {dim}D")
     _, _, direction = _geometry(ref)
     return slice_axis_from_direction(direction, view, space="LPS")
+
+
+def _grid(item) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Size, spacing, origin and direction of an image, a MedicalImage or a header-read file reader.
+
+    Trailing dimensions of size 1 are dropped (as :func:`minisam.imageio.read_image` does), so a
+    one-slice volume compares equal to the 2D image it is read as.
+    """
+    ref = getattr(item, "image", item)
+    size = tuple(int(n) for n in ref.GetSize())
+    dim = len(size)
+    spacing = np.asarray(ref.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(ref.GetOrigin(), dtype=np.float64)
+    direction = np.asarray(ref.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    while dim > 2 and size[-1] == 1:
+        dim -= 1
+        size, spacing, origin = size[:dim], spacing[:dim], origin[:dim]
+        direction = direction[:dim, :dim]
+    return size, spacing, origin, direction
+
+
+def grid_mismatch(reference, other, tolerance: float = GRID_TOLERANCE) -> str | None:
+    """How ``other``'s voxel grid differs from ``reference``'s, or None when they are the same.
+
+    The one label-grid rule of ``train-adapter``, ``evaluate`` and MiniSAMTrain: a label map must lie
+    on its image's grid (size, spacing, origin and direction within ``tolerance``), not merely have
+    its shape, or its voxels would label other anatomy.
+
+    Arguments:
+      reference: the image; a ``sitk.Image``, a MedicalImage or a ``sitk.ImageFileReader`` after
+        ``ReadImageInformation`` (header only).
+      other: the label map, as any of those.
+      tolerance: absolute and relative tolerance (:data:`GRID_TOLERANCE`).
+
+    Returns:
+      e.g. ``"spacing (1.0, 1.0, 2.0) differs from the image's (1.0, 1.0, 1.0)"``, or None.
+    """
+    ours, theirs = _grid(reference), _grid(other)
+    if ours[0] != theirs[0]:
+        return f"size {theirs[0]} differs from the image's {ours[0]}"
+    for name, a, b in zip(("spacing", "origin", "direction"), ours[1:], theirs[1:], strict=True):
+        if not np.allclose(b, a, rtol=tolerance, atol=tolerance):
+            shown = [tuple(float(v) for v in np.round(m.ravel(), 4)) for m in (b, a)]
+            return f"{name} {shown[0]} differs from the image's {shown[1]}"
+    return None

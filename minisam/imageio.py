@@ -3,30 +3,39 @@
 Everything goes through SimpleITK so that a mask written for a volume lands on the same voxels
 (size, origin, spacing, direction) in any viewer. Errors are :class:`InputError` /
 :class:`OutputError` with one line naming the file; SimpleITK's multi-line RuntimeErrors never
-reach the user as such.
+reach the user as such, and what ITK prints itself is captured (:mod:`minisam.library_noise`).
+Headers are checked before any pixel is read (:mod:`minisam.input_checks`).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from minisam.atomic import atomic_output, full_suffix
+from minisam.atomic import atomic_outputs, full_suffix
 from minisam.errors import InputError, OutputError
+from minisam.input_checks import (
+    check_dicom_series,
+    check_finite,
+    checked_header,
+    has_dicom_magic,
+    sitk_reason,
+)
+from minisam.library_noise import native_output_captured, native_output_shown
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MASK_SUFFIXES",
     "MedicalImage",
+    "check_image_file",
     "check_output_path",
+    "read_header",
     "read_image",
     "write_mask",
     "write_rgb_png",
@@ -111,27 +120,12 @@ class MedicalImage:
 # reading
 
 
-def _sitk_reason(exc: BaseException) -> str:
-    """The useful last line of a SimpleITK error (the rest is C++ file and line noise)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    reason = lines[-1]
-    for marker in ("sitk::ERROR:", "ERROR:"):
-        if marker in reason:
-            reason = reason.split(marker, 1)[1].strip()
-            break
-    return reason
-
-
-def _has_dicom_magic(path: Path) -> bool:
-    """DICOM Part 10 files carry "DICM" after a 128-byte preamble, whatever their name."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+@contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """ITK's warnings off (unless --verbose) and its direct stderr output captured."""
+    sitk.ProcessObject.SetGlobalWarningDisplay(native_output_shown())
+    with native_output_captured():
+        yield
 
 
 def _modality_from(reader: sitk.ImageFileReader) -> str | None:
@@ -156,55 +150,8 @@ def _squeeze_trailing(image: sitk.Image, path: Path) -> sitk.Image:
                 sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOGUESS,
             )
         except RuntimeError as exc:
-            raise InputError(f"cannot reduce one-slice image {path}: {_sitk_reason(exc)}") from exc
+            raise InputError(f"cannot reduce one-slice image {path}: {sitk_reason(exc)}") from exc
     return image
-
-
-def _nifti_non_finite_count(path: Path) -> int:
-    """Count NaN/inf voxels in a float NIfTI file by reading its raw data.
-
-    ITK's NIfTI reader silently replaces non-finite values with 0, so the array alone cannot
-    reveal them. Returns 0 for non-float data or a header this check does not understand (the
-    normal reader reports real corruption).
-    """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            header = handle.read(540)
-            if len(header) < 348:
-                return 0
-            for order in ("<", ">"):
-                size = struct.unpack(order + "i", header[:4])[0]
-                if size in (348, 540):
-                    break
-            else:
-                return 0
-            if size == 348:
-                dims = struct.unpack(order + "8h", header[40:56])
-                datatype = struct.unpack(order + "h", header[70:72])[0]
-                offset = int(struct.unpack(order + "f", header[108:112])[0])
-            else:
-                datatype = struct.unpack(order + "h", header[12:14])[0]
-                dims = struct.unpack(order + "8q", header[16:80])
-                offset = struct.unpack(order + "q", header[168:176])[0]
-            dtype = {16: np.dtype(order + "f4"), 64: np.dtype(order + "f8")}.get(datatype)
-            if dtype is None or not 1 <= dims[0] <= 7:
-                return 0
-            remaining = int(np.prod([max(int(d), 1) for d in dims[1 : dims[0] + 1]]))
-            handle.seek(offset)  # forward seek; gzip streams support it
-            bad = 0
-            chunk = 1 << 22  # voxels per read: bounded memory for large volumes
-            while remaining > 0:
-                raw = handle.read(min(remaining, chunk) * dtype.itemsize)
-                count = len(raw) // dtype.itemsize
-                if count == 0:
-                    break
-                values = np.frombuffer(raw[: count * dtype.itemsize], dtype=dtype)
-                bad += int(count - np.count_nonzero(np.isfinite(values)))
-                remaining -= count
-            return bad
-    except (OSError, EOFError, struct.error, ValueError, zlib.error):
-        return 0
 
 
 def _read_with_pillow(path: Path) -> sitk.Image | None:
@@ -233,17 +180,20 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str | None]:
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
-        raise InputError(f"cannot scan DICOM folder {folder}: {_sitk_reason(exc)}") from exc
+        raise InputError(f"cannot scan DICOM folder {folder}: {sitk_reason(exc)}") from exc
     if not series_ids:
         raise InputError(f"no DICOM series found in folder {folder}")
     # Several series in one folder (scout + axial, say): take the one with most files.
+    every: list[str] = []
     best: list[str] = []
     for series_id in series_ids:
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))
+        every += files
         if len(files) > len(best):
             best = files
     if not best:
         raise InputError(f"no readable DICOM files found in folder {folder}")
+    check_dicom_series(folder, best, every)
     try:
         info = sitk.ImageFileReader()
         info.SetFileName(best[0])
@@ -253,48 +203,65 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str | None]:
         reader.SetFileNames(best)
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series in {folder}: {_sitk_reason(exc)}") from exc
+        raise InputError(f"cannot read DICOM series in {folder}: {sitk_reason(exc)}") from exc
     return image, modality
 
 
-def _read_file(path: Path) -> tuple[sitk.Image, str | None]:
+def _file_suffix(path: Path) -> str:
+    """The lower-case suffix of a readable image file (InputError for missing, empty, unsupported)."""
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        raise InputError(f"input not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot access input {path}: {exc.strerror}") from exc
+    if empty:
+        raise InputError(f"input file is empty (0 bytes): {path}")
     suffix = full_suffix(path).lower()
-    if suffix not in IMAGE_SUFFIXES and not _has_dicom_magic(path):
+    if suffix not in IMAGE_SUFFIXES and not has_dicom_magic(path):
         raise InputError(
             f"unsupported image file type '{suffix or '(none)'}' for {path}; "
             f"expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder"
         )
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    return suffix
+
+
+def check_image_file(path: str | os.PathLike[str]) -> None:
+    """Every check :func:`read_image` makes before reading pixels, for readers of their own (Slicer).
+
+    Header, dimensions, memory budget and payload completeness (and NaN/inf in a float NIfTI, which
+    ITK would turn into zeros); see :mod:`minisam.input_checks`. The caller then applies
+    :func:`~minisam.input_checks.check_finite` to the array it read.
+
+    Raises:
+      InputError: one line naming the file and what is wrong.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give an image or volume file")
+    suffix = _file_suffix(path)
     try:
-        reader.ReadImageInformation()
+        with _quiet_itk():
+            checked_header(path, suffix)
+    except RuntimeError as exc:
+        raise InputError(f"cannot read image {path}: {sitk_reason(exc)}") from exc
+
+
+def _read_file(path: Path) -> tuple[sitk.Image, str | None]:
+    suffix = _file_suffix(path)
+    try:
+        reader = checked_header(path, suffix)
     except RuntimeError as exc:
         if suffix in _PNG_LIKE:
             fallback = _read_with_pillow(path)
             if fallback is not None:
                 return fallback, None
-        raise InputError(f"cannot read image {path}: {_sitk_reason(exc)}") from exc
-    # Reject from the header alone before allocating the pixels of a possibly huge 4D series.
-    size = reader.GetSize()
-    if any(s == 0 for s in size):
-        raise InputError(f"image {path} has zero size {tuple(size)}")
-    if len(size) > 3 and any(s != 1 for s in size[3:]):
-        raise InputError(
-            f"image {path} is {len(size)}D with size {tuple(size)}; only 2D images and 3D volumes "
-            "are supported (extract one time point or channel first)"
-        )
+        raise InputError(f"cannot read image {path}: {sitk_reason(exc)}") from exc
     modality = _modality_from(reader)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"cannot read image {path}: {_sitk_reason(exc)}") from exc
-    if suffix in (".nii", ".nii.gz") and image.GetPixelID() in (
-        sitk.sitkFloat32,
-        sitk.sitkFloat64,
-    ):
-        bad = _nifti_non_finite_count(path)
-        if bad:
-            raise InputError(f"image {path} contains {bad} NaN or infinite intensities")
+        raise InputError(f"cannot read image {path}: {sitk_reason(exc)}") from exc
     return image, modality
 
 
@@ -331,11 +298,7 @@ def _to_array(image: sitk.Image, path: Path) -> np.ndarray:
                 "expected grey, grey+alpha, RGB or RGBA"
             )
         array = np.ascontiguousarray(array)
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = int(array.size - np.count_nonzero(finite))
-            raise InputError(f"image {path} contains {bad} NaN or infinite intensities")
+    check_finite(array, path)
     return array
 
 
@@ -351,25 +314,43 @@ def read_image(path: str | os.PathLike[str]) -> MedicalImage:
       the :class:`MedicalImage`; one-slice volumes come back as 2D images.
 
     Raises:
-      InputError: missing, empty, corrupt or unsupported file, zero-size, 4D+, multi-component
-        volume, complex pixels, NaN/inf intensities, folder without a DICOM series.
+      InputError: missing, empty, corrupt, truncated or unsupported file, zero-size, 4D+, over the
+        memory budget, multi-component volume, complex pixels, NaN/inf intensities, folder without
+        a DICOM series or with an unreadable, missing or misplaced slice (see
+        :mod:`minisam.input_checks`).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"input not found: {path}")
-    if path.is_dir():
-        image, modality = _read_dicom_folder(path)
-    else:
-        try:
-            empty = path.stat().st_size == 0
-        except OSError as exc:
-            raise InputError(f"cannot access input {path}: {exc.strerror}") from exc
-        if empty:
-            raise InputError(f"input file is empty (0 bytes): {path}")
-        image, modality = _read_file(path)
+    with _quiet_itk():
+        if path.is_dir():
+            image, modality = _read_dicom_folder(path)
+        else:
+            image, modality = _read_file(path)
     image = _squeeze_trailing(image, path)
     array = _to_array(image, path)
     return MedicalImage(array=array, image=image, path=path, modality=modality)
+
+
+def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader | None:
+    """The header of a volume file (size, spacing, origin, direction), read without its voxels.
+
+    Returns:
+      a reader after ``ReadImageInformation``, or None for a DICOM folder, a 2D picture (PNG, JPEG,
+      BMP, TIFF: their spacing is a print resolution, not anatomy) or an unreadable header (the full
+      read then reports it).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir() or full_suffix(path).lower() in _PNG_LIKE:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,20 +430,8 @@ def _mask_to_uint8(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLike[str]) -> None:
-    """Write a label mask with exactly the geometry of ``reference``, atomically.
-
-    Arguments:
-      mask: bool or integer labels 0..255, shaped like ``reference.spatial_shape``.
-      reference: the image the mask was computed on.
-      path: output file; ``.png`` (2D only, written 0/255), ``.nii``, ``.nii.gz``, ``.nrrd``,
-        ``.mha`` or ``.mhd`` (labels as given).
-
-    Raises:
-      InputError: mask shape or values do not fit the reference.
-      OutputError: the path cannot be written.
-    """
-    out = check_output_path(path, MASK_SUFFIXES)
+def _mask_image(mask: np.ndarray, reference: MedicalImage, out: Path) -> sitk.Image:
+    """The mask as a SimpleITK image with the reference's geometry, checked for ``out``'s format."""
     suffix = _match_suffix(out, MASK_SUFFIXES)
     mask = np.asarray(mask)
     expected = reference.spatial_shape
@@ -486,13 +455,69 @@ def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLik
     image.SetOrigin(ref.GetOrigin())
     image.SetSpacing(ref.GetSpacing())
     image.SetDirection(ref.GetDirection())
+    return image
+
+
+def _rgb_array(rgb: np.ndarray, out: Path) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise InputError(
+            f"RGB image for {out} must be a non-empty (H, W, 3) uint8 array, "
+            f"got {rgb.shape} {rgb.dtype}"
+        )
+    return np.ascontiguousarray(rgb)
+
+
+def _save(data: sitk.Image | np.ndarray, tmp: Path, out: Path) -> None:
+    """Encode a mask image (SimpleITK) or an RGB array (PNG, Pillow) into ``tmp`` for ``out``."""
+    what = "mask" if isinstance(data, sitk.Image) else "PNG"
     try:
-        with atomic_output(out) as tmp:
-            sitk.WriteImage(image, str(tmp), True)
+        if isinstance(data, sitk.Image):
+            with _quiet_itk():
+                sitk.WriteImage(data, str(tmp), True)
+        else:
+            from PIL import Image  # Pillow only needed here
+
+            Image.fromarray(data).save(tmp, format="PNG")
     except RuntimeError as exc:
-        raise OutputError(f"cannot write mask {out}: {_sitk_reason(exc)}") from exc
+        raise OutputError(f"cannot write {what} {out}: {sitk_reason(exc)}") from exc
     except OSError as exc:
-        raise OutputError(f"cannot write mask {out}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {what} {out}: {exc.strerror or exc}") from exc
+
+
+def write_mask(
+    mask: np.ndarray,
+    reference: MedicalImage,
+    path: str | os.PathLike[str],
+    overlay: np.ndarray | None = None,
+    overlay_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write a label mask with exactly the geometry of ``reference`` (and an overlay), all or nothing.
+
+    Both files are written to temporaries beside their targets and renamed into place only when both
+    are complete (:func:`minisam.atomic.atomic_outputs`): a failure (a full disk on the overlay,
+    say) leaves every pre-existing file exactly as it was and no temporary behind.
+
+    Arguments:
+      mask: bool or integer labels 0..255, shaped like ``reference.spatial_shape``.
+      reference: the image the mask was computed on.
+      path: output file; ``.png`` (2D only, written 0/255), ``.nii``, ``.nii.gz``, ``.nrrd``,
+        ``.mha`` or ``.mhd`` (labels as given).
+      overlay: optional (H, W, 3) uint8 picture written as PNG to ``overlay_path`` with the mask.
+      overlay_path: where ``overlay`` goes (a ``.png`` other than ``path``).
+
+    Raises:
+      InputError: mask shape or values do not fit the reference; overlay not (H, W, 3) uint8.
+      OutputError: a path cannot be written (nothing was changed then).
+    """
+    out = check_output_path(path, MASK_SUFFIXES)
+    outputs: list[tuple[Path, sitk.Image | np.ndarray]] = [(out, _mask_image(mask, reference, out))]
+    if overlay_path is not None:
+        picture = check_output_path(overlay_path, (".png",))
+        if overlay is None:
+            raise InputError(f"no overlay picture given for {picture}")
+        outputs.append((picture, _rgb_array(overlay, picture)))
+    _write_together(outputs)
 
 
 def write_rgb_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:
@@ -502,17 +527,15 @@ def write_rgb_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:
       InputError: array is not (H, W, 3) uint8.
       OutputError: the path cannot be written.
     """
-    from PIL import Image  # Pillow only needed here
-
     out = check_output_path(path, (".png",))
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
-        raise InputError(
-            f"RGB image for {out} must be a non-empty (H, W, 3) uint8 array, "
-            f"got {rgb.shape} {rgb.dtype}"
-        )
+    _write_together([(out, _rgb_array(rgb, out))])
+
+
+def _write_together(outputs: list[tuple[Path, sitk.Image | np.ndarray]]) -> None:
     try:
-        with atomic_output(out) as tmp:
-            Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
-    except OSError as exc:
-        raise OutputError(f"cannot write PNG {out}: {exc}") from exc
+        with atomic_outputs([out for out, _ in outputs]) as temporaries:
+            for (out, data), tmp in zip(outputs, temporaries, strict=True):
+                _save(data, tmp, out)
+    except OSError as exc:  # creating a temporary or renaming
+        names = ", ".join(str(out) for out, _ in outputs)
+        raise OutputError(f"cannot write {names}: {exc.strerror or exc}") from exc

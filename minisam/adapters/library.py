@@ -24,7 +24,7 @@ from minisam.adapters.metadata import (
     stored_parameters,
 )
 from minisam.adapters.validation import read_adapter
-from minisam.atomic import atomic_folder
+from minisam.atomic import atomic_folder, refuse_overwriting_inputs
 from minisam.errors import ModelError, OutputError
 from minisam.modality import family_for_dicom
 from minisam.model_loader import PACKAGE_WEIGHTS
@@ -114,6 +114,7 @@ class AdapterLibrary:
             raise ModelError(
                 f"adapter {name!r} is already installed in {self.root}; remove it or pass replace=True"
             )
+        refuse_overwriting_inputs([(f"adapter {name!r} in the library,", target)], [folder])
         try:
             with atomic_folder(target) as tmp:
                 for item in sorted(Path(folder).iterdir()):

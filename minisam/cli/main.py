@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment Anything for medical images: promptable 2D/3D segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"minisam {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show what ITK/GDCM print themselves (hidden by default)",
+    )
     commands = parser.add_subparsers(
         dest="command", required=True, parser_class=OneLineArgumentParser
     )
@@ -59,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from minisam.library_noise import show_native_output
+
+    show_native_output(args.verbose)
     try:
         return int(args.run(args) or 0)
     except MiniSAMError as error:

@@ -86,46 +86,32 @@ def staged_folder(target: Path) -> Iterator[Path]:
     by one (each an atomic replace). On error the temporary folder and any parent folders created
     for it are removed.
     """
-    from minisam.atomic import _remove_quietly
+    from minisam.atomic import _remove_quietly, new_folders
 
-    created: list[Path] = []
-    missing = target.parent
-    while not missing.exists():
-        created.append(missing)
-        missing = missing.parent
-    staging: Path | None = None
-    try:
-        for folder in reversed(created):
-            folder.mkdir()
-        for _ in range(100):
-            candidate = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                continue
-            staging = candidate
-            break
-        if staging is None:
-            raise FileExistsError(f"could not create a temporary folder in {target.parent}")
-        yield staging
+    with new_folders(target.parent):
+        staging: Path | None = None
         try:
-            os.rename(staging, target)  # fails when target exists and is not empty
-        except OSError:
-            if not target.is_dir():
-                raise
-            for produced in sorted(staging.iterdir()):
-                os.replace(produced, target / produced.name)
-        if staging.exists():
-            _remove_quietly(staging)
-    except BaseException:
-        if staging is not None:
-            _remove_quietly(staging)
-        for folder in created:  # innermost first; only those left empty
+            for _ in range(100):
+                candidate = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                staging = candidate
+                break
+            if staging is None:
+                raise FileExistsError(f"could not create a temporary folder in {target.parent}")
+            yield staging
             try:
-                folder.rmdir()
+                os.rename(staging, target)  # fails when target exists and is not empty
             except OSError:
-                pass
-        raise
+                if not target.is_dir():
+                    raise
+                for produced in sorted(staging.iterdir()):
+                    os.replace(produced, target / produced.name)
+        finally:
+            if staging is not None and staging.exists():
+                _remove_quietly(staging)
 
 
 def report_payload(

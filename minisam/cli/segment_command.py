@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minisam.adapters.choice import apply_adapter
-from minisam.atomic import full_suffix
+from minisam.atomic import full_suffix, refuse_overwriting_inputs, same_file
 from minisam.errors import OutputError, PromptError
 from minisam.modality import PRESET_CHOICES, adapter_family
 from minisam.overlay import render_overlay
@@ -149,7 +149,7 @@ def _check_number(name: str, value: float | None, low: float, high: float) -> No
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything cheap first (arguments, input, outputs, prompts), then load, predict, write."""
-    from minisam.imageio import read_image
+    from minisam.imageio import read_image, write_mask
     from minisam.intensity import choose_preset, normalize_intensity
     from minisam.model_loader import load_model
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             session.slice_image(axis, first), result.slices[first].mask, prompts[first]
         )
     labels = result.labels if image.is_volume else result.labels[0] * 255
-    _write_all(labels, image, mask_path, overlay, overlay_path)
+    write_mask(labels, image, mask_path, overlay, overlay_path)  # both or neither
     if not args.quiet:
         _summary(loaded, args.quant, adapter, result, mask_path, overlay_path, image.is_volume)
     return 0
@@ -220,8 +220,12 @@ def _output_paths(
         overlay_path = Path(f"{_stem(input_path)}_overlay.png")
     if overlay_path is not None:
         check_output_path(overlay_path, (".png",))
-        if overlay_path.resolve() == mask_path.resolve():
+        if same_file(overlay_path, mask_path):
             raise OutputError(f"--overlay {overlay_path} is the same file as the mask output")
+    refuse_overwriting_inputs(
+        [("--output", mask_path), ("--overlay", overlay_path)],
+        [input_path, args.prompts, args.model, args.adapter],
+    )
     return mask_path, overlay_path
 
 
@@ -264,28 +268,6 @@ def _slice_shape(shape: tuple[int, ...], axis: int, index: int) -> tuple[int, in
         )
     rest = [n for a, n in enumerate(shape) if a != axis]
     return rest[0], rest[1]
-
-
-def _write_all(
-    labels: np.ndarray,
-    image,
-    mask_path: Path,
-    overlay: np.ndarray | None,
-    overlay_path: Path | None,
-) -> None:
-    """Write the mask and the overlay; all or nothing (no mask left without its requested overlay)."""
-    from minisam.imageio import write_mask, write_rgb_png
-
-    written: list[Path] = []
-    try:
-        write_mask(labels, image, mask_path)
-        written.append(mask_path)
-        if overlay_path is not None:
-            write_rgb_png(overlay, overlay_path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
 
 
 def _session(loaded, normalized: np.ndarray, is_rgb: bool, device: str):

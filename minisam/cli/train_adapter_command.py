@@ -11,6 +11,7 @@ from minisam.cli.training_args import (
     check_common,
     load_samples,
     memory_hint,
+    refuse_clobbering,
     refuse_existing,
     settings_from_args,
     split_cases,
@@ -107,6 +108,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--modality {args.modality!r} is not a known modality (US, CT, MR, ...)")
     check_adapter_name(args.name or f"{family.lower()}_adapter")
     refuse_existing(Path(args.out), args.overwrite, args.resume)
+    refuse_clobbering(args, Path(args.out))
     if args.resume:
         _check_resumable(args)
 

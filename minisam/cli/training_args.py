@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,9 +18,11 @@ __all__ = [
     "add_optimisation_arguments",
     "check_checkpoint_out",
     "check_common",
+    "check_label_grids",
     "image_mask_pairs",
     "load_samples",
     "memory_hint",
+    "refuse_clobbering",
     "refuse_existing",
     "settings_from_args",
     "split_cases",
@@ -145,15 +147,36 @@ def load_samples(args: argparse.Namespace, modality: str = "auto") -> tuple[list
 
     if args.manifest:
         specs = [spec for path in args.manifest for spec in read_training_manifest(path)]
+        check_label_grids((spec.image, spec.label) for spec in specs)
         samples = samples_from_manifest(specs, modality)
         source = ", ".join(args.manifest)
     else:
         pairs = image_mask_pairs(Path(args.images), Path(args.masks), args.mask_suffix)
+        check_label_grids(pairs)
         samples = samples_from_pairs(pairs, "folders", modality)
         source = f"{args.images} + {args.masks}"
     if not samples:
         raise InputError(f"{source}: no annotated slice (every mask is empty or too small)")
     return samples, source
+
+
+def check_label_grids(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Refuse a label map that is not on its image's grid, from the headers (no voxels read).
+
+    Size, spacing, origin and direction are compared by :func:`minisam.geometry.grid_mismatch`
+    (tolerance :data:`minisam.geometry.GRID_TOLERANCE`) for volume files; 2D pictures carry no
+    patient geometry and are compared by shape when they are read.
+    """
+    from minisam.geometry import grid_mismatch
+    from minisam.imageio import read_header
+
+    for image, label in pairs:
+        image_header, label_header = read_header(image), read_header(label)
+        if image_header is None or label_header is None:
+            continue
+        mismatch = grid_mismatch(image_header, label_header)
+        if mismatch is not None:
+            raise InputError(f"label {label} is not on the grid of image {image}: {mismatch}")
 
 
 @contextmanager
@@ -225,4 +248,23 @@ def check_checkpoint_out(args: argparse.Namespace) -> Path:
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
     refuse_existing(out, args.overwrite, args.resume)
+    refuse_clobbering(args, out)
     return out
+
+
+def refuse_clobbering(args: argparse.Namespace, out: Path) -> None:
+    """Refuse an ``--out`` that is, or (a folder) holds, one of the run's inputs.
+
+    The inputs are the manifests and every image and label they list, ``--images``/``--masks``, the
+    ``--unlabelled`` data and the model files (``--model``, ``--teacher``, ``--init``).
+    """
+    from minisam.atomic import refuse_overwriting_inputs
+    from minisam.training.manifest import read_training_manifest
+
+    inputs: list[str | Path | None] = [args.images, args.masks]
+    for manifest in args.manifest or []:
+        inputs.append(manifest)
+        inputs += [p for spec in read_training_manifest(manifest) for p in (spec.image, spec.label)]
+    inputs += getattr(args, "unlabelled", None) or []
+    inputs += [getattr(args, name, None) for name in ("model", "teacher", "init")]
+    refuse_overwriting_inputs([("--out", out)], inputs)

@@ -13,8 +13,7 @@ import numpy as np
 
 from minisam.errors import InputError
 from minisam.evaluation.manifest_cases import CaseSpec
-
-GEOMETRY_TOLERANCE = 1e-3  # relative/absolute tolerance on spacing, origin and direction
+from minisam.geometry import grid_mismatch
 
 
 @dataclass
@@ -45,20 +44,11 @@ class LoadedCase:
 
 
 def _check_geometry(image, label, spec: CaseSpec) -> None:
-    if tuple(label.spatial_shape) != tuple(image.spatial_shape):
+    mismatch = grid_mismatch(image, label)
+    if mismatch is not None:
         raise InputError(
-            f"label {spec.label.name} has size {label.spatial_shape}, "
-            f"image {spec.image.name} has {image.spatial_shape}"
+            f"label {spec.label.name} is not on the grid of image {spec.image.name}: {mismatch}"
         )
-    if label.image.GetDimension() != image.image.GetDimension():
-        raise InputError("label and image differ in dimension")
-    for name in ("spacing", "origin", "direction"):
-        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(label, name))
-        if not np.allclose(a, b, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE):
-            raise InputError(
-                f"label {name} {tuple(np.round(b, 4))} differs from image "
-                f"{name} {tuple(np.round(a, 4))}"
-            )
 
 
 def _truth_mask(label, spec: CaseSpec) -> np.ndarray:

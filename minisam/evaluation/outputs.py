@@ -16,9 +16,11 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from minisam.atomic import atomic_output
+from minisam.atomic import atomic_output, new_folders, refuse_overwriting_inputs
 from minisam.errors import OutputError
 
 CASE_COLUMNS = (
@@ -50,22 +52,43 @@ NUMERIC_COLUMNS = frozenset(CASE_COLUMNS[10:18]) | {"slice", "pred_pixels", "tru
 SUMMARY_SCHEMA = "minisam.evaluate.summary/1"
 
 
-def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the folder if needed and check it is writable (OutputError otherwise)."""
+REPORT_FILES = ("cases.csv", "run.json", "summary.json", "summary.md", "report.html", "plots")
+"""What an evaluation writes into its folder (``plots`` is a folder of PNGs)."""
+
+
+@contextmanager
+def output_dir(path: str | os.PathLike[str], inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """The ``--out`` folder, created if needed and checked writable, for the block to fill.
+
+    If the block raises, folders created here that are still empty are removed again, so a run
+    refused for a bad model or manifest leaves no new empty folder.
+
+    Arguments:
+      path: the folder.
+      inputs: the run's input files (manifests, images, labels): none may be one of
+        :data:`REPORT_FILES` of the folder.
+
+    Raises:
+      OutputError: the folder cannot be created or written, or an output would replace an input.
+    """
     folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"--out {folder}: cannot create the folder ({error.strerror})") from None
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {folder}: the folder is not writable")
-    try:
-        with atomic_output(folder / ".write-test") as probe:
-            probe.write_text("ok")
-        (folder / ".write-test").unlink()
-    except OSError as error:
-        raise OutputError(f"--out {folder}: cannot write there ({error.strerror})") from None
-    return folder
+    refuse_overwriting_inputs([("--out", folder / name) for name in REPORT_FILES], inputs)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(new_folders(folder))
+        except OSError as error:
+            raise OutputError(
+                f"--out {folder}: cannot create the folder ({error.strerror})"
+            ) from None
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {folder}: the folder is not writable")
+        try:
+            with atomic_output(folder / ".write-test") as probe:
+                probe.write_text("ok")
+            (folder / ".write-test").unlink()
+        except OSError as error:
+            raise OutputError(f"--out {folder}: cannot write there ({error.strerror})") from None
+        yield folder
 
 
 def _format(value: object) -> str:

@@ -89,26 +89,27 @@ def run_evaluation(
     keys = [(s.dataset, s.case) for s in specs]
     if len(set(keys)) != len(keys):
         raise InputError("the manifests share a (dataset, case) pair; give cases unique names")
-    folder = outputs.prepare_output_dir(out_dir)
-    info = _run_info(settings, configs)
-    state = RunState(rows=_resume_rows(folder, info, fresh))
-    loaded = [load_configuration(config, settings.device) for config in configs]
-    outputs.write_json(folder / "run.json", info)
-    names = [config.name for config in configs]
+    inputs = [Path(m) for m in manifests] + [p for s in specs for p in (s.image, s.label)]
+    with outputs.output_dir(out_dir, inputs) as folder:
+        info = _run_info(settings, configs)
+        state = RunState(rows=_resume_rows(folder, info, fresh))
+        loaded = [load_configuration(config, settings.device) for config in configs]
+        outputs.write_json(folder / "run.json", info)
+        names = [config.name for config in configs]
 
-    def save(current: RunState) -> None:
-        outputs.write_cases_csv(folder / "cases.csv", _ordered_rows(current, specs, names))
+        def save(current: RunState) -> None:
+            outputs.write_cases_csv(folder / "cases.csv", _ordered_rows(current, specs, names))
 
-    run_cases(specs, loaded, settings, state, on_case_done=save, progress=progress)
-    rows = _ordered_rows(state, specs, names)
-    save(state)
-    payload = outputs.summary_payload(
-        info["settings"],
-        info["configs"],
-        statistics.summarize(rows, names, seed=settings.seed, n_boot=n_boot),
-        statistics.compare(rows, names),
-        rows,
-    )
-    outputs.write_json(folder / "summary.json", payload)
-    outputs.write_text(folder / "summary.md", outputs.summary_markdown(payload))
-    return EvaluationOutcome(folder, rows, payload, state.problems, specs, loaded)
+        run_cases(specs, loaded, settings, state, on_case_done=save, progress=progress)
+        rows = _ordered_rows(state, specs, names)
+        save(state)
+        payload = outputs.summary_payload(
+            info["settings"],
+            info["configs"],
+            statistics.summarize(rows, names, seed=settings.seed, n_boot=n_boot),
+            statistics.compare(rows, names),
+            rows,
+        )
+        outputs.write_json(folder / "summary.json", payload)
+        outputs.write_text(folder / "summary.md", outputs.summary_markdown(payload))
+        return EvaluationOutcome(folder, rows, payload, state.problems, specs, loaded)
