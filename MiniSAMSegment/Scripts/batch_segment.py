@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
     parser.add_argument("--segment-name", default="MiniSAM", help="name of the written segment")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show what VTK/ITK print themselves (hidden by default)",
+    )
+    parser.add_argument(
         "--install-dependencies",
         action="store_true",
         help="install missing Python packages (torch via the PyTorch extension) without asking",
@@ -88,6 +93,9 @@ def run(argv: Sequence[str]) -> int:
 
     try:
         args = build_parser().parse_args(list(argv))
+        from minisam.library_noise import show_native_output
+
+        show_native_output(args.verbose)
         if not 0.0 <= args.min_score <= 1.0:
             raise PromptError(f"--min-score {args.min_score} must be between 0 and 1")
         if args.max_slices is not None and args.max_slices < 1:
@@ -125,16 +133,27 @@ def _segment(args: argparse.Namespace) -> None:
     )
     from MiniSAMSegmentLib.mrml_context import mrml_context
 
-    from minisam.imageio import check_output_path
+    from minisam.atomic import refuse_overwriting_inputs
+    from minisam.imageio import check_image_file, check_output_path
+    from minisam.input_checks import check_finite
+    from minisam.library_noise import native_output_captured
     from minisam.prompt_file import read_prompt_file
     from minisam.propagation import PropagationSettings
 
     output = check_output_path(args.output, (".seg.nrrd",))
+    refuse_overwriting_inputs(
+        [("--output", output)], [args.input, args.prompts, args.model, args.adapter]
+    )
     prompts = read_prompt_file(args.prompts)
     context = mrml_context()
-    volume = context.load_volume(args.input)
+    if Path(args.input).is_file():  # the same header and payload checks as minisam segment
+        check_image_file(args.input)
+    with native_output_captured():  # VTK/ITK messages: --verbose shows them
+        volume = context.load_volume(args.input)
+    array = volume_arrays(volume).array
+    check_finite(array, args.input)  # the same NaN/inf rule as minisam segment
     axis = slice_axis(volume, args.axis)
-    _validate(prompts, volume_arrays(volume).array.shape, axis, args.axis)
+    _validate(prompts, array.shape, axis, args.axis)
     logic = MiniSAMSegmentLogic(
         args.model, device=args.device, modality=args.modality, adapter=args.adapter
     )
@@ -143,7 +162,8 @@ def _segment(args: argparse.Namespace) -> None:
     segmentation = context.new_segmentation(volume)
     segment_id = write_mask_to_segment(segmentation, "", volume, result.labels, mode="replace")
     segmentation.GetSegmentation().GetSegment(segment_id).SetName(args.segment_name)
-    write_segmentation(segmentation, output)
+    with native_output_captured():
+        write_segmentation(segmentation, output)
     filled = sorted(result.slices)
     print(
         f"{PROG}: {len(filled)} slices along axis {axis} ({filled[0]}..{filled[-1]}) -> {output} "

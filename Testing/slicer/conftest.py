@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slicer_cases import CT, LIVER, MODULE_DIR, REPO, SEG
+from slicer_cases import BATCH_SCRIPT, CT, LIVER, MODULE_DIR, REPO, SEG
 
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
@@ -64,3 +64,12 @@ def segment_logic():
     from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
 
     return MiniSAMSegmentLogic("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Scripts/batch_segment.py as a module (its ``run`` is the whole program except the process exit)."""
+    spec = importlib.util.spec_from_file_location("batch_segment", BATCH_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,15 +27,6 @@ def _script(*args: str) -> subprocess.CompletedProcess:
         env=env,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def batch():
-    """The script as a module (its ``run`` is the whole program except the process exit)."""
-    spec = importlib.util.spec_from_file_location("batch_segment", BATCH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _prompts(tmp_path: Path) -> Path:

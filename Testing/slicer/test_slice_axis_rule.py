@@ -9,7 +9,6 @@ assignment.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from MiniSAMSegmentLib.slice_geometry import slice_axis
-from slicer_cases import BATCH_SCRIPT
 
 from minisam.cli import segment_command
 from minisam.cli.main import build_parser
@@ -95,14 +93,6 @@ class _RecordingLogic:
 
     def segment(self, volume, axis, prompts, **kwargs):
         raise _Chosen(axis)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    spec = importlib.util.spec_from_file_location("batch_segment_axis", BATCH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _batch_axis(batch, monkeypatch, path: Path, tmp_path: Path, view: str) -> int:
