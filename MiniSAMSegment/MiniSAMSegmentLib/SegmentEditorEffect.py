@@ -40,7 +40,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
-        self.book = None
         self._adapterNames = []  # the library's adapters for the model of _adapterModel
         self._adapterModel = None
         self._press = None  # (xy, negative) while the left button is down
@@ -206,9 +205,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for viewWidget in list(self._bands):
             self._removeBand(viewWidget)
 
-    def sourceVolumeNodeChanged(self):
-        if self.book is not None:
-            self.book.clear()
+    def cleanup(self):
+        """Release the sessions, embeddings, prompts and models (Slicer calls this when the effect goes)."""
+        if self.logic is not None:
+            self.logic.release()
+            self.logic = None
 
     def createCursor(self, widget):
         mainWindow = slicer.util.mainWindow()
@@ -292,10 +293,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
             ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
             from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
-            from MiniSAMSegmentLib.prompt_book import PromptBook
 
             self.logic = MiniSAMSegmentLogic()
-            self.book = PromptBook()
+            self.logic.observe_scene(slicer.mrmlScene)
         self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
         self.logic.adapter = self.scriptedEffect.parameter("Adapter") or "auto"
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
@@ -308,12 +308,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         volumeNode = parameterSetNode.GetSourceVolumeNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
-        if volumeNode is None or segmentationNode is None:
-            raise InputError("select a segmentation and a source volume first")
-        return volumeNode, segmentationNode
+        segmentId = parameterSetNode.GetSelectedSegmentID()
+        if volumeNode is None or segmentationNode is None or not segmentId:
+            raise InputError("select a segmentation, a segment and a source volume first")
+        return volumeNode, segmentationNode, segmentId
 
     def _segmentSlice(self, viewWidget, positive=(), negative=(), box=None):
-        volumeNode, segmentationNode = self._nodes()
+        volumeNode, segmentationNode, segmentId = self._nodes()
         if not self.scriptedEffect.confirmCurrentSegmentVisible():
             return
         logic = self._logic()
@@ -331,28 +332,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             positive_ijk=[toIjk(xy) for xy in positive],
             negative_ijk=[toIjk(xy) for xy in negative],
             box_ijk=None if box is None else [toIjk(xy) for xy in box],
-            book=self.book,
+            segmentation_node=segmentationNode,
+            segment_id=segmentId,
         )
-        self._apply(volumeNode, segmentationNode, edit.mask, edit.axis, [edit.index])
+        editor = EffectEditor(self.scriptedEffect)
+        logic.apply_edit(editor, volumeNode, segmentationNode, segmentId, edit)
         self.statusLabel.text = (
             f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels "
             f"({logic.describe()})."
         )
         self._refreshAdapters(logic)
 
-    def _apply(self, volumeNode, segmentationNode, labels, axis, indices):
-        """Replace the given slices of the selected segment with ``labels`` as one undoable step."""
-        clear, add = logic_module().replace_modifiers(
-            volumeNode, labels, axis, indices, segmentationNode
-        )
-        modes = slicer.qSlicerSegmentEditorAbstractEffect
-        self.scriptedEffect.saveStateForUndo()
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(clear, modes.ModificationModeRemove)
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(add, modes.ModificationModeAdd)
-
     def onClearPrompts(self):
-        if self.book is not None:
-            self.book.clear()
+        if self.logic is not None:
+            self.logic.book.clear()
         self.statusLabel.text = "Prompts cleared."
 
     def onPropagate(self):
@@ -362,12 +355,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         from minisam.errors import PromptError
         from minisam.propagation import PropagationSettings
 
-        volumeNode, segmentationNode = self._nodes()
+        volumeNode, segmentationNode, segmentId = self._nodes()
         if not self.scriptedEffect.confirmCurrentSegmentVisible():
             return
         logic = self._logic()
-        axis = self.book.axis
-        prompts = self.book.prompts(volumeNode.GetID(), axis) if axis is not None else {}
+        axis, prompts = logic.remembered_prompts(volumeNode, segmentationNode, segmentId)
         if not prompts:
             raise PromptError("click on the structure or drag a box on a slice before propagating")
         maxSlices = self.scriptedEffect.integerParameter("MaxSlices")
@@ -389,7 +381,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             result = logic.propagate(volumeNode, axis, prompts, settings, progress)
         finally:
             dialog.close()
-        self._apply(volumeNode, segmentationNode, result.labels, axis, sorted(result.slices))
+        logic.write_slices(
+            EffectEditor(self.scriptedEffect),
+            volumeNode,
+            segmentationNode,
+            segmentId,
+            result.labels,
+            axis,
+            sorted(result.slices),
+        )
         cancelled = " (cancelled)" if result.cancelled else ""
         scores = [item.score for item in result.slices.values()] or [float("nan")]
         self.statusLabel.text = (
@@ -401,6 +401,24 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             for i, item in sorted(result.slices.items())
         )
         self._refreshAdapters(logic)
+
+
+class EffectEditor:
+    """The logic's ``SegmentEditor`` on top of the effect's ``scriptedEffect`` (undo, masking, geometry)."""
+
+    def __init__(self, scriptedEffect):
+        self.scriptedEffect = scriptedEffect
+
+    def reference_geometry(self):
+        return self.scriptedEffect.defaultModifierLabelmap()
+
+    def save_state_for_undo(self):
+        self.scriptedEffect.saveStateForUndo()
+
+    def modify_selected_segment(self, modifier, remove):
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        mode = modes.ModificationModeRemove if remove else modes.ModificationModeAdd
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode)
 
 
 def logic_module():

@@ -6,10 +6,13 @@ The Segment Editor effect, the module's self-test and the headless batch script 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
+import slicer
+import vtk
 
 from minisam.adapters.choice import AdapterChoice, resolve_adapter
 from minisam.checkpoints import LoadedModel
@@ -24,10 +27,12 @@ from minisam.propagation import PropagationSettings
 from minisam.volume_session import ProgressCallback, VolumeResult, VolumeSession
 
 from .dependencies import resolve_device
+from .prompt_book import Owner, PromptBook
 from .segment_io import (
     labelmap_oriented_image,
     replace_modifiers,
     segment_array,
+    segment_region,
     write_mask_to_segment,
     write_segmentation,
 )
@@ -50,6 +55,7 @@ __all__ = [
     "ADAPTER_NONE",
     "AdapterChoice",
     "MiniSAMSegmentLogic",
+    "SegmentEditor",
     "SliceEdit",
     "SlicePrompt",
     "dicom_modality",
@@ -76,6 +82,29 @@ class SliceEdit(NamedTuple):
     mask: np.ndarray  # (H, W) bool, the slice's new content for the selected segment
     score: float  # the model's predicted IoU
     prompt: Prompt  # the slice's combined prompt (every click and box on it so far)
+    owner: Owner | None = None  # whose prompts the book merged it with (None: not remembered)
+
+
+class SegmentEditor(Protocol):
+    """What writing into a segment needs of the Segment Editor. In Slicer the effect wraps its
+    ``scriptedEffect``; in plain Python a wrapper of ``vtkSlicerSegmentEditorLogic`` does the same."""
+
+    def reference_geometry(self):
+        """The editor's ``defaultModifierLabelmap()`` (the segmentation's reference geometry)."""
+
+    def save_state_for_undo(self) -> None: ...
+
+    def modify_selected_segment(self, modifier, remove: bool) -> None:
+        """``modifySelectedSegmentByLabelmap`` with ModificationModeRemove (``remove``) or Add; masking
+        and overwrite settings apply."""
+
+
+class SliceWrite(NamedTuple):
+    """One undoable write of slices into the selected segment."""
+
+    region: object  # vtkOrientedImageData: the written slices on the segmentation's reference grid
+    before: bytes  # digest of the segment's voxels in ``region`` before the write
+    after: bytes  # ... and after it
 
 
 ADAPTER_AUTO = AUTO
@@ -97,6 +126,10 @@ class MiniSAMSegmentLogic:
     adapter folder (see ``minisam segment --adapter``). Adapters are loaded into the model once and then
     switched in milliseconds (``minisam.adapters.AdapterSwitcher``); every :meth:`session` call activates
     the adapter of its volume, so use a session right after getting it.
+
+    :attr:`book` remembers the prompts per volume, segment and axis. With :meth:`observe_scene` the sessions
+    and prompts of removed nodes and segments are released, and everything when the scene closes;
+    :meth:`release` releases everything and stops observing.
     """
 
     def __init__(
@@ -124,6 +157,12 @@ class MiniSAMSegmentLogic:
         self._presets: dict[str, tuple[tuple, str]] = {}  # volume id -> (key, normalisation preset)
         # model spec -> minisam.adapters.AdapterSwitcher (peft is imported only when an adapter is used)
         self._switchers: dict[str, object] = {}
+        self.book = PromptBook()
+        self._observations: list[tuple[object, int]] = []  # (observed VTK object, observer tag)
+        self._scene = None
+        self._segmentations: set[str] = (
+            set()
+        )  # IDs of the segmentation nodes observed for segment removal
 
     # -- model -------------------------------------------------------------------------------------------
 
@@ -242,6 +281,10 @@ class MiniSAMSegmentLogic:
             self._presets[volume_node.GetID()] = cached
         return cached[1]
 
+    def held_volume_ids(self) -> list[str]:
+        """IDs of the volume nodes whose sessions (normalised copies) are held now."""
+        return sorted(self._sessions)
+
     def forget(self, volume_node=None) -> None:
         """Drop the session of one volume node (all when None) and the cached embeddings."""
         if volume_node is None:
@@ -251,6 +294,69 @@ class MiniSAMSegmentLogic:
             self._sessions.pop(volume_node.GetID(), None)
             self._presets.pop(volume_node.GetID(), None)
         self.cache.clear()
+
+    # -- scene events ------------------------------------------------------------------------------------
+
+    def observe_scene(self, scene) -> None:
+        """Release what belongs to nodes removed from ``scene`` (sessions of volumes, prompts of volumes,
+        segmentations and segments) and everything when the scene closes."""
+        if scene is self._scene:
+            return
+        self._stop_observing()
+        self._scene = scene
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def node_removed(caller, event, node) -> None:
+            self._node_removed(node)
+
+        self._observe(scene, scene.NodeRemovedEvent, node_removed)
+        self._observe(scene, scene.EndCloseEvent, lambda caller, event: self.release_data())
+
+    def _observe(self, subject, event: int, callback) -> None:
+        self._observations.append((subject, subject.AddObserver(event, callback)))
+
+    def _watch_segments(self, segmentation_node) -> None:
+        """Forget a segment's prompts when it is removed from ``segmentation_node``."""
+        if self._scene is None or segmentation_node.GetID() in self._segmentations:
+            return
+        self._segmentations.add(segmentation_node.GetID())
+        node_id = segmentation_node.GetID()
+
+        @vtk.calldata_type(vtk.VTK_STRING)
+        def segment_removed(caller, event, segment_id) -> None:
+            self.book.drop(segmentation_id=node_id, segment_id=segment_id)
+
+        self._observe(segmentation_node, slicer.vtkSegmentation.SegmentRemoved, segment_removed)
+
+    def _node_removed(self, node) -> None:
+        node_id = node.GetID()
+        if node_id in self._sessions or node_id in self._presets:
+            self.forget(node)
+        self.book.drop(volume_id=node_id)
+        self.book.drop(segmentation_id=node_id)
+        if node_id in self._segmentations:
+            self._segmentations.discard(node_id)
+            for subject, tag in [o for o in self._observations if o[0] is node]:
+                subject.RemoveObserver(tag)
+                self._observations.remove((subject, tag))
+
+    def _stop_observing(self) -> None:
+        for subject, tag in self._observations:
+            subject.RemoveObserver(tag)
+        self._observations, self._segmentations, self._scene = [], set(), None
+
+    def release_data(self) -> None:
+        """Drop every session, cached embedding and prompt (the model stays loaded)."""
+        self.forget()
+        self.book.clear()
+
+    def release(self) -> None:
+        """:meth:`release_data`, stop observing the scene and unload the models (module cleanup)."""
+        self._stop_observing()
+        self.release_data()
+        self._engines.clear()
+        self._switchers.clear()
+        self._models.clear()
 
     # -- segmentation ------------------------------------------------------------------------------------
 
@@ -268,7 +374,8 @@ class MiniSAMSegmentLogic:
         positive_ijk: Sequence[Sequence[float]] = (),
         negative_ijk: Sequence[Sequence[float]] = (),
         box_ijk: Sequence[Sequence[float]] | None = None,
-        book=None,
+        segmentation_node=None,
+        segment_id: str | None = None,
     ) -> SliceEdit:
         """One interaction of the effect, from voxel positions to the slice's new mask.
 
@@ -277,8 +384,9 @@ class MiniSAMSegmentLogic:
           view: the slice view's normal in world RAS (or a view name / array axis), see
             :func:`slice_axis`.
           positive_ijk, negative_ijk, box_ijk: the clicks and the box's corners as IJK positions.
-          book: a :class:`~MiniSAMSegmentLib.prompt_book.PromptBook`; the new prompt is merged into
-            the slice's earlier ones (None: the new prompt alone).
+          segmentation_node, segment_id: the segment being edited; the new prompt is merged into that
+            segment's earlier prompts on the slice (kept in :attr:`book`; prompts whose edits were
+            undone are dropped first). None: the new prompt alone.
         """
         image = volume_node.GetImageData() if volume_node is not None else None
         if image is None:
@@ -293,10 +401,87 @@ class MiniSAMSegmentLogic:
             where=f"volume '{volume_node.GetName()}'",
         )
         axis, index, prompt = slice_prompt
-        if book is not None:
-            prompt = book.add(volume_node.GetID(), axis, index, prompt)
-        mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
-        return SliceEdit(axis, index, mask, score, prompt)
+        if segmentation_node is None or not segment_id:
+            mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
+            return SliceEdit(axis, index, mask, score, prompt)
+        owner = self._owner(volume_node, segmentation_node, segment_id)
+        prompt = self.book.add(owner, axis, index, prompt)
+        try:
+            mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
+        except BaseException:
+            self.book.take_back_last()
+            raise
+        return SliceEdit(axis, index, mask, score, prompt, owner)
+
+    def _owner(self, volume_node, segmentation_node, segment_id: str) -> Owner:
+        """The book's key for this segment, after dropping its prompts whose edits were undone."""
+        if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            raise InputError(f"segment {segment_id!r} does not exist: select a segment first")
+        self._watch_segments(segmentation_node)
+        owner = Owner(volume_node.GetID(), segmentation_node.GetID(), segment_id)
+        self.book.sync(
+            owner, lambda region: _digest(segment_region(segmentation_node, segment_id, region))
+        )
+        return owner
+
+    def remembered_prompts(
+        self, volume_node, segmentation_node, segment_id: str
+    ) -> tuple[int | None, dict[int, Prompt]]:
+        """(axis, prompt per slice) of the segment's latest prompted axis ((None, {}) when none)."""
+        owner = self._owner(volume_node, segmentation_node, segment_id)
+        axis = self.book.latest_axis(owner)
+        return axis, (self.book.prompts(owner, axis) if axis is not None else {})
+
+    def write_slices(
+        self,
+        editor: SegmentEditor,
+        volume_node,
+        segmentation_node,
+        segment_id: str,
+        labels: np.ndarray,
+        axis: int,
+        indices: Sequence[int],
+    ) -> SliceWrite:
+        """Replace the given slices of the selected segment with ``labels`` as one undoable editor step, on
+        the editor's reference geometry (so masking, overwrite and undo behave as for any effect)."""
+        reference = editor.reference_geometry()
+        if reference is None:
+            raise InputError("the segmentation has no geometry yet: select a source volume first")
+        clear, add = replace_modifiers(
+            volume_node, labels, axis, indices, segmentation_node, reference=reference
+        )
+        before = _digest(segment_region(segmentation_node, segment_id, clear))
+        editor.save_state_for_undo()
+        editor.modify_selected_segment(clear, remove=True)
+        editor.modify_selected_segment(add, remove=False)
+        after = _digest(segment_region(segmentation_node, segment_id, clear))
+        return SliceWrite(clear, before, after)
+
+    def apply_edit(
+        self,
+        editor: SegmentEditor,
+        volume_node,
+        segmentation_node,
+        segment_id: str,
+        edit: SliceEdit,
+    ) -> SliceWrite:
+        """Write a :meth:`prompt_slice` result into the segment; Undo in the editor then also takes back
+        the prompt (see :meth:`PromptBook.sync`)."""
+        try:
+            written = self.write_slices(
+                editor,
+                volume_node,
+                segmentation_node,
+                segment_id,
+                edit.mask,
+                edit.axis,
+                [edit.index],
+            )
+        except BaseException:
+            self.book.take_back_last()
+            raise
+        self.book.mark(written.region, written.before, written.after)
+        return written
 
     def segment(
         self,
@@ -324,6 +509,11 @@ class MiniSAMSegmentLogic:
         return self.segment(volume_node, axis, prompts, True, settings, progress)
 
     # Segment writes are module functions; exposed here so callers need only the logic object.
+    segment_region = staticmethod(segment_region)
     write_mask_to_segment = staticmethod(write_mask_to_segment)
     labelmap_oriented_image = staticmethod(labelmap_oriented_image)
     replace_modifiers = staticmethod(replace_modifiers)
+
+
+def _digest(voxels: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.packbits(voxels).tobytes() + repr(voxels.shape).encode()).digest()

@@ -1,16 +1,32 @@
-"""The clicks and boxes a user has placed, per volume, slicing axis and slice. No Qt.
+"""The clicks and boxes a user has placed, per volume, segment, slicing axis and slice. No Qt, no MRML.
 
-Clicks on a slice accumulate (each refines that slice's mask); a new box replaces the slice's box. The book
-keeps every prompted slice of the current volume and axis, which is what propagation starts from.
+Clicks on a slice accumulate (each refines that slice's mask); a new box replaces the slice's box. Each
+(volume, segment) has its own prompts, so selecting another segment starts clean and coming back resumes.
+Every prompt is a step that can be taken back: when the Segment Editor's Undo has restored the segment
+as it was before a prompt's edit, :meth:`PromptBook.sync` drops that prompt too.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from minisam.prompts import Prompt
 
-__all__ = ["PromptBook", "SliceClicks"]
+__all__ = ["MAX_STEPS", "Owner", "PromptBook", "SliceClicks"]
+
+MAX_STEPS = 100
+"""Prompts remembered for undo (the Segment Editor keeps fewer undo states than this)."""
+
+
+class Owner(NamedTuple):
+    """Whose prompts: node IDs of the source volume and the segmentation, and the segment's ID."""
+
+    volume_id: str
+    segmentation_id: str
+    segment_id: str
 
 
 @dataclass
@@ -25,35 +41,106 @@ class SliceClicks:
         return Prompt.create(self.positive, self.negative, self.box)
 
 
+@dataclass
+class _Step:
+    """One prompt: where it went, the slice's prompts before it, and the edit it made (see ``mark``)."""
+
+    owner: Owner
+    axis: int
+    index: int
+    before: SliceClicks | None
+    region: object = None  # what the edit covered, as the caller describes it
+    content: tuple[object, object] | None = None  # (before, after) the edit, in the caller's terms
+
+
 class PromptBook:
-    """Prompted slices of one (volume, axis); switching volume or axis starts a new book."""
+    """Prompted slices per (volume, segment, axis), and the prompts in the order they were given."""
 
     def __init__(self) -> None:
-        self.volume_id: str | None = None
-        self.axis: int | None = None
-        self.slices: dict[int, SliceClicks] = {}
+        self.pages: dict[tuple[Owner, int], dict[int, SliceClicks]] = {}
+        self._steps: list[_Step] = []
 
-    def _page(self, volume_id: str, axis: int, index: int) -> SliceClicks:
-        if (volume_id, axis) != (self.volume_id, self.axis):
-            self.clear()
-            self.volume_id, self.axis = volume_id, axis
-        return self.slices.setdefault(index, SliceClicks())
-
-    def add(self, volume_id: str, axis: int, index: int, prompt: Prompt) -> Prompt:
+    def add(self, owner: Owner, axis: int, index: int, prompt: Prompt) -> Prompt:
         """Merge a new prompt (clicks and/or a box) into its slice; return the slice's combined prompt."""
-        page = self._page(volume_id, axis, index)
+        page = self.pages.setdefault((owner, axis), {})
+        before = copy.deepcopy(page.get(index))
+        clicks = page.setdefault(index, SliceClicks())
         if prompt.points is not None:
             for point, label in zip(prompt.points.tolist(), prompt.labels.tolist(), strict=True):
-                (page.positive if label == 1 else page.negative).append(point)
+                (clicks.positive if label == 1 else clicks.negative).append(point)
         if prompt.box is not None:
-            page.box = prompt.box.tolist()
-        return page.prompt()
+            clicks.box = prompt.box.tolist()
+        self._steps.append(_Step(owner, axis, index, before))
+        del self._steps[:-MAX_STEPS]
+        return clicks.prompt()
 
-    def prompts(self, volume_id: str, axis: int) -> dict[int, Prompt]:
-        """Prompt per slice index for this volume and axis (empty if the book holds another one)."""
-        if (volume_id, axis) != (self.volume_id, self.axis):
-            return {}
-        return {index: page.prompt() for index, page in sorted(self.slices.items())}
+    def mark(self, region: object, before: object, after: object) -> None:
+        """Record what the last prompt's edit did: the segment's content in ``region`` before and after."""
+        if self._steps:
+            self._steps[-1].region, self._steps[-1].content = region, (before, after)
+
+    def sync(self, owner: Owner, content: Callable[[object], object]) -> int:
+        """Drop the owner's latest prompts whose edits were undone; returns how many were dropped.
+
+        ``content(region)`` gives the segment's content in a marked region now. A prompt counts as undone
+        when that equals the content before its edit (and the edit had changed something); edits made by
+        other means leave the prompts alone.
+        """
+        dropped = 0
+        for step in reversed([s for s in self._steps if s.owner == owner]):
+            if step.content is None or step.content[0] == step.content[1]:
+                break
+            if content(step.region) != step.content[0]:
+                break
+            self._take_back(step)
+            dropped += 1
+        return dropped
+
+    def take_back_last(self) -> None:
+        """Forget the latest prompt (its edit failed or was not made)."""
+        if self._steps:
+            self._take_back(self._steps[-1])
+
+    def _take_back(self, step: _Step) -> None:
+        self._steps.remove(step)
+        page = self.pages.get((step.owner, step.axis), {})
+        if step.before is None:
+            page.pop(step.index, None)
+        else:
+            page[step.index] = step.before
+        if not page:
+            self.pages.pop((step.owner, step.axis), None)
+
+    def prompts(self, owner: Owner, axis: int) -> dict[int, Prompt]:
+        """Prompt per slice index for this owner and axis (empty when there are none)."""
+        page = self.pages.get((owner, axis), {})
+        return {index: clicks.prompt() for index, clicks in sorted(page.items())}
+
+    def latest_axis(self, owner: Owner) -> int | None:
+        """The axis of the owner's latest prompt (None: the owner has no prompts)."""
+        for step in reversed(self._steps):
+            if step.owner == owner and (owner, step.axis) in self.pages:
+                return step.axis
+        axes = [axis for (o, axis) in self.pages if o == owner]
+        return axes[-1] if axes else None
+
+    def drop(
+        self,
+        volume_id: str | None = None,
+        segmentation_id: str | None = None,
+        segment_id: str | None = None,
+    ) -> None:
+        """Forget the prompts of a volume, a segmentation, or one segment (with ``segmentation_id``)."""
+
+        def matches(owner: Owner) -> bool:
+            if volume_id is not None and owner.volume_id == volume_id:
+                return True
+            if segmentation_id is None or owner.segmentation_id != segmentation_id:
+                return False
+            return segment_id is None or owner.segment_id == segment_id
+
+        self.pages = {key: page for key, page in self.pages.items() if not matches(key[0])}
+        self._steps = [step for step in self._steps if not matches(step.owner)]
 
     def clear(self) -> None:
-        self.volume_id, self.axis, self.slices = None, None, {}
+        self.pages, self._steps = {}, []

@@ -1,8 +1,11 @@
 """Masks into segments: oriented modifier images for the Segment Editor, and headless writes. No Qt.
 
-Two routes, both in the source volume's voxel grid:
+Two routes:
 - the effect passes :func:`replace_modifiers` images to ``scriptedEffect.modifySelectedSegmentByLabelmap``
-  (Remove the slices, then Add the mask), so undo, masking and overwrite settings work as for any effect;
+  (Remove the slices, then Add the mask), so undo, masking and overwrite settings work as for any effect.
+  Slicer requires them on the editor's reference geometry (``defaultModifierLabelmap()``), which differs
+  from the source volume's grid for oversampled segmentations, segmentations made on another volume and
+  transformed nodes: the mask, computed on the volume's grid, is resampled nearest-neighbour into it;
 - scripts and tests call :func:`write_mask_to_segment`, which goes through a temporary labelmap volume node
   and ``vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode`` and leaves other segments alone.
 """
@@ -27,8 +30,10 @@ from .volume_node import node_label, volume_arrays
 __all__ = [
     "MODES",
     "labelmap_oriented_image",
+    "on_reference_grid",
     "replace_modifiers",
     "segment_array",
+    "segment_region",
     "write_mask_to_segment",
     "write_segmentation",
 ]
@@ -114,13 +119,65 @@ def labelmap_oriented_image(
     return image
 
 
+def _image_to_world(image) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def on_reference_grid(image, reference):
+    """``image`` resampled nearest-neighbour onto the grid of ``reference`` (a vtkOrientedImageData whose
+    IJK-to-RAS and extent are used, not its voxels), over the part of its extent that ``image`` covers.
+
+    Raises:
+      InputError: ``image`` lies outside ``reference``'s extent.
+    """
+    extent = image.GetExtent()
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (extent[0] - 0.5, extent[1] + 0.5)
+            for j in (extent[2] - 0.5, extent[3] + 0.5)
+            for k in (extent[4] - 0.5, extent[5] + 0.5)
+        ]
+    ).T
+    ijk = (np.linalg.inv(_image_to_world(reference)) @ _image_to_world(image) @ corners)[:3]
+    # voxels of the reference whose centres lie inside the image's box (a hair's tolerance for rounding)
+    low = np.ceil(ijk.min(axis=1) - 1e-6).astype(int)
+    high = np.floor(ijk.max(axis=1) + 1e-6).astype(int)
+    bounds = reference.GetExtent()
+    sub = []
+    for a in range(3):
+        sub += [max(bounds[2 * a], int(low[a])), min(bounds[2 * a + 1], int(high[a]))]
+    if any(sub[2 * a] > sub[2 * a + 1] for a in range(3)):
+        raise InputError(
+            "the slice lies outside the segmentation's geometry: widen it in Segmentations > Specify geometry"
+        )
+    grid = slicer.vtkOrientedImageData()
+    grid.SetExtent(*sub)
+    grid.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(_image_to_world(reference)))
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        image, grid, resampled
+    ):
+        raise OutputError("the mask cannot be resampled onto the segmentation's geometry")
+    return resampled
+
+
 def replace_modifiers(
-    volume_node, labels, axis: int, indices: Iterable[int], segmentation_node=None
+    volume_node,
+    labels,
+    axis: int,
+    indices: Iterable[int],
+    segmentation_node=None,
+    reference=None,
 ):
     """(clear, add) modifier images that replace the given slices of a segment with ``labels``.
 
     Apply ``clear`` with ModificationModeRemove, then ``add`` with ModificationModeAdd. (ModificationModeSet
-    would empty the whole segment, not only these slices.)
+    would empty the whole segment, not only these slices.) With ``reference`` (the Segment Editor's
+    ``defaultModifierLabelmap()``) both are on its grid, as ``modifySelectedSegmentByLabelmap`` requires;
+    without, on the volume's grid.
     """
     indices = sorted(set(int(i) for i in indices))
     shape = volume_arrays(volume_node).array.shape
@@ -137,7 +194,32 @@ def replace_modifiers(
     add = labelmap_oriented_image(
         volume_node, labels, axis, segmentation_node=segmentation_node, indices=indices
     )
+    if reference is not None:
+        return on_reference_grid(clear, reference), on_reference_grid(add, reference)
     return clear, add
+
+
+def segment_region(segmentation_node, segment_id: str, region) -> np.ndarray:
+    """The segment's voxels (bool, (K, J, I)) on the grid and extent of ``region``, a vtkOrientedImageData in
+    the segmentation's coordinates (e.g. a modifier image); reads only that part of the segment."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputError(
+            f"segment {segment_id!r} does not exist in {node_label(segmentation_node)}"
+        )
+    extent = region.GetExtent()
+    shape = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in (2, 1, 0))
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    layer = segment.GetRepresentation(name)
+    if layer is None or layer.IsEmpty():
+        return np.zeros(shape, bool)
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        layer, region, resampled
+    ):
+        raise OutputError(f"segment {segment_id!r} cannot be read")
+    voxels = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape)
+    return voxels == segment.GetLabelValue()
 
 
 def _scene(node):

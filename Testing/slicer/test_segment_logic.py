@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import slicer
+from editor_cases import LogicEditor
 from MiniSAMSegmentLib.logic import (
     MiniSAMSegmentLogic,
     ras_to_slice_prompt,
@@ -107,21 +108,22 @@ def test_sessions_are_cached_until_the_voxels_change(ct_volume) -> None:
 
 
 def test_one_call_per_click_merges_prompts_and_reads_no_voxels_for_the_geometry(
-    ct_volume, liver_labels, segment_logic, monkeypatch
+    context, ct_volume, liver_labels, segment_logic, monkeypatch
 ) -> None:
     from MiniSAMSegmentLib import logic as logic_module
     from MiniSAMSegmentLib import volume_node as volume_module
-    from MiniSAMSegmentLib.prompt_book import PromptBook
 
     reads = []
     real = volume_module.volume_arrays
     for module in (logic_module, volume_module):
         monkeypatch.setattr(module, "volume_arrays", lambda node: reads.append(1) or real(node))
-    segment_logic.forget()
-    book = PromptBook()
+    segment_logic.release_data()
+    segmentation = context.new_segmentation(ct_volume)
+    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    segment = {"segmentation_node": segmentation, "segment_id": liver_id}
     i0, j0, i1, j1 = LIVER_BOX
     box = [(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)]
-    edit = segment_logic.prompt_slice(ct_volume, [0.0, 0.0, 1.0], box_ijk=box, book=book)
+    edit = segment_logic.prompt_slice(ct_volume, [0.0, 0.0, 1.0], box_ijk=box, **segment)
     assert (edit.axis, edit.index) == (0, LIVER_SLICE)
     assert edit.mask.shape == liver_labels.shape[1:]
     assert dice(edit.mask, liver_labels[LIVER_SLICE]) > 0.7
@@ -130,7 +132,80 @@ def test_one_call_per_click_merges_prompts_and_reads_no_voxels_for_the_geometry(
         ct_volume,
         [0.0, 0.0, 1.0],
         positive_ijk=[((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)],
-        book=book,
+        **segment,
     )
     assert click.prompt.box is not None and click.prompt.points is not None  # merged with the box
     assert len(reads) == 2  # a further click on the same volume reads no voxels
+    segment_logic.release_data()
+
+
+def test_prompts_per_segment_and_undo_takes_the_prompt_back(
+    context, ct_volume, segment_logic
+) -> None:
+    """The effect's click flow through Slicer's real Segment Editor logic (its undo states included)."""
+    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
+    logic.observe_scene(context.scene)
+    segmentation = context.new_segmentation(ct_volume)
+    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    other_id = segmentation.GetSegmentation().AddEmptySegment("", "other")
+    editor = LogicEditor(context.scene, segmentation, ct_volume, liver_id)
+    i0, j0, i1, j1 = LIVER_BOX
+    centre = ((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)
+
+    def click(segment_id: str, apply: bool = True, **prompt):
+        editor.node.SetSelectedSegmentID(segment_id)
+        edit = logic.prompt_slice(
+            ct_volume, "axial", segmentation_node=segmentation, segment_id=segment_id, **prompt
+        )
+        if apply:
+            logic.apply_edit(editor, ct_volume, segmentation, segment_id, edit)
+        return edit
+
+    click(liver_id, box_ijk=[(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)])
+    refined = click(liver_id, positive_ijk=[centre])
+    assert refined.prompt.box is not None and len(refined.prompt.points) == 1
+    other = click(other_id, positive_ijk=[(20, 20, LIVER_SLICE)])
+    assert (
+        other.prompt.box is None and len(other.prompt.points) == 1
+    )  # another segment starts clean
+    written = segment_array(segmentation, liver_id, ct_volume)[LIVER_SLICE]
+    np.testing.assert_array_equal(written, refined.mask)
+
+    editor.logic.Undo()  # the click on 'other'
+    editor.logic.Undo()  # the refining click on the liver
+    assert logic.remembered_prompts(ct_volume, segmentation, other_id) == (None, {})
+    again = click(liver_id, apply=False, negative_ijk=[(i0 + 2, j0 + 2, LIVER_SLICE)])
+    assert again.prompt.box is not None
+    assert again.prompt.labels.tolist() == [0]  # the undone positive click is gone
+
+    segmentation.GetSegmentation().RemoveSegment(liver_id)  # prompts do not survive the segment
+    assert not [owner for owner, _ in logic.book.pages if owner.segment_id == liver_id]
+    click(other_id, apply=False, positive_ijk=[(20, 20, LIVER_SLICE)])
+    context.scene.Clear(0)  # nor the scene
+    assert logic.book.pages == {} and logic.held_volume_ids() == []
+    logic.release()
+
+
+def test_sessions_are_released_with_their_nodes_and_the_scene(context, ct_volume) -> None:
+    logic = MiniSAMSegmentLogic("random:tiny", device="cpu")
+    logic.observe_scene(context.scene)
+    path = ct_volume.GetStorageNode().GetFileName()
+    second = context.load_volume(path, "second")
+    prompt = Prompt.create(positive=[[60, 50]])
+    for volume in (ct_volume, second):
+        logic.predict_on_slice(volume, 0, 3, prompt)
+    assert logic.held_volume_ids() == sorted([ct_volume.GetID(), second.GetID()])
+    assert len(logic.cache) == 2
+
+    context.scene.RemoveNode(ct_volume)
+    assert logic.held_volume_ids() == [second.GetID()]
+    context.scene.Clear(0)
+    assert logic.held_volume_ids() == [] and len(logic.cache) == 0 and logic.model_is_loaded()
+
+    third = context.load_volume(path, "third")
+    logic.predict_on_slice(third, 0, 3, prompt)
+    logic.release()  # module cleanup: everything goes, the scene is no longer observed
+    assert logic.held_volume_ids() == [] and not logic.model_is_loaded()
+    logic.predict_on_slice(third, 0, 3, prompt)
+    context.scene.RemoveNode(third)
+    assert logic.held_volume_ids() == [third.GetID()]
