@@ -4,6 +4,7 @@ The segmentation itself happens in the Segment Editor (effect "MiniSAM"); the wo
 ``MiniSAMSegmentLib.logic``, which the headless script ``Scripts/batch_segment.py`` uses as well.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -38,6 +39,15 @@ class MiniSAMSegment(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
 
     def registerEditorEffect(self):
+        # Slicer loads SegmentEditorEffect.py as the module named after its folder, MiniSAMSegmentLib,
+        # unless that module exists: import the package first, or the effect would replace it with a plain
+        # module and its imports of MiniSAMSegmentLib.logic etc. would fail (unless another module happened
+        # to import the package before).
+        try:
+            import MiniSAMSegmentLib  # noqa: F401
+        except ImportError as exc:
+            logging.error(f"The MiniSAM effect is not available: {exc}")
+            return
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         instance = effects.qSlicerSegmentEditorScriptedEffect(None)
@@ -84,7 +94,10 @@ class MiniSAMSegmentLogic(ScriptedLoadableModuleLogic):
         return ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
 
     def status(self):
-        from MiniSAMSegmentLib.dependencies import missing_requirements, resolve_device
+        try:
+            from MiniSAMSegmentLib.dependencies import missing_requirements, resolve_device
+        except ImportError as exc:  # e.g. a Slicer release older than MiniSAM supports
+            return str(exc)
 
         torchMissing, missing = missing_requirements()
         if torchMissing or missing:

@@ -5,6 +5,7 @@ CMakeLists.txt must copy every file of the core package that the modules use."""
 from __future__ import annotations
 
 import ast
+import builtins
 import fnmatch
 import py_compile
 import re
@@ -47,7 +48,7 @@ def test_logic_modules_import_no_qt() -> None:
     logic_files = sorted(set(LIB.glob("*.py")) - QT_FILES) + [
         MODULE_DIR / "Scripts" / "batch_segment.py"
     ]
-    assert len(logic_files) == 8
+    assert len(logic_files) == 9
     for path in logic_files:
         imported = {name.split(".")[0] for name in _imports(path)}
         assert not imported & QT_MODULES, f"{path.name} imports {imported & QT_MODULES}"
@@ -188,3 +189,175 @@ def test_modules_from_a_source_checkout_find_the_core_package(
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split()
     assert lines == [str(REPO / "minisam" / "__init__.py")], done.stdout
+
+
+# Slicer's qSlicerSegmentEditorScriptedEffect::setPythonSource (Modules/Loadable/Segmentations/EditorEffects/
+# qSlicerSegmentEditorScriptedEffect.cxx) in Python: the module is named after the file's folder and created
+# empty if missing (PyImport_AddModule); unless it already has the class, the file is executed into it.
+SLICER_EFFECT_LOADER = """
+import os, sys, types
+
+class qSlicerSegmentEditorScriptedEffect:
+    def __init__(self, parent):
+        self._self = None
+
+    def setPythonSource(self, path):
+        module_name = os.path.basename(os.path.dirname(path))
+        class_name = os.path.splitext(os.path.basename(path))[0]
+        module = sys.modules.setdefault(module_name, types.ModuleType(module_name))
+        if not hasattr(module, class_name):
+            module.__file__ = path
+            exec(compile(open(path).read(), path, "exec"), module.__dict__)
+        self._self = getattr(module, class_name)(self)
+        return True
+
+    def self(self):
+        return self._self
+
+class AbstractScriptedSegmentEditorEffect:
+    def __init__(self, scriptedEffect):
+        self.scriptedEffect = scriptedEffect
+
+    def register(self):
+        REGISTERED.append(self)
+
+REGISTERED = []
+qt_stub = types.ModuleType("qt")
+loader = types.ModuleType("qSlicerSegmentationsEditorEffectsPythonQt")
+loader.qSlicerSegmentEditorScriptedEffect = qSlicerSegmentEditorScriptedEffect
+effects = types.ModuleType("SegmentEditorEffects")
+abstract = types.ModuleType("SegmentEditorEffects.AbstractScriptedSegmentEditorEffect")
+abstract.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
+abstract.__all__ = ["AbstractScriptedSegmentEditorEffect"]
+scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+             "ScriptedLoadableModuleWidget"):
+    setattr(scripted, name, type(name, (), {}))
+sys.modules.update({"qt": qt_stub, "qSlicerSegmentationsEditorEffectsPythonQt": loader,
+                    "SegmentEditorEffects": effects, abstract.__name__: abstract, scripted.__name__: scripted})
+"""
+
+
+def test_effect_registers_without_another_module_importing_its_package(tmp_path: Path) -> None:
+    """Issue 16: the effect's own imports (MiniSAMSegmentLib.dependencies, .logic) must work when no other
+    module (MiniSAMTrain) imported the package before Slicer loads the effect file."""
+    code = (
+        SLICER_EFFECT_LOADER
+        + f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"  # Slicer puts each module's folder on sys.path
+        + "import MiniSAMSegment\n"
+        + "MiniSAMSegment.MiniSAMSegment.registerEditorEffect(None)\n"
+        + "effect, = REGISTERED\n"
+        + "print(type(effect).__module__, type(effect).__name__)\n"
+        + "import MiniSAMSegmentLib.dependencies, MiniSAMSegmentLib.logic\n"  # what the effect imports
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["MiniSAMSegmentLib.SegmentEditorEffect", "SegmentEditorEffect"]
+
+
+# What Slicer runs before MiniSAM's version check (MiniSAMSegmentLib/__init__.py) has said "too old":
+# these must parse and run on the Python 3.9 of Slicer <= 5.8 so that the user reads that one line.
+BEFORE_VERSION_CHECK = [
+    MODULE_DIR / "MiniSAMSegment.py",
+    LIB / "__init__.py",
+    LIB / "compatibility.py",
+    REPO / "MiniSAMTrain" / "MiniSAMTrain.py",
+    REPO / "MiniSAMTrain" / "MiniSAMTrainLib" / "__init__.py",
+]
+
+
+def _python_310_constructs(path: Path) -> list[str]:
+    """Python 3.10+ constructs in a file: grammar (match, ...), zip(strict=), and ``X | Y`` evaluated at
+    run time (outside annotations, or in annotations without ``from __future__ import annotations``)."""
+    source = path.read_text()
+    try:
+        tree = ast.parse(source, str(path), feature_version=(3, 9))
+    except SyntaxError as exc:
+        return [f"line {exc.lineno}: {exc.msg}"]
+    lazy = any(
+        isinstance(n, ast.ImportFrom)
+        and n.module == "__future__"
+        and "annotations" in {a.name for a in n.names}
+        for n in tree.body
+    )
+    annotations = set()
+    for node in ast.walk(tree):
+        for annotation in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+            if annotation is not None and lazy:
+                annotations |= {id(n) for n in ast.walk(annotation)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "zip":
+            if any(k.arg == "strict" for k in node.keywords):
+                found.append(f"line {node.lineno}: zip(strict=...)")
+        if (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.BitOr)
+            and id(node) not in annotations
+            and (_looks_like_a_type(node.left) or _looks_like_a_type(node.right))
+        ):
+            found.append(f"line {node.lineno}: '|' of types evaluated at run time")
+    return found
+
+
+def _looks_like_a_type(node: ast.AST) -> bool:
+    """None, a builtin type, a capitalised name (a class) or a subscript (list[int]); not flags like Qt's."""
+    if isinstance(node, ast.Constant):
+        return node.value is None
+    if isinstance(node, ast.Name):
+        return node.id in dir(builtins) or node.id[:1].isupper()
+    return isinstance(node, ast.Subscript)
+
+
+@pytest.mark.parametrize("path", BEFORE_VERSION_CHECK, ids=lambda p: str(p.relative_to(REPO)))
+def test_runs_on_python_39_up_to_the_version_check(path: Path) -> None:
+    assert _python_310_constructs(path) == []
+
+
+def test_the_python_39_check_sees_what_breaks_there(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "def f(x: int | None) -> None:\n    match x:\n        case _:\n            pass\n"
+    )
+    assert "Pattern matching" in _python_310_constructs(sample)[0]
+    sample.write_text("def f(a, b: int | None):\n    return list(zip(a, b, strict=True))\n")
+    assert len(_python_310_constructs(sample)) == 2
+    sample.write_text(
+        "from __future__ import annotations\ndef f(b: int | None) -> str | None: ...\n"
+    )
+    assert _python_310_constructs(sample) == []
+    sample.write_text("from __future__ import annotations\nOptional = int | None\n")
+    assert _python_310_constructs(sample) == ["line 2: '|' of types evaluated at run time"]
+    sample.write_text("flags = item.flags() | Qt.ItemIsUserCheckable\nmask = a | b\n")
+    assert _python_310_constructs(sample) == []
+
+
+def test_an_older_slicer_gets_one_line_naming_the_release_to_use(tmp_path: Path) -> None:
+    from MiniSAMSegmentLib.compatibility import MINIMUM_SLICER, unsupported_python
+
+    assert unsupported_python((3, 12, 10)) is None and unsupported_python((3, 10, 0)) is None
+    message = unsupported_python((3, 9, 10))
+    assert message == (
+        f"MiniSAM needs 3D Slicer {MINIMUM_SLICER} or later (Python 3.10+); this Slicer runs Python 3.9.10"
+    )
+    # Slicer 5.8's Python, faked: both modules' packages refuse with that line
+    for package in ("MiniSAMSegmentLib", "MiniSAMTrainLib"):
+        code = (
+            "import sys\n"
+            "sys.version_info = (3, 9, 10, 'final', 0)\n"
+            f"sys.path[:0] = [{str(MODULE_DIR)!r}, {str(REPO / 'MiniSAMTrain')!r}]\n"
+            f"import {package}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == f"ImportError: {message}"
+    cmake = re.search(
+        r'set\(MINISAM_MINIMUM_SLICER "([0-9.]+)"\)', (REPO / "CMakeLists.txt").read_text()
+    )
+    assert (
+        cmake and cmake.group(1) == MINIMUM_SLICER
+    )  # the extension build refuses older releases too
