@@ -361,3 +361,13 @@ def test_an_older_slicer_gets_one_line_naming_the_release_to_use(tmp_path: Path)
     assert (
         cmake and cmake.group(1) == MINIMUM_SLICER
     )  # the extension build refuses older releases too
+
+
+@pytest.mark.parametrize("module_folder", ["MiniSAMSegment", "MiniSAMTrain"])
+def test_module_build_lists_every_python_file(module_folder: str) -> None:
+    """A Python file the module's CMakeLists.txt does not list is missing from the built extension."""
+    folder = REPO / module_folder
+    text = (folder / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module_folder)
+    listed = set(re.findall(r"^\s*(\S+\.py)\s*$", text, flags=re.MULTILINE))
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
+    assert files <= listed, sorted(files - listed)
