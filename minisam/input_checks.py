@@ -411,7 +411,7 @@ def check_dicom_series(folder: Path, series: Sequence[str], every_series: Sequen
     for candidate in sorted(folder.iterdir()):
         if (
             _is_dicom_candidate(candidate)
-            and os.path.normcase(str(candidate.absolute())) not in known
+            and os.path.normcase(os.path.abspath(candidate)) not in known
         ):
             raise InputError(
                 f"DICOM file {candidate} in folder {folder} cannot be read (truncated or corrupt); "

@@ -271,6 +271,17 @@ def test_a_complete_dicom_series_still_reads(tmp_path: Path) -> None:
     assert read_image(_dicom_series(tmp_path / "series")).shape == (6, 40, 40)
 
 
+def test_a_complete_dicom_series_reads_by_a_relative_path_through_dotdot(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from minisam.imageio import read_image
+
+    _dicom_series(tmp_path / "series")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert read_image("../series").shape == (6, 40, 40)
+
+
 def _huge_nifti(path: Path) -> Path:
     _volume(path, shape=(2, 4, 4))
     data = bytearray(path.read_bytes())
