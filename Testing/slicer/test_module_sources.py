@@ -31,7 +31,7 @@ SOURCES = sorted(
 
 def _imports(path: Path) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -67,7 +67,7 @@ def test_qt_files_do_use_qt() -> None:
 def _attribute_chains(path: Path, prefix: tuple[str, ...]) -> set[str]:
     """Names ``X`` used as ``<prefix>.X`` in a file (e.g. prefix ('self', 'scriptedEffect'))."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Attribute):
             chain, value = [node.attr], node.value
             while isinstance(value, ast.Attribute):
@@ -83,7 +83,7 @@ def _attribute_chains(path: Path, prefix: tuple[str, ...]) -> set[str]:
 def test_slicer_api_names_exist(shared_data: Path) -> None:
     names_file = shared_data.parent / "slicer-api" / "names.txt"
     assert names_file.is_file(), f"{names_file} is missing"
-    known = set(names_file.read_text().split())
+    known = set(names_file.read_text(encoding="utf-8").split())
     effect = LIB / "SegmentEditorEffect.py"
     used = {
         f"qSlicerSegmentEditorAbstractEffect.{n}"
@@ -102,7 +102,7 @@ def test_slicer_api_names_exist(shared_data: Path) -> None:
 
 def _cmake_globs(variable: str) -> tuple[bool, list[str]]:
     """(recursive?, patterns) of the top-level CMakeLists.txt's ``file(GLOB[_RECURSE] <variable> ...)``."""
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     found = re.findall(rf"file\(\s*(GLOB|GLOB_RECURSE)\s+{variable}\s+([^)]*)\)", text)
     assert len(found) == 1, f"expected one file(GLOB... {variable} ...) in CMakeLists.txt"
     mode, body = found[0]
@@ -271,7 +271,7 @@ BEFORE_VERSION_CHECK = [
 def _python_310_constructs(path: Path) -> list[str]:
     """Python 3.10+ constructs in a file: grammar (match, ...), zip(strict=), and ``X | Y`` evaluated at
     run time (outside annotations, or in annotations without ``from __future__ import annotations``)."""
-    source = path.read_text()
+    source = path.read_text(encoding="utf-8")
     try:
         tree = ast.parse(source, str(path), feature_version=(3, 9))
     except SyntaxError as exc:
@@ -356,7 +356,8 @@ def test_an_older_slicer_gets_one_line_naming_the_release_to_use(tmp_path: Path)
         assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1] == f"ImportError: {message}"
     cmake = re.search(
-        r'set\(MINISAM_MINIMUM_SLICER "([0-9.]+)"\)', (REPO / "CMakeLists.txt").read_text()
+        r'set\(MINISAM_MINIMUM_SLICER "([0-9.]+)"\)',
+        (REPO / "CMakeLists.txt").read_text(encoding="utf-8"),
     )
     assert (
         cmake and cmake.group(1) == MINIMUM_SLICER
@@ -367,7 +368,11 @@ def test_an_older_slicer_gets_one_line_naming_the_release_to_use(tmp_path: Path)
 def test_module_build_lists_every_python_file(module_folder: str) -> None:
     """A Python file the module's CMakeLists.txt does not list is missing from the built extension."""
     folder = REPO / module_folder
-    text = (folder / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module_folder)
+    text = (
+        (folder / "CMakeLists.txt")
+        .read_text(encoding="utf-8")
+        .replace("${MODULE_NAME}", module_folder)
+    )
     listed = set(re.findall(r"^\s*(\S+\.py)\s*$", text, flags=re.MULTILINE))
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
     assert files <= listed, sorted(files - listed)
