@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from minisam.atomic import atomic_output
@@ -32,6 +33,18 @@ from minisam.training.prompt_tuning import PromptTuningSettings, tune_prompt_pat
 EVALUATION_MANIFESTS = ("cxr_heldout", "us_hc18", "volumes", "compact")
 
 
+def capped(samples: list, limit: int, seed: int = 0) -> list:
+    """At most ``limit`` samples of each dataset (a seeded random choice), in their order."""
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for dataset in sorted({s.dataset for s in samples}):
+        members = [i for i, s in enumerate(samples) if s.dataset == dataset]
+        if len(members) > limit:
+            members = rng.choice(members, limit, replace=False).tolist()
+        keep.update(members)
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder")
@@ -41,6 +54,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--learning-rate", type=float, action="append")
+    parser.add_argument("--correction-clicks", type=int, default=1)
+    parser.add_argument(
+        "--max-per-dataset", type=int, help="at most this many training samples per dataset"
+    )
     args = parser.parse_args()
     methods = args.method or ["full"]
     rates = args.learning_rate or [None] * len(methods)
@@ -49,6 +66,8 @@ def main() -> None:
 
     manifests = [Path("docs/eval") / f"{name}.csv" for name in EVALUATION_MANIFESTS]
     train, val = click_tuning_samples(args.data, evaluation_images(manifests))
+    if args.max_per_dataset:
+        train = capped(train, args.max_per_dataset)
     base = load_model("litemedsam")
     train_inputs = to_model_inputs(train, base.config)
     val_inputs = to_model_inputs(val, base.config)

@@ -501,3 +501,32 @@ def test_cli_adalora_qat_ctrl_c_then_resume(hc18, tmp_path: Path, monkeypatch, c
     assert _leftovers(out) == []
     code, err = cli("--resume")
     assert code == 2 and len(err.splitlines()) == 1 and "nothing to continue" in err, err
+
+
+def test_a_decoder_only_adapter_encodes_each_slice_once(hc18: dict[str, list]) -> None:
+    loaded = load_model("default")
+    calls = []
+    loaded.sam.image_encoder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    spec = AdapterSpec(rank=4, target_modules=(), include_decoder=True)
+    settings = AdapterTrainSettings(
+        epochs=3, batch_size=3, learning_rate=3e-3, seed=1, validation_prompt="both"
+    )
+    model, report = train_adapter(loaded, hc18["train"], hc18["val"], spec, settings)
+    assert report.extra["frozen_encoder_cached"] is True
+    # every training and validation slice went through the NF4 encoder exactly once
+    assert sum(calls) == len(hc18["train"]) + len(hc18["val"])
+    assert len(report.history) == 3 and report.best_val_dice >= report.zero_shot_val_dice
+    trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".mask_decoder.transformer." in k for k in trainable)
+
+
+def test_cli_targets_none_needs_the_decoder(capsys, tmp_path: Path, hc18) -> None:
+    rows = [{"image": str(i), "label": str(m), "modality": "US"} for i, m in hc18["pairs"]]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    code = cli_main(
+        ["train-adapter", "--manifest", str(manifest), "--modality", "US", "--targets", "none", "--out",
+         str(tmp_path / "a"), "--quiet"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--targets none adapts nothing unless --include-decoder" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -64,9 +64,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--targets",
         default=",".join(ENCODER_CHOICES[:2]),
         help=f"encoder linears to adapt, comma-separated from {','.join(ENCODER_CHOICES)} "
-        "(default: %(default)s, the attention)",
+        "(default: %(default)s, the attention), or none with --include-decoder: a decoder-only "
+        "adapter, trained on the frozen encoder's embeddings computed once per slice",
     )
     parser.add_argument("--include-decoder", action="store_true", help="also adapt the decoder")
+    parser.add_argument(
+        "--validate-with",
+        choices=("box", "click", "both"),
+        default="box",
+        help="prompt that picks the best epoch: exact box, one interior click, or their mean "
+        "(default: box)",
+    )
     parser.add_argument(
         "--decoder-targets",
         default=",".join(DECODER_CHOICES[:4]),
@@ -91,7 +99,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--alpha must be > 0, not {args.alpha}")
     if not 0.0 <= args.dropout < 1.0:
         raise InputError(f"--dropout must be in [0, 1), not {args.dropout}")
-    target_names(args.targets, ENCODER_CHOICES, "--targets")
+    encoder_targets(args)
     target_names(args.decoder_targets, DECODER_CHOICES, "--decoder-targets")
     from minisam.training.adapter_trainer import check_quant
 
@@ -141,6 +149,15 @@ def target_names(text: str, choices: tuple[str, ...], flag: str) -> tuple[str, .
     return names
 
 
+def encoder_targets(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--targets`` as layer names; "none" (no encoder layer) only with ``--include-decoder``."""
+    if args.targets.strip().lower() == "none":
+        if not args.include_decoder:
+            raise InputError("--targets none adapts nothing unless --include-decoder is given")
+        return ()
+    return target_names(args.targets, ENCODER_CHOICES, "--targets")
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     from minisam.adapters import AdapterLibrary, save_adapter
@@ -152,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or f"{family.lower()}_adapter"
     samples, source = load_samples(args, preset_for_family(family) or AUTO)
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
-    settings = settings_from_args(AdapterTrainSettings, args)
+    settings = settings_from_args(AdapterTrainSettings, args, validation_prompt=args.validate_with)
     steps = args.epochs * -(-len(train) // args.batch_size)
     spec = adapter_spec(
         args.method,
@@ -160,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         steps,
         alpha=args.alpha,
         dropout=args.dropout,
-        target_modules=target_names(args.targets, ENCODER_CHOICES, "--targets"),
+        target_modules=encoder_targets(args),
         include_decoder=args.include_decoder,
         decoder_target_modules=target_names(
             args.decoder_targets, DECODER_CHOICES, "--decoder-targets"

@@ -29,6 +29,7 @@ from minisam.errors import InputError, ModelError
 from minisam.quantization import QuantScheme, parse_scheme, quantize_model
 from minisam.training.base_trainer import validation_dice
 from minisam.training.distributed import World
+from minisam.training.embedding_store import encode
 from minisam.training.loop import (
     LoopHooks,
     ProgressCallback,
@@ -37,14 +38,22 @@ from minisam.training.loop import (
     fit,
     restore,
 )
-from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches
+from minisam.training.mask_loss import (
+    EmbeddedPromptBatches,
+    PromptedMaskLoss,
+    SimulatedPromptBatches,
+)
 from minisam.training.model_inputs import to_model_inputs
 from minisam.training.slice_samples import SliceSample
 
 
 @dataclass
 class AdapterTrainSettings(TrainSettings):
-    """:class:`TrainSettings` with few-shot defaults and the CPU strategy of the quantized base."""
+    """:class:`TrainSettings` with few-shot defaults and the CPU strategy of the quantized base.
+
+    ``validation_prompt``: what picks the best epoch: "box" (exact box Dice), "click" (one click at
+    the most interior pixel) or "both" (their mean), so an adapter for clicks is chosen on clicks.
+    """
 
     epochs: int = 20
     batch_size: int = 4
@@ -52,6 +61,7 @@ class AdapterTrainSettings(TrainSettings):
     patience: int | None = 4
     warmup_fraction: float = 0.1
     cpu_strategy: str = "dequantize"
+    validation_prompt: str = "box"
 
 
 @dataclass
@@ -119,7 +129,8 @@ def train_adapter(
 ) -> tuple[PeftModel, AdapterTrainReport]:
     """Quantize ``loaded`` (unless ``quant`` is "fp32"), attach adapter ``name`` and train it.
 
-    Validates exact-box Dice on ``val_samples`` before training and after every epoch, keeps the
+    Validates (``settings.validation_prompt``: exact-box Dice by default) on ``val_samples`` before
+    training and after every epoch, keeps the
     best adapter weights (the identity adapter counts as epoch -1), stops after ``patience`` epochs
     without improvement, on ``max_minutes`` or when ``progress`` returns False (then the best
     weights so far are restored, so the adapter stays usable; ``state_file`` keeps what
@@ -169,19 +180,45 @@ def fit_adapter(
     """Train adapter ``name`` of ``model`` (on ``loaded.sam``) and leave its best weights in place.
 
     ``budget``: let AdaLoRA re-allocate ranks while training (off for a fixed-rank second stage).
+    A decoder-only adapter leaves the (frozen, maybe quantized) encoder's output unchanged, so every
+    slice is embedded once and the steps run the prompt encoder and mask decoder only (no image
+    augmentation then: the prompts vary instead).
     """
     config, sam = loaded.config, loaded.sam
     params = adapter_parameters(model, name)
     train = to_model_inputs(train_samples, config)
     val = to_model_inputs(val_samples, config)
     hooks = LoopHooks(progress=progress, **(_adalora_hooks(model) if budget else {}))
-    loop_report, best = fit(
-        PromptedMaskLoss(sam, config, settings.iou_loss_weight, settings.correction_clicks),
-        SimulatedPromptBatches(
+    val_embeddings = None
+    if encoder_is_frozen(params):  # embed every slice once; only the decoder side runs per step
+        train_embeddings, val_embeddings = encode(sam, train.images), encode(sam, val.images)
+        step_loss = PromptedMaskLoss(
+            sam, config, settings.iou_loss_weight, settings.correction_clicks, precomputed=True
+        )
+        batches = EmbeddedPromptBatches(
+            train_embeddings, train.masks, settings.seed, settings.box_probability
+        )
+    else:
+        step_loss = PromptedMaskLoss(
+            sam, config, settings.iou_loss_weight, settings.correction_clicks
+        )
+        batches = SimulatedPromptBatches(
             train, settings.seed, settings.box_probability, settings.geometric_augmentation
-        ),
+        )
+
+    def validate() -> float:
+        prompts = ("box", "click") if settings.validation_prompt == "both" else (
+            settings.validation_prompt,
+        )  # fmt: skip
+        return sum(
+            validation_dice(sam, val, config, prompt=p, embeddings=val_embeddings) for p in prompts
+        ) / len(prompts)
+
+    loop_report, best = fit(
+        step_loss,
+        batches,
         params,
-        lambda: validation_dice(sam, val, config),
+        validate,
         settings,
         hooks,
         baseline=True,
@@ -197,7 +234,13 @@ def fit_adapter(
     report.zero_shot_val_dice = loop_report.baseline_val_dice
     report.trainable_params = sum(p.numel() for p in params.values())
     report.train_slices, report.val_slices = len(train), len(val)
+    report.extra["frozen_encoder_cached"] = val_embeddings is not None
     return report
+
+
+def encoder_is_frozen(params: dict[str, torch.nn.Parameter]) -> bool:
+    """True when no trainable parameter lives in the image encoder (a decoder-only adapter)."""
+    return not any(".image_encoder." in f".{key}" for key in params)
 
 
 def _adalora_hooks(model: PeftModel) -> dict:

@@ -46,20 +46,31 @@ class EmbeddingStore:
         keys = [self._key(image) for image in images]
         files = [self.folder / f"{key}.safetensors" for key in keys]
         missing = [i for i, file in enumerate(files) if not file.is_file()]
-        sam = self.model.sam.eval()
-        device = next(sam.parameters()).device
-        with torch.inference_mode():
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start : start + self.batch_size]
-                batch = images[chunk].to(device).float()
-                embeddings = sam.image_encoder(sam.preprocess(batch)).float().cpu()
-                for i, embedding in zip(chunk, embeddings, strict=True):
-                    with atomic_output(files[i]) as tmp:
-                        save_file({"embedding": embedding.contiguous()}, str(tmp))
-                self.computed += len(chunk)
-                if progress is not None:
-                    progress(start + len(chunk), len(missing))
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            embeddings = encode(self.model.sam, images[chunk], self.batch_size)
+            for i, embedding in zip(chunk, embeddings, strict=True):
+                with atomic_output(files[i]) as tmp:
+                    save_file({"embedding": embedding.contiguous()}, str(tmp))
+            self.computed += len(chunk)
+            if progress is not None:
+                progress(start + len(chunk), len(missing))
         return torch.stack([load_file(str(file))["embedding"] for file in files])
+
+
+def encode(sam: torch.nn.Module, images: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Float32 CPU embeddings (N, C, g, g) of model-sized uint8 ``images`` (N, 3, S, S), in eval
+    mode (frozen batch norms), without gradients."""
+    was_training = sam.training
+    sam.eval()
+    device = next(sam.parameters()).device
+    out = []
+    with torch.no_grad():  # not inference_mode: the embeddings feed a training graph afterwards
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device).float()
+            out.append(sam.image_encoder(sam.preprocess(batch)).float().cpu())
+    sam.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def unique_images(data: ModelInputs) -> torch.Tensor:
