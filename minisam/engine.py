@@ -69,9 +69,12 @@ class SamEngine:
 
     @torch.inference_mode()
     def predict(
-        self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool = False
+        self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool | None = None
     ) -> Prediction:
-        """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted by score."""
+        """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted
+        by score. None (the default) asks for three only when the prompt is ambiguous (a lone click)."""
+        if multimask is None:
+            multimask = prompt.is_ambiguous
         transform = embedding.transform
         points = None
         if prompt.points is not None:

@@ -54,6 +54,17 @@ class Prompt:
     def is_empty(self) -> bool:
         return self.points is None and self.box is None
 
+    @property
+    def is_ambiguous(self) -> bool:
+        """One point and nothing else: part, object or whole? SAM answers it with three candidate
+        masks and keeps the one its IoU head rates best (Kirillov et al. 2023, sec. 3)."""
+        return (
+            self.box is None
+            and self.mask_logits is None
+            and self.points is not None
+            and len(self.points) == 1
+        )
+
     def validate(self, shape: tuple[int, int], where: str = "the image") -> None:
         """Raise PromptError unless every point and the box lie on a slice of ``shape`` = (H, W)."""
         height, width = shape

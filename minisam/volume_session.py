@@ -83,7 +83,9 @@ class VolumeSession:
             (self.key, axis, index), lambda: self.engine.embed(self.slice_image(axis, index))
         )
 
-    def predict(self, axis: int, index: int, prompt: Prompt, multimask: bool = False) -> Prediction:
+    def predict(
+        self, axis: int, index: int, prompt: Prompt, multimask: bool | None = None
+    ) -> Prediction:
         """Masks for ``prompt`` on one slice (prompt coordinates: x = last remaining axis, y = the other)."""
         self._check_index(axis, index)
         prompt.validate(self.slice_shape(axis), where=f"slice {index} along axis {axis}")
@@ -95,7 +97,7 @@ class VolumeSession:
         prompts: dict[int, Prompt],
         propagate: bool = False,
         settings: PropagationSettings | None = None,
-        multimask: bool = False,
+        multimask: bool | None = None,
         progress: ProgressCallback | None = None,
     ) -> VolumeResult:
         """Segment the prompted slices and, with ``propagate``, their neighbours in both directions.

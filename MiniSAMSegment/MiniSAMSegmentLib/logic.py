@@ -361,7 +361,7 @@ class MiniSAMSegmentLogic:
     # -- segmentation ------------------------------------------------------------------------------------
 
     def predict_on_slice(
-        self, volume_node, axis: int, index: int, prompt: Prompt, multimask: bool = False
+        self, volume_node, axis: int, index: int, prompt: Prompt, multimask: bool | None = None
     ) -> tuple[np.ndarray, float]:
         """(mask (H, W) bool, predicted IoU) for ``prompt`` on slice ``index`` along numpy ``axis``."""
         prediction = self.session(volume_node).predict(axis, index, prompt, multimask=multimask)

@@ -57,3 +57,19 @@ def test_session_caches_per_axis_and_slice(engine: SamEngine) -> None:
     result = session.predict(1, 4, Prompt.create(box=[2, 1, 10, 4]))
     assert result.masks.shape[1:] == (6, 30)  # coronal slice of a (Z, Y, X) array is (Z, X)
     assert session.cache.misses == 2
+
+
+def test_a_lone_click_gets_three_candidates_unless_told_otherwise(engine: SamEngine) -> None:
+    rng = np.random.default_rng(0)
+    embedding = engine.embed(rng.integers(0, 255, (60, 80, 3)).astype(np.float32))
+    click = Prompt(points=np.array([[30.0, 20.0]]), labels=np.array([1]))
+    two = Prompt(points=np.array([[30.0, 20.0], [50.0, 40.0]]), labels=np.array([1, 0]))
+    box = Prompt(box=np.array([10.0, 10.0, 50.0, 40.0]))
+    assert click.is_ambiguous and not two.is_ambiguous and not box.is_ambiguous
+    assert len(engine.predict(embedding, click).masks) == 3
+    assert len(engine.predict(embedding, click, multimask=False).masks) == 1
+    assert len(engine.predict(embedding, two).masks) == 1
+    assert len(engine.predict(embedding, box).masks) == 1
+    assert len(engine.predict(embedding, box, multimask=True).masks) == 3
+    with_previous = click.with_point(np.array([40.0, 30.0]), 1, mask_logits=np.zeros((1, 16, 16)))
+    assert not with_previous.is_ambiguous

@@ -113,7 +113,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--window", nargs=2, type=float, metavar=("LEVEL", "WIDTH"), help="CT window in HU"
     )
     model.add_argument(
-        "--multimask", action="store_true", help="ask for 3 candidates and keep the best"
+        "--multimask",
+        action="store_true",
+        help="ask for 3 candidates and keep the best (always done for a single click alone)",
     )
     model.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     model.add_argument("--no-download", action="store_true", help="never download official weights")
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         prompts,
         propagate=args.propagate,
         settings=settings,
-        multimask=args.multimask,
+        multimask=True if args.multimask else None,  # else: three candidates for a lone click
         progress=progress,
     )
     if bar is not None:
