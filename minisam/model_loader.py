@@ -13,30 +13,39 @@ from minisam.model_config import PRESETS, build_sam
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = PACKAGE_WEIGHTS / "minisam_default.safetensors"
+# Models shipped inside the package, by name: they load offline, without a download.
+PACKAGED_MODELS = {
+    "default": DEFAULT_MODEL,
+    "litemedsam-clicks": PACKAGE_WEIGHTS / "litemedsam_clicks.safetensors",
+}
 RANDOM_PREFIX = "random:"
 
 
 def known_model_names() -> list[str]:
     """Names ``--model`` accepts besides a file path."""
-    return ["default", *weights.OFFICIAL_WEIGHTS, *(RANDOM_PREFIX + name for name in PRESETS)]
+    return [
+        *PACKAGED_MODELS,
+        *weights.OFFICIAL_WEIGHTS,
+        *(RANDOM_PREFIX + name for name in PRESETS),
+    ]
 
 
 def load_model(spec: str, *, download: bool = True, seed: int = 0) -> LoadedModel:
     """Load the model that ``spec`` names.
 
     Arguments:
-      spec: "default" (the model shipped inside the package), an official name such as "sam_vit_b"
-        (from the cache, downloaded and verified when allowed), "random:<preset>" (untrained, for timing and
-        tests), or a path to a ``.safetensors`` (MiniSAM) or ``.pth`` (segment-anything layout) checkpoint.
+      spec: "default" or another name of :data:`PACKAGED_MODELS` (shipped inside the package), an
+        official name such as "sam_vit_b" (from the cache, downloaded and verified when allowed),
+        "random:<preset>" (untrained, for timing and tests), or a path to a ``.safetensors``
+        (MiniSAM) or ``.pth`` (segment-anything layout) checkpoint.
       download: allow downloading official weights missing from the cache.
       seed: initialisation seed for "random:" models.
     """
-    if spec == "default":
-        if not DEFAULT_MODEL.is_file():
-            raise ModelError(
-                f"the embedded default model {DEFAULT_MODEL} is missing: reinstall minisam"
-            )
-        return load_minisam_checkpoint(DEFAULT_MODEL)
+    if spec in PACKAGED_MODELS:
+        path = PACKAGED_MODELS[spec]
+        if not path.is_file():
+            raise ModelError(f"the packaged model {spec!r} ({path}) is missing: reinstall minisam")
+        return load_minisam_checkpoint(path)
     if spec.startswith(RANDOM_PREFIX):
         arch = spec[len(RANDOM_PREFIX) :]
         if arch not in PRESETS:

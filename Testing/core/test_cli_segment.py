@@ -417,5 +417,13 @@ def test_models_command_lists_official_names(capsys, monkeypatch, tmp_path: Path
     monkeypatch.setenv("MINISAM_CACHE", str(tmp_path))
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b", "random:tiny"):
+    for name in (
+        "default",
+        "litemedsam-clicks",
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+        "medsam_vit_b",
+        "random:tiny",
+    ):
         assert name in out

@@ -6,7 +6,7 @@ import argparse
 
 from minisam import weights
 from minisam.model_config import PRESETS, build_sam, count_parameters
-from minisam.model_loader import DEFAULT_MODEL, RANDOM_PREFIX
+from minisam.model_loader import PACKAGED_MODELS, RANDOM_PREFIX
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -17,13 +17,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from minisam.checkpoints import read_safetensors_metadata
 
-    print("Embedded default:")
-    if DEFAULT_MODEL.is_file():
-        card = read_safetensors_metadata(DEFAULT_MODEL).get("card", "{}")
-        print(f"  default  {DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB  {DEFAULT_MODEL}")
-        print(f"           card: {card[:200]}")
-    else:
-        print(f"  default  missing ({DEFAULT_MODEL})")
+    print("Inside the package (offline):")
+    for name, path in PACKAGED_MODELS.items():
+        if path.is_file():
+            card = read_safetensors_metadata(path).get("card", "{}")
+            print(f"  {name:<18} {path.stat().st_size / 1e6:.1f} MB  {path}")
+            print(f"  {'':<18} card: {card[:200]}")
+        else:
+            print(f"  {name:<18} missing ({path})")
     print(f"\nOfficial checkpoints (cache: {weights.cache_dir()}):")
     for row in weights.describe_cache():
         state = f"cached at {row['path']}" if row["cached"] else "not cached"
