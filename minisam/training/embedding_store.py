@@ -73,25 +73,29 @@ def encode(sam: torch.nn.Module, images: torch.Tensor, batch_size: int = 4) -> t
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _image_groups(data: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the distinct images of ``data`` in order, each sample's position among them),
+    hashing each image once."""
+    position: dict[bytes, int] = {}
+    distinct: list[int] = []
+    rows: list[int] = []
+    for i in range(len(data)):
+        key = hashlib.sha1(data.images[i].numpy().tobytes()).digest()
+        if key not in position:
+            position[key] = len(distinct)
+            distinct.append(i)
+        rows.append(position[key])
+    return torch.tensor(distinct, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+
+
 def unique_images(data: ModelInputs) -> torch.Tensor:
     """Indices of the distinct images in ``data`` (several masks of one slice share an image)."""
-    seen: dict[bytes, int] = {}
-    for i in range(len(data)):
-        seen.setdefault(hashlib.sha1(data.images[i].numpy().tobytes()).digest(), i)
-    return torch.tensor(sorted(seen.values()), dtype=torch.long)
+    return _image_groups(data)[0]
 
 
 def embeddings_of(
     store: EmbeddingStore, data: ModelInputs, progress: Callable[[int, int], None] | None = None
 ) -> torch.Tensor:
     """The embedding of every sample of ``data`` (N, C, g, g); each distinct image encoded once."""
-    distinct = unique_images(data)
-    computed = store(data.images[distinct], progress)
-    by_bytes = {
-        hashlib.sha1(data.images[int(i)].numpy().tobytes()).digest(): k
-        for k, i in enumerate(distinct)
-    }
-    rows = [
-        by_bytes[hashlib.sha1(data.images[i].numpy().tobytes()).digest()] for i in range(len(data))
-    ]
-    return computed[torch.tensor(rows, dtype=torch.long)]
+    distinct, rows = _image_groups(data)
+    return store(data.images[distinct], progress)[rows]
