@@ -1,12 +1,12 @@
 """MiniSAMTrain: fine-tune a MiniSAM modality adapter on the slices you segmented, and install it.
 
 Pick a volume and a segmentation whose segments are drawn on some slices; the module counts the annotated
-slices, trains a LoRA / AdaLoRA adapter on them off the GUI thread (progress, live validation Dice, cancel)
-and installs it into the adapter library, where the MiniSAM Segment Editor effect picks it up by modality.
-The work is done by ``MiniSAMTrainLib.train_logic`` (no Qt); this file is the panel.
+slices, trains a LoRA / AdaLoRA adapter on them in a separate ``minisam train-adapter`` process (full speed,
+the GUI stays responsive; progress, live validation Dice, cancel) and installs it into the adapter library,
+where the MiniSAM Segment Editor effect picks it up by modality. The work is done by ``MiniSAMTrainLib``
+(``train_logic``, ``training_process``: no Qt); this file is the panel.
 """
 
-import logging
 import math
 import shutil
 import tempfile
@@ -18,7 +18,6 @@ from MiniSAMTrainLib.train_logic import (
     AXIS_NAMES,
     COMMON_FAMILIES,
     MIN_ANNOTATED_SLICES,
-    TrainingJob,
     ensure_training_packages,
     suggested_modality,
 )
@@ -33,9 +32,8 @@ from slicer.util import VTKObservationMixin
 
 from minisam.errors import MiniSAMError
 
-POLL_MSEC = 200  # how often the panel reads the training job's state
+POLL_MSEC = 200  # how often the panel reads the training process's progress
 COUNT_DELAY_MSEC = 500  # recount annotated slices this long after the last segment edit
-STOP_WAIT_SECONDS = 60  # longest wait for the worker's last step when the scene or module closes
 PROGRESS_STEPS = 1000
 METHOD_CHOICES = (("LoRA", "lora"), ("AdaLoRA", "adalora"))
 QUANT_CHOICES = ("nf4", "int8", "fp32")
@@ -58,7 +56,8 @@ class MiniSAMTrain(ScriptedLoadableModule):
             "segmentation (segments drawn on some slices: slices without drawing are ignored), name the "
             "modality, then <b>Train adapter</b>. The adapter is installed into your adapter library and "
             "the <b>MiniSAM</b> Segment Editor effect uses it for that modality right away. Training "
-            "runs in the background; Cancel stops it and installs nothing."
+            "runs in a separate process, so Slicer stays responsive; Cancel ends it and installs "
+            "nothing."
         )
         self.parent.acknowledgementText = (
             "Part of the MiniSAM extension. Adapters are LoRA / AdaLoRA (peft) on the quantized "
@@ -71,8 +70,7 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self.job = None
-        self.validationHistory = []
+        self.job = None  # the running MiniSAMTrainLib.training_process.TrainingProcess
         self._segmentation = None  # the vtkSegmentation whose segment events are observed
 
     # -- layout ------------------------------------------------------------------------------------------
@@ -305,59 +303,63 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
 
     def onTrain(self):
+        if self.job is not None:  # a second click while one runs: refused, never a second process
+            return
         with slicer.util.tryWithErrorDisplay("MiniSAM training could not start:", waitCursor=True):
             self.logic.installDependencies()
-            job = TrainingJob(
-                self.logic,
+            plan = self.logic.prepare(
                 self.volumeSelector.currentNode(),
                 self.segmentationSelector.currentNode(),
                 self.checkedSegmentIds(),
                 **self.trainingOptions(),
             )
-            self.job = job.start()
-            self.validationHistory = []
+            self.job = self.logic.start(plan)
             self.setRunning(True)
             self.diceLabel.text = "Validation Dice: -"
             self.statusLabel.text = (
-                f"Training {job.plan.name} on {len(job.plan.train)} samples, validating on "
-                f"{len(job.plan.val)}..."
+                f"Starting the training of {plan.name} ({plan.samples} samples)..."
             )
             self.pollTimer.start()
 
     def onCancel(self):
-        if self.job is not None:
-            self.job.cancel()
+        job = self.job
+        if job is not None:
             self.cancelButton.enabled = False
-            self.statusLabel.text = "Stopping after the current step; nothing will be installed."
+            with slicer.util.tryWithErrorDisplay("MiniSAM training could not be cancelled:"):
+                job.cancel()
+            self.finishTraining(job)
 
     def onPoll(self):
         job = self.job
         if job is None:
             self.pollTimer.stop()
             return
-        for event in job.events():
-            if "validation" in event:
-                self.validationHistory.append(event["validation"]["val_dice"])
+        job.poll()
         state = job.state
         self.progressBar.value = int(round(state.fraction * PROGRESS_STEPS))
-        if self.validationHistory:
-            history = ", ".join(f"{d:.3f}" for d in self.validationHistory[-8:])
+        history = job.validation_history
+        if history:
+            recent = ", ".join(f"{d:.3f}" for d in history[-8:])
             self.diceLabel.text = (
-                f"Validation Dice: {self.validationHistory[-1]:.3f} "
-                f"(best {max(self.validationHistory):.3f}; per epoch: {history})"
+                f"Validation Dice: {history[-1]:.3f} (best {max(history):.3f}; per epoch: {recent})"
             )
         if not state.done:
-            if not job.cancelling:
-                loss = "" if math.isnan(state.loss) else f", loss {state.loss:.3f}"
-                epochs = job.plan.settings.epochs + job.plan.qat_epochs
-                self.statusLabel.text = (
-                    f"{state.phase.capitalize()}: epoch {state.epoch + 1} of {epochs}{loss}"
-                )
+            loss = "" if math.isnan(state.loss) else f", loss {state.loss:.3f}"
+            epochs = job.plan.epochs + (max(1, job.plan.epochs // 2) if job.plan.qat else 0)
+            where = (
+                f": epoch {state.epoch + 1} of {epochs}{loss}" if state.phase == "training" else ""
+            )
+            data = (
+                f" ({job.train_slices} training, {job.val_slices} validation samples)"
+                if job.train_slices
+                else ""
+            )
+            self.statusLabel.text = f"{state.phase.capitalize()}{where}{data}"
             return
         self.finishTraining(job)
 
     def finishTraining(self, job, reason=None, show=True):
-        """Report a job that has ended (or is being abandoned because the scene or module closed)."""
+        """Report a training that has ended (or was ended because the scene or module closed)."""
         self.pollTimer.stop()
         self.job = None
         self.setRunning(False)
@@ -376,15 +378,11 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.progressBar.value = PROGRESS_STEPS
 
     def stopTraining(self, reason, show=True):
-        """Cancel a running job and wait for its thread (the user's segmentation is never written)."""
+        """End a running training process (the user's segmentation is never written)."""
         job = self.job
         if job is None:
             return
         job.cancel()
-        if not job.wait(STOP_WAIT_SECONDS):
-            logging.warning(
-                "MiniSAMTrain: the training thread is still finishing; it installs nothing"
-            )
         self.finishTraining(job, reason, show)
 
     def onSceneStartClose(self, caller=None, event=None):
@@ -465,11 +463,11 @@ class MiniSAMTrainTest(ScriptedLoadableModuleTest):
         before = segment_array(segmentation, segmentId, volume)
         library = tempfile.mkdtemp(prefix="MiniSAMTrainTest-")
         try:
-            job = TrainingJob(
-                logic, volume, segmentation, [segmentId], "CT", rank=2, epochs=1, batch_size=2,
+            plan = logic.prepare(
+                volume, segmentation, [segmentId], "CT", rank=2, epochs=1, batch_size=2,
                 library_root=library,
             )  # fmt: skip
-            job.start()
+            job = logic.start(plan)
             self.assertTrue(job.wait(600))
             self.assertIsNone(job.error)
             self.assertFalse(job.result.cancelled)

@@ -1,29 +1,24 @@
 """Train a modality adapter on the slices a user annotated in Slicer, and install it. MRML level, no Qt.
 
 Flow: :func:`annotated_slices` finds the slices of a volume that carry a drawn segment;
-:meth:`MiniSAMTrainLogic.prepare` (MRML reads, so in the GUI thread) turns them into slice samples split
-into training and validation blocks; :meth:`MiniSAMTrainLogic.run` (no MRML: any thread) trains the
-adapter with :func:`minisam.training.adapter_trainer.train_adapter`, writes the adapter folder and installs
-it into the adapter library, where MiniSAMSegment picks it up by modality. :class:`TrainingJob` runs that
-second half on a ``threading.Thread`` with a thread-safe progress state and a cancel flag; the module's
-panel polls it with a QTimer.
+:meth:`MiniSAMTrainLogic.prepare` (MRML reads, so in the GUI thread) checks the options and cuts the
+annotated slices, normalised as MiniSAMSegment normalises the volume, into contiguous blocks (the cases of
+the training / validation split); :meth:`MiniSAMTrainLogic.start` hands that plan to a
+:class:`~MiniSAMTrainLib.training_process.TrainingProcess`, which trains the adapter in a separate
+``minisam train-adapter`` process (full speed: Slicer's main thread keeps the GIL, so a thread would crawl)
+and installs it into the adapter library, where MiniSAMSegment picks it up by modality. The module's panel
+polls the process with a QTimer.
 
-Importing this module needs numpy and slicer only; torch, peft and the trainer are imported when a
-training is prepared, so the panel loads before the Python packages are installed.
+Importing this module needs numpy and slicer only; torch and peft are needed by the training process (and
+by the adapter check when the result is installed), so the panel loads before they are installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import math
-import queue
 import re
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +33,8 @@ from MiniSAMSegmentLib.volume_node import (
     volume_arrays,
 )
 
-from minisam.errors import InputError, MiniSAMError
-from minisam.intensity import normalize_intensity, to_rgb
+from minisam.errors import InputError
+from minisam.intensity import normalize_intensity
 from minisam.modality import (
     AUTO,
     FAMILIES,
@@ -47,7 +42,8 @@ from minisam.modality import (
     family_of_preset,
     preset_for_family,
 )
-from minisam.training.splits import split_cases
+
+from .training_process import JobState, TrainingProcess, TrainResult
 
 __all__ = [
     "AXIS_NAMES",
@@ -57,9 +53,10 @@ __all__ = [
     "AnnotatedSlices",
     "JobState",
     "MiniSAMTrainLogic",
+    "SliceBlock",
     "TrainResult",
-    "TrainingJob",
     "TrainingPlan",
+    "TrainingProcess",
     "annotated_slices",
     "ensure_training_packages",
     "require_enough",
@@ -83,8 +80,6 @@ TRAINING_REQUIREMENTS = {
 }
 """Import name -> pip requirement of what training needs besides MiniSAMSegment's packages."""
 _ALIGNED = 1e-3  # |cos| between slice normals must be this close to 1 (about 2.6 degrees)
-
-Progress = Callable[[dict], "bool | None"]
 
 
 # ------------------------------------------------------------------------------------ annotated slices
@@ -259,70 +254,61 @@ def suggested_modality(volumeNode) -> str:
 # ------------------------------------------------------------------------------------------ training
 
 
+@dataclass(frozen=True)
+class SliceBlock:
+    """Contiguous annotated slices: ``image`` (n, H, W) uint8, normalised over the whole volume, and per
+    segment ID an (n, H, W) mask (empty on the block's slices where that segment is not drawn)."""
+
+    name: str
+    slices: tuple[int, ...]
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+
+
 @dataclass
 class TrainingPlan:
-    """Everything :meth:`MiniSAMTrainLogic.run` needs, read from MRML beforehand (no node inside)."""
+    """Everything a training process needs, read from MRML beforehand (no node inside)."""
 
     name: str
     family: str
     model: str
     quant: str
+    method: str
+    rank: int
     qat: bool
+    epochs: int
+    batch_size: int
+    seed: int
     library_root: Path
-    spec: object  # minisam.adapters.AdapterSpec
-    settings: object  # minisam.training.adapter_trainer.AdapterTrainSettings
-    train: list
-    val: list
+    blocks: list[SliceBlock]
     summary: dict
-    qat_epochs: int = 0
 
     @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.settings.batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        """Optimiser steps of the whole run (both stages for QAT) if it does not stop early."""
-        return (self.settings.epochs + self.qat_epochs) * self.steps_per_epoch
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training did; ``path`` is the installed adapter (None when cancelled: nothing installed)."""
-
-    name: str
-    path: Path | None
-    modality: str
-    zero_shot_val_dice: float
-    best_val_dice: float
-    best_epoch: int
-    trainable_params: int
-    seconds: float
-    cancelled: bool
-    train_slices: int
-    val_slices: int
-    quant: str
-
-    def describe(self) -> str:
-        """One line for the panel and the log."""
-        if self.cancelled:
-            return (
-                f"training of {self.name} cancelled after {self.seconds:.0f} s: nothing installed"
-            )
-        gain = (
-            "no better than the base model (identity adapter kept)"
-            if self.best_epoch < 0
-            else f"best epoch {self.best_epoch}"
+    def samples(self) -> int:
+        """(slice, segment) pairs with a drawing."""
+        return sum(
+            int(mask[i].any())
+            for block in self.blocks
+            for mask in block.masks.values()
+            for i in range(len(block.slices))
         )
-        return (
-            f"adapter {self.name} ({self.modality}, {self.trainable_params} parameters) installed: "
-            f"validation Dice {self.zero_shot_val_dice:.3f} zero-shot -> {self.best_val_dice:.3f}, "
-            f"{gain}, {self.seconds:.0f} s"
-        )
+
+    def command_arguments(self, manifest: Path, out: Path, source_info: Path) -> list[str]:
+        """The ``minisam train-adapter`` arguments of this plan (see TrainingProcess.command)."""
+        method = "adalora-qat" if self.qat else self.method
+        arguments = [
+            "--manifest", str(manifest), "--val-fraction", str(VAL_FRACTION),
+            "--modality", self.family, "--model", self.model, "--method", method,
+            "--rank", str(self.rank), "--epochs", str(self.epochs),
+            "--batch-size", str(self.batch_size), "--seed", str(self.seed),
+            "--name", self.name, "--out", str(out), "--source-info", str(source_info),
+            "--progress-json", "--quiet",
+        ]  # fmt: skip
+        return arguments if self.qat else [*arguments, "--quant", self.quant]
 
 
 class MiniSAMTrainLogic:
-    """Annotated slices -> slice samples -> adapter -> adapter library. Holds no state between runs."""
+    """Annotated slices -> training plan -> training process -> adapter library. No state between runs."""
 
     annotated_slices = staticmethod(annotated_slices)
 
@@ -344,7 +330,7 @@ class MiniSAMTrainLogic:
         name: str | None = None,
         seed: int = 0,
     ) -> TrainingPlan:
-        """Check the options, read the annotated slices and build the samples (call in the GUI thread).
+        """Check the options, read the annotated slices and cut them into blocks (in the GUI thread).
 
         Arguments:
           modality: the adapter's modality (a DICOM Modality code or family: CT, MR, US, XRAY, ...); it
@@ -359,7 +345,6 @@ class MiniSAMTrainLogic:
         """
         from minisam.adapters.library import default_root
         from minisam.adapters.lora import check_adapter_name
-        from minisam.training.adapter_trainer import AdapterTrainSettings, adapter_spec
 
         family = family_for_dicom(modality)
         if family is None:
@@ -386,119 +371,59 @@ class MiniSAMTrainLogic:
         else:
             name = _free_name(root, f"{family.lower()}_{volumeNode.GetName()}")
         norm = normalization_modality(volumeNode, preset_for_family(family) or AUTO)
-        samples = _samples(
-            volume_arrays(volumeNode).array, masks, found, norm, volumeNode.GetName()
-        )
-        train, val = split_cases(samples, None, VAL_FRACTION, seed)
-        settings = AdapterTrainSettings(epochs=int(epochs), batch_size=int(batch_size), seed=seed)
-        steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
-        spec = adapter_spec(method, int(rank), steps)
+        blocks = _blocks(volume_arrays(volumeNode).array, masks, found, norm)
         summary = {
             "source": f"3D Slicer: volume {volume}, segmentation {node_label(segmentationNode)}",
             "segments": list(found.names.values()),
             "slice_axis": AXIS_NAMES[axis],
             "annotated_slices": list(found.slices),
+            "blocks": [block.name for block in blocks],
             "normalisation": norm,
-            "validation_blocks": sorted({s.case for s in val}),
-            "train_slices": len(train),
-            "val_slices": len(val),
-            "seed": seed,
         }
         return TrainingPlan(
-            name, family, model, quant, bool(qat), root, spec, settings, train, val, summary,
-            qat_epochs=max(1, settings.epochs // 2) if qat else 0,
+            name, family, model, quant, method, int(rank), bool(qat), int(epochs), int(batch_size),
+            int(seed), root, blocks, summary,
         )  # fmt: skip
 
-    def run(self, plan: TrainingPlan, progress: Progress | None = None) -> TrainResult:
-        """Train, save and install the adapter of ``plan``; touches no MRML node (any thread).
+    def start(self, plan: TrainingPlan, python: str | None = None) -> TrainingProcess:
+        """Start training ``plan`` in a separate process (returns at once; poll or wait on it)."""
+        return TrainingProcess(plan, python).start()
 
-        ``progress`` gets {"phase": ...} when the work changes phase and the trainer's step and
-        validation dicts; returning False cancels (the trainer stops after the current step). A
-        cancelled run installs nothing, so MiniSAMSegment keeps the adapter it had for the modality.
+    def train(self, *args, python: str | None = None, **options) -> TrainResult:
+        """:meth:`prepare` with these arguments, then train and install, waiting for the end.
+
+        For scripts and tests (``train(volume, segmentation, ids, "MR", epochs=2)``); the panel
+        starts the process with :meth:`start` and polls it instead.
+
+        Raises:
+          InputError: what :meth:`prepare` refuses; MiniSAMError: the training failed (one line).
         """
-        from minisam.adapters import AdapterLibrary, save_adapter
-        from minisam.model_loader import load_model
-        from minisam.training.adapter_trainer import train_adapter
-
-        started = time.monotonic()
-
-        def say(phase: str) -> bool:
-            return progress is None or progress({"phase": phase}) is not False
-
-        if not say("loading model"):
-            return _cancelled(plan, started)
-        loaded = load_model(plan.model)
-        if not say("training"):
-            return _cancelled(plan, started)
-        if plan.qat:
-            from minisam.training.qat import train_adapter_qat
-
-            model, report, _ = train_adapter_qat(
-                loaded, plan.train, plan.val, plan.spec, plan.family, plan.settings,
-                qat_epochs=plan.qat_epochs, progress=progress, name=plan.name,
-            )  # fmt: skip
-        else:
-            model, report = train_adapter(
-                loaded,
-                plan.train,
-                plan.val,
-                plan.spec,
-                plan.settings,
-                plan.quant,
-                progress,
-                plan.name,
-            )
-        if report.cancelled:
-            return _cancelled(plan, started)
-        say("installing")
-        metadata = {
-            "name": plan.name,
-            "modality": plan.family,
-            "base_hash": report.base_hash,
-            "base_model": plan.model,
-            "training_data": dict(plan.summary, epochs_run=len(report.history), quant=report.quant),
-            "metrics": {
-                "val_dice": round(report.best_val_dice, 4),
-                "zero_shot_val_dice": round(report.zero_shot_val_dice, 4),
-                "best_epoch": report.best_epoch,
-                "history": report.history,
-                **({"qat": report.extra} if plan.qat else {}),
-            },
-        }
-        with tempfile.TemporaryDirectory(prefix="minisam-train-") as tmp:
-            folder = save_adapter(model, plan.name, Path(tmp) / plan.name, metadata)
-            info = AdapterLibrary(plan.library_root).install(folder)
-        result = TrainResult(
-            plan.name, info.path, plan.family, report.zero_shot_val_dice, report.best_val_dice,
-            report.best_epoch, report.trainable_params, time.monotonic() - started, False,
-            len(plan.train), len(plan.val), report.quant,
-        )  # fmt: skip
-        logging.info("MiniSAMTrain: %s", result.describe())
-        return result
-
-    def train(self, *args, progress: Progress | None = None, **options) -> TrainResult:
-        """:meth:`prepare` with these arguments, then :meth:`run` with ``progress``, in this thread.
-
-        For scripts and tests (``train(volume, segmentation, ids, "MR", epochs=2, progress=...)``);
-        the panel runs the same two steps through a :class:`TrainingJob`.
-        """
-        return self.run(self.prepare(*args, **options), progress)
+        process = self.start(self.prepare(*args, **options), python)
+        process.wait()
+        if process.error is not None:
+            raise process.error
+        return process.result
 
 
-def _samples(volume: np.ndarray, masks: dict, found: AnnotatedSlices, norm: str, case: str) -> list:
-    """One SliceSample per annotated (slice, segment); the slice's block is its case."""
-    from minisam.training.slice_samples import SliceSample
-
+def _blocks(volume: np.ndarray, masks: dict, found: AnnotatedSlices, norm: str) -> list[SliceBlock]:
+    """The annotated slices in blocks (see :func:`slice_blocks`), with one mask stack per segment."""
     normalized = normalize_intensity(volume, norm)  # whole volume: one mapping for all slices
-    blocks = slice_blocks(found.slices)
-    samples = []
-    for index in found.slices:
-        rgb = to_rgb(np.take(normalized, index, axis=found.axis)).astype(np.uint8)
-        for segment_id, indices in found.by_segment.items():
-            if index in indices:
-                mask = np.take(masks[segment_id], index, axis=found.axis) != 0
-                samples.append(SliceSample(rgb, mask, f"{case} {blocks[index]}", norm, case))
-    return samples
+    by_block: dict[str, list[int]] = {}
+    for index, block in slice_blocks(found.slices).items():
+        by_block.setdefault(block, []).append(index)
+    blocks = []
+    for block, indices in by_block.items():
+        image = np.take(normalized, indices, axis=found.axis)
+        image = np.moveaxis(image, found.axis, 0).astype(np.uint8)
+        stacks = {}
+        for segment_id, drawn in found.by_segment.items():
+            if set(drawn) & set(indices):
+                mask = np.moveaxis(
+                    np.take(masks[segment_id], indices, axis=found.axis), found.axis, 0
+                )
+                stacks[segment_id] = (mask != 0).astype(np.uint8)
+        blocks.append(SliceBlock(block, tuple(indices), np.ascontiguousarray(image), stacks))
+    return blocks
 
 
 def _free_name(root: Path, wanted: str) -> str:
@@ -509,14 +434,6 @@ def _free_name(root: Path, wanted: str) -> str:
         number += 1
         name = f"{base}_{number}"
     return name
-
-
-def _cancelled(plan: TrainingPlan, started: float) -> TrainResult:
-    nan = float("nan")
-    return TrainResult(
-        plan.name, None, plan.family, nan, nan, -1, 0, time.monotonic() - started, True,
-        len(plan.train), len(plan.val), plan.quant,
-    )  # fmt: skip
 
 
 def ensure_training_packages(
@@ -532,122 +449,3 @@ def ensure_training_packages(
         install_requirement(requirement, pip_install)
     importlib.invalidate_caches()
     return missing
-
-
-# ---------------------------------------------------------------------------------------------- job
-
-
-@dataclass(frozen=True)
-class JobState:
-    """A snapshot of a :class:`TrainingJob` for the panel."""
-
-    phase: str = "waiting"
-    fraction: float = 0.0
-    epoch: int = 0
-    stage: int = 1
-    loss: float = float("nan")
-    val_dice: float = float("nan")
-    done: bool = False
-
-
-class TrainingJob:
-    """:meth:`MiniSAMTrainLogic.run` on a worker thread, with progress, cancel and the outcome.
-
-    The constructor calls :meth:`MiniSAMTrainLogic.prepare` in the calling thread (MRML is not
-    thread-safe), so bad input raises here, before any thread starts. The worker then only trains,
-    writes files and installs; :meth:`cancel` makes its progress callback return False. Poll
-    :attr:`state` (or drain :meth:`events`) from the GUI thread; when :attr:`done`, read
-    :attr:`result` or :attr:`error`.
-    """
-
-    def __init__(self, logic: MiniSAMTrainLogic, *args, **kwargs) -> None:
-        self.plan = logic.prepare(*args, **kwargs)
-        self.result: TrainResult | None = None
-        self.error: BaseException | None = None
-        self._logic = logic
-        self._cancel = threading.Event()
-        self._events: queue.Queue[dict] = queue.Queue()
-        self._lock = threading.Lock()
-        self._state = JobState()
-        self._thread = threading.Thread(target=self._work, name="MiniSAMTrain", daemon=True)
-
-    def start(self) -> TrainingJob:
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        """Ask the worker to stop after its current step (nothing is installed then)."""
-        self._cancel.set()
-
-    @property
-    def cancelling(self) -> bool:
-        return self._cancel.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the worker; True when it has ended (always True if it never started)."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def done(self) -> bool:
-        return self.state.done
-
-    @property
-    def state(self) -> JobState:
-        with self._lock:
-            return self._state
-
-    def events(self) -> list[dict]:
-        """The progress dicts that arrived since the last call, oldest first."""
-        items = []
-        while True:
-            try:
-                items.append(self._events.get_nowait())
-            except queue.Empty:
-                return items
-
-    def _progress(self, info: dict) -> bool:
-        self._events.put(dict(info))
-        with self._lock:
-            self._state = _advance(self._state, info, self.plan)
-        return not self._cancel.is_set()
-
-    def _work(self) -> None:
-        try:
-            self.result = self._logic.run(self.plan, self._progress)
-        except MiniSAMError as exc:  # handed to the GUI thread, which shows it
-            self.error = exc
-        except BaseException as exc:
-            logging.exception("MiniSAMTrain: training failed")
-            self.error = _one_line(exc)
-        finally:
-            cancelled = self.result is not None and self.result.cancelled
-            self._progress(
-                {"phase": "failed" if self.error else "cancelled" if cancelled else "finished"}
-            )
-            with self._lock:
-                self._state = replace(self._state, done=True)
-
-
-def _advance(state: JobState, info: dict, plan: TrainingPlan) -> JobState:
-    """The state after one progress dict (phase, step or validation)."""
-    if "phase" in info:
-        finished = info["phase"] == "finished"
-        return replace(state, phase=info["phase"], fraction=1.0 if finished else state.fraction)
-    stage = int(info.get("stage", 1))
-    if "validation" in info:
-        return replace(state, stage=stage, val_dice=float(info["validation"]["val_dice"]))
-    epochs_before = info["epoch"] + (plan.settings.epochs if stage == 2 else 0)
-    done = epochs_before * info["steps"] + info["step"] + 1
-    fraction = min(1.0, done / max(1, plan.total_steps))
-    return replace(
-        state, stage=stage, epoch=int(info["epoch"]), loss=float(info["loss"]), fraction=fraction
-    )
-
-
-def _one_line(exc: BaseException) -> MiniSAMError:
-    text = str(exc).strip().splitlines()
-    return MiniSAMError(
-        f"training failed: {text[0] if text else type(exc).__name__} (details in the log)"
-    )

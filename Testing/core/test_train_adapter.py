@@ -207,6 +207,15 @@ def test_manifest_volume_gives_foreground_slices(tmp_path: Path) -> None:
             "--modality",
             "US",
             "--out",
+            "x/y",
+        ],  # no folder x for the resume file
+        ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--source-info", "none.json"],
+        [
+            "--manifest",
+            "m.csv",
+            "--modality",
+            "US",
+            "--out",
             "x",
             "--method",
             "adalora-qat",
@@ -261,6 +270,53 @@ def test_cli_trains_from_folders(hc18: dict[str, list], tmp_path: Path, capsys) 
     assert meta.training_data["train_slices"] + meta.training_data["val_slices"] == 4
     assert 0 <= meta.metrics["val_dice"] <= 1
     assert (tmp_path / "lib" / "us_adapter").is_dir()
+
+
+def test_cli_progress_json_is_one_event_per_line(hc18: dict[str, list], tmp_path: Path, capsys):
+    """--progress-json: what MiniSAMTrain reads while the command runs; --source-info in the metadata."""
+    import json
+
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    for image, mask in hc18["pairs"][:4]:
+        shutil.copy(image, images / image.name)
+        shutil.copy(mask, masks / mask.name)
+    (tmp_path / "source.json").write_text('{"source": "3D Slicer: volume x", "slice_axis": "K"}')
+    args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
+            "_mask", "--modality", "US", "--epochs", "1", "--rank", "2", "--batch-size", "2",
+            "--val-fraction", "0.25", "--out", str(tmp_path / "ad"), "--progress-json",
+            "--source-info", str(tmp_path / "source.json")]  # fmt: skip
+    assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]  # nothing else on stdout
+    kinds = [e["event"] for e in events]
+    assert kinds == ["phase", "start", "phase", "phase", "step", "step", "validation", "phase",
+                     "result"]  # fmt: skip
+    start, result = events[1], events[-1]
+    assert (start["total_steps"], start["train_slices"], start["val_slices"]) == (2, 3, 1)
+    assert [(e["step"], e["total"]) for e in events if e["event"] == "step"] == [(1, 2), (2, 2)]
+    assert result["path"] == str(tmp_path / "ad") and result["finished"] is True
+    assert result["installed"] is None and 0 <= result["val_dice"] <= 1
+    assert "adapter us_adapter ->" in captured.err  # the summary moved to stderr
+    data = read_adapter(tmp_path / "ad").metadata.training_data
+    assert data["source"] == "3D Slicer: volume x" and data["slice_axis"] == "K"
+    assert data["train_slices"] == 3  # the command's own counts stay
+
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = [*args[:-1], str(tmp_path / "bad.json"), "--overwrite"]
+    assert cli_main(bad) == 2
+    captured = capsys.readouterr()
+    (error,) = [json.loads(line) for line in captured.out.splitlines()]
+    assert error == {"event": "error", "message": error["message"]}
+    assert "must hold a JSON object" in error["message"] and error["message"] in captured.err
+    nested = [str(tmp_path / "no" / "ad") if a == str(tmp_path / "ad") else a for a in args]
+    assert cli_main(nested) == 2  # refused before training, not when the first resume file
+    # is written beside --out
+    (error,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (
+        error["message"]
+        == f"--out {tmp_path / 'no' / 'ad'}: folder {tmp_path / 'no'} does not exist"
+    )
 
 
 def test_shipped_us_adapter_beats_zero_shot(shared_data: Path) -> None:

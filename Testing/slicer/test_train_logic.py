@@ -1,8 +1,10 @@
-"""MiniSAMTrain's logic on the real BraTS FLAIR volume: annotated slices -> adapter on a thread -> library."""
+"""MiniSAMTrain's logic on the real BraTS FLAIR volume: annotated slices -> training process -> library."""
 
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,12 +26,13 @@ if str(TRAIN_DIR) not in sys.path:
 from MiniSAMTrainLib.train_logic import (  # noqa: E402
     MIN_ANNOTATED_SLICES,
     MiniSAMTrainLogic,
-    TrainingJob,
+    TrainingProcess,
     annotated_slices,
     require_enough,
     slice_blocks,
     suggested_modality,
 )
+from MiniSAMTrainLib.training_process import write_training_data  # noqa: E402
 
 BRATS = "brats2021_samplecase_sammed3d/BraTS2021_01646"  # 104 x 160 x 160, edema on K slices 39..85
 KEPT = (
@@ -42,7 +45,7 @@ KEPT = (
     70,
     78,
 )  # the slices left annotated; the segment is erased elsewhere
-TINY = {"rank": 2, "batch_size": 3, "epochs": 2}  # 6 training slices -> 2 steps per epoch
+TINY = {"rank": 2, "batch_size": 3, "epochs": 1}  # 6 training slices -> 2 steps per epoch
 
 
 @pytest.fixture()
@@ -89,19 +92,27 @@ def _assert_unchanged(node, volume, before: dict) -> None:
         np.testing.assert_array_equal(after[segment_id], labels)
 
 
-def _run(job: TrainingJob, timeout: float = 120.0, cancel_after_first_step: bool = False):
-    """Start ``job``, poll it as the panel's QTimer does; (events, states seen while it ran)."""
+def _run(process: TrainingProcess, timeout: float = 180.0, cancel_after_first_step: bool = False):
+    """Start ``process`` and poll it as the panel's QTimer does; (events, states seen while it ran)."""
     events, states = [], []
-    job.start()
+    process.start()
     deadline = time.monotonic() + timeout
-    while not job.done and time.monotonic() < deadline:
-        states.append(job.state)
-        events += job.events()
-        if cancel_after_first_step and any("step" in e for e in events):
-            job.cancel()
-        time.sleep(0.02)
-    assert job.wait(timeout=30), "the training thread did not end"
-    return events + job.events(), states
+    while not process.done and time.monotonic() < deadline:
+        events += process.poll()
+        states.append(process.state)
+        if cancel_after_first_step and any(e["event"] == "step" for e in events):
+            process.cancel()
+        time.sleep(0.05)  # the panel's timer interval; the process runs meanwhile
+    assert process.done, f"the training process did not end within {timeout} s"
+    return events, states
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_annotated_slices_are_exactly_the_drawn_ones(context, flair, edema) -> None:
@@ -131,48 +142,67 @@ def test_blocks_keep_neighbouring_slices_together() -> None:
     assert len(set(runs.values())) == 5 and runs[39] == "slices 39-48"
 
 
-def test_training_job_installs_an_adapter_and_leaves_the_segmentation_alone(
+def test_plan_blocks_hold_the_normalised_annotated_slices(flair, edema, tmp_path: Path) -> None:
+    from minisam.intensity import normalize_intensity, to_rgb
+    from minisam.training.manifest import read_training_manifest, samples_from_manifest
+
+    plan = MiniSAMTrainLogic().prepare(flair, edema, [edema.edema_id], "MR", library_root=tmp_path)
+    assert [b.slices for b in plan.blocks] == [(44, 45), (52, 53), (60, 61), (70, 78)]
+    assert plan.samples == 8 and plan.summary["annotated_slices"] == list(KEPT)
+    volume = slicer.util.arrayFromVolume(flair)
+    expected = to_rgb(normalize_intensity(volume, "mr")[70]).astype(np.uint8)
+    # What the command reads back from the exported files is exactly what MiniSAMSegment would see.
+    manifest = write_training_data(plan, tmp_path / "slices")
+    samples = samples_from_manifest(read_training_manifest(manifest))
+    assert len(samples) == 8 and len({s.case for s in samples}) == 4  # a block is one case
+    (at_70,) = [s for s in samples if np.array_equal(s.image, expected)]
+    np.testing.assert_array_equal(at_70.mask, segment_array(edema, edema.edema_id, flair)[70] != 0)
+    arguments = plan.command_arguments(tmp_path / "m.csv", tmp_path / "out", tmp_path / "s.json")
+    assert {"--progress-json", "--quiet"} <= set(arguments) and "--install" not in arguments
+
+
+def test_training_process_installs_an_adapter_and_leaves_the_segmentation_alone(
     context, flair, edema, tmp_path: Path
 ) -> None:
     from minisam.adapters import AdapterLibrary, read_adapter
     from minisam.model_loader import load_model
 
     before = _segment_snapshot(edema, flair)
-    job = TrainingJob(
-        MiniSAMTrainLogic(), flair, edema, [edema.edema_id], "MR", library_root=tmp_path, **TINY
+    plan = MiniSAMTrainLogic().prepare(
+        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library", **TINY
     )
-    assert len(job.plan.train) == 6 and len(job.plan.val) == 2  # one block of two held back
-    assert job.state.phase == "waiting" and not job.done
-    events, states = _run(job)
+    process = TrainingProcess(plan)
+    assert process.state.phase == "waiting" and not process.done
+    events, states = _run(process)
 
-    assert job.error is None, job.error
-    result = job.result
+    assert process.error is None, process.error
+    result = process.result
     assert not result.cancelled and result.name == "mr_BraTS2021_01646_flair"
-    assert [e["phase"] for e in events if "phase" in e] == [
-        "loading model", "training", "installing", "finished",
+    assert (result.train_slices, result.val_slices) == (6, 2)  # one block of two held back
+    assert [e["phase"] for e in events if e["event"] == "phase"] == [
+        "reading data", "loading model", "training", "saving",
     ]  # fmt: skip
-    steps = [e for e in events if "step" in e]
-    assert [(e["epoch"], e["step"], e["steps"]) for e in steps] == [
-        (0, 0, 2),
-        (0, 1, 2),
-        (1, 0, 2),
-        (1, 1, 2),
-    ]
-    validations = [e["validation"]["val_dice"] for e in events if "validation" in e]
-    assert len(validations) == 2 and all(0.0 <= d <= 1.0 for d in validations)
+    steps = [(e["step"], e["total"], e["epoch"]) for e in events if e["event"] == "step"]
+    assert steps == [(1, 2, 0), (2, 2, 0)]
+    validations = [e["val_dice"] for e in events if e["event"] == "validation"]
+    assert len(validations) == 1 and 0.0 <= validations[0] <= 1.0
+    assert process.validation_history == validations
     assert any(s.phase == "training" and 0 < s.fraction < 1 for s in states)  # seen live, mid-run
-    assert job.state.done and job.state.fraction == 1.0
-    assert job.state.val_dice == pytest.approx(validations[-1])
+    assert process.state.done and process.state.phase == "finished"
+    assert process.state.fraction == 1.0
+    assert process.state.val_dice == pytest.approx(validations[-1])
+    assert process.pid != os.getpid() and _gone(process.pid)
+    assert not process.folder.exists()  # the exported slices and the command's output are removed
 
     base_hash = load_model("default").base_hash()
-    (info,) = AdapterLibrary(tmp_path, builtin=None).list()
+    (info,) = AdapterLibrary(tmp_path / "library", builtin=None).list()
     assert (info.name, info.modality, info.base_hash, info.path) == (
         result.name, "MR", base_hash, result.path,
     )  # fmt: skip
     assert info.rank == 2 and info.trainable_params == result.trainable_params > 0
-    assert AdapterLibrary(tmp_path).for_modality("MR", base_hash).name == result.name
     meta = read_adapter(info.path).metadata
     assert meta.training_data["annotated_slices"] == list(KEPT)
+    assert meta.training_data["source"].startswith("3D Slicer: volume 'BraTS2021_01646_flair'")
     assert meta.training_data["train_slices"] + meta.training_data["val_slices"] == 8
     assert meta.metrics["zero_shot_val_dice"] == pytest.approx(result.zero_shot_val_dice, abs=1e-4)
     assert result.best_val_dice >= result.zero_shot_val_dice
@@ -180,26 +210,79 @@ def test_training_job_installs_an_adapter_and_leaves_the_segmentation_alone(
 
     _assert_unchanged(edema, flair, before)
     assert context.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # no temporary
-    again = MiniSAMTrainLogic().prepare(flair, edema, [edema.edema_id], "MR", library_root=tmp_path)
+    again = MiniSAMTrainLogic().prepare(
+        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library"
+    )
     assert again.name == "mr_BraTS2021_01646_flair_2"  # never overwrites an installed adapter
 
 
-def test_cancel_after_the_first_step_installs_nothing(
+def test_cancel_after_the_first_step_ends_the_process_and_installs_nothing(
     context, flair, edema, tmp_path: Path
 ) -> None:
     before = _segment_snapshot(edema, flair)
-    job = TrainingJob(
-        MiniSAMTrainLogic(), flair, edema, [edema.edema_id], "MR",
-        library_root=tmp_path / "library", **dict(TINY, epochs=4),
+    plan = MiniSAMTrainLogic().prepare(
+        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library",
+        **dict(TINY, epochs=6),
     )  # fmt: skip
-    events, _ = _run(job, cancel_after_first_step=True)
-    assert job.error is None, job.error
-    assert job.result.cancelled and job.result.path is None
-    assert job.state.phase == "cancelled" and job.state.done
-    assert sum("step" in e for e in events) < 4 * 2  # stopped well before the planned 8 steps
+    process = TrainingProcess(plan)
+    events, _ = _run(process, cancel_after_first_step=True)
+    assert process.error is None, process.error
+    assert process.result.cancelled and process.result.path is None
+    assert process.state.phase == "cancelled" and process.state.done
+    assert sum(e["event"] == "step" for e in events) < 6 * 2  # stopped well before the 12 steps
+    assert not process.running and _gone(process.pid)
     assert not (tmp_path / "library").exists()  # nothing installed, no half-written folder
-    assert "nothing installed" in job.result.describe()
+    assert not process.folder.exists()
+    assert "nothing installed" in process.result.describe()
     _assert_unchanged(edema, flair, before)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a shell script stands in for Python")
+def test_cancel_kills_a_process_that_ignores_terminate(flair, edema, tmp_path: Path) -> None:
+    stubborn = tmp_path / "stubborn-python"
+    stubborn.write_text(
+        "#!/bin/sh\ntrap '' TERM\n"
+        'echo \'{"event": "phase", "phase": "training"}\'\n'
+        "while true; do sleep 1; done\n"
+    )
+    stubborn.chmod(0o755)
+    plan = MiniSAMTrainLogic().prepare(
+        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library"
+    )
+    process = TrainingProcess(plan, python=str(stubborn)).start()
+    deadline = time.monotonic() + 30
+    while process.state.phase != "training" and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.02)
+    assert process.running and process.state.phase == "training"
+    started = time.monotonic()
+    process.cancel(timeout=1.0)
+    assert time.monotonic() - started >= 1.0  # it was asked first, and ignored that
+    assert process._process.returncode == -signal.SIGKILL and _gone(process.pid)
+    assert process.result.cancelled and not (tmp_path / "library").exists()
+    assert not process.folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "extra", "message"),
+    [
+        ({"model": "no_such_model"}, [], "no_such_model"),  # fails inside the command: JSON error
+        ({}, ["--no-such-option"], "unrecognized arguments: --no-such-option"),  # argparse: stderr
+    ],
+)
+def test_a_failing_run_surfaces_one_line_and_installs_nothing(
+    flair, edema, tmp_path: Path, change, extra, message
+) -> None:
+    plan = MiniSAMTrainLogic().prepare(
+        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library", **TINY, **change
+    )
+    process = TrainingProcess(plan, extra_arguments=extra).start()
+    assert process.wait(timeout=180)
+    assert process.result is None and isinstance(process.error, MiniSAMError)
+    text = str(process.error)
+    assert text.startswith("training failed: ") and message in text and "\n" not in text
+    assert "Traceback" not in text and process.state.phase == "failed"
+    assert not (tmp_path / "library").exists() and not process.folder.exists()
 
 
 def test_qat_goes_through_the_core(flair, edema, tmp_path: Path) -> None:
@@ -328,7 +411,7 @@ def test_bad_options_are_one_line_errors(flair, edema, tmp_path, arguments, mess
 
 def test_train_logic_is_qt_free_and_uses_known_slicer_names(shared_data: Path) -> None:
     logic_files = sorted((TRAIN_DIR / "MiniSAMTrainLib").glob("*.py"))
-    assert len(logic_files) == 2
+    assert len(logic_files) == 3
     for path in logic_files:
         imported = {name.split(".")[0] for name in _imports(path)}
         assert not imported & {"qt", "ctk"}, path.name

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from minisam.cli.training_args import (
+    JsonLines,
     add_data_arguments,
     add_optimisation_arguments,
     check_common,
@@ -17,7 +20,7 @@ from minisam.cli.training_args import (
     split_cases,
     training_progress,
 )
-from minisam.errors import InputError
+from minisam.errors import InputError, MiniSAMError
 from minisam.modality import AUTO, family_for_dicom, preset_for_family
 
 # Attention (qkv, proj) and MLP linears: lin1/lin2 in a ViT, fc1/fc2 in a TinyViT (a name the model's
@@ -88,6 +91,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--install", action="store_true", help="also install into the library")
     parser.add_argument("--library", help="adapter library folder for --install")
     parser.add_argument("--replace", action="store_true", help="--install over an adapter")
+    parser.add_argument(
+        "--source-info",
+        metavar="JSON",
+        help="JSON file holding an object stored in the adapter's training_data (where the slices "
+        "came from; its 'source' replaces the data paths); MiniSAMTrain passes the volume, "
+        "segments and annotated slices",
+    )
+    parser.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="machine-readable progress instead of the bar: one JSON object per line on stdout "
+        "(events start, phase, step, validation, then result or error; the summary goes to stderr)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -115,10 +131,29 @@ def _check_args(args: argparse.Namespace) -> None:
     if family is None:
         raise InputError(f"--modality {args.modality!r} is not a known modality (US, CT, MR, ...)")
     check_adapter_name(args.name or f"{family.lower()}_adapter")
-    refuse_existing(Path(args.out), args.overwrite, args.resume)
-    refuse_clobbering(args, Path(args.out))
+    out = Path(args.out)
+    if not out.parent.is_dir():  # found before training: the resume file is written beside --out
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    refuse_existing(out, args.overwrite, args.resume)
+    refuse_clobbering(args, out)
     if args.resume:
         _check_resumable(args)
+    args.source_fields = _source_info(args.source_info)
+
+
+def _source_info(path: str | None) -> dict:
+    """The object of ``--source-info`` (empty without it)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"--source-info {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(
+            f"--source-info {path}: must hold a JSON object, not {type(data).__name__}"
+        )
+    return data
 
 
 def _check_resumable(args: argparse.Namespace) -> None:
@@ -159,6 +194,33 @@ def encoder_targets(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    lines = JsonLines() if args.progress_json else None
+    if lines is None:
+        return _train(args, None)
+    try:
+        return _train(args, lines)
+    except MiniSAMError as exc:
+        lines.emit("error", message=str(exc))
+        raise
+    except KeyboardInterrupt:
+        lines.emit("error", message="interrupted")
+        raise
+    except Exception as exc:  # a bug: one line for the caller, the traceback on stderr
+        text = str(exc).strip().splitlines()
+        lines.emit("error", message=f"{type(exc).__name__}: {text[0] if text else 'no message'}")
+        raise
+
+
+def _train(args: argparse.Namespace, lines: JsonLines | None) -> int:
+    """The command; with ``lines``, progress and the outcome as JSON events, the summary on stderr."""
+
+    def phase(name: str) -> None:
+        if lines is not None:
+            lines.emit("phase", phase=name)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if lines is not None else sys.stdout)
+
     _check_args(args)
     from minisam.adapters import AdapterLibrary, save_adapter
     from minisam.adapters.metadata import adapter_folder_size
@@ -167,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
     family = family_for_dicom(args.modality)
     name = args.name or f"{family.lower()}_adapter"
+    phase("reading data")
     samples, source = load_samples(args, preset_for_family(family) or AUTO)
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
     settings = settings_from_args(AdapterTrainSettings, args, validation_prompt=args.validate_with)
@@ -183,11 +246,19 @@ def run(args: argparse.Namespace) -> int:
             args.decoder_targets, DECODER_CHOICES, "--decoder-targets"
         ),
     )
-    loaded = load_model(args.model)
     out = Path(args.out)
     qat = args.method == "adalora-qat"
     total = steps + (args.qat_epochs or max(1, args.epochs // 2)) * steps // args.epochs * qat
-    with training_progress(total, "train-adapter", not args.quiet) as progress:
+    if lines is not None:
+        lines.emit(
+            "start", name=name, modality=family, total_steps=total, train_slices=len(train),
+            val_slices=len(val), train_cases=len({s.case for s in train}),
+            val_cases=sorted({Path(s.case).name for s in val}),
+        )  # fmt: skip
+    phase("loading model")
+    loaded = load_model(args.model)
+    phase("training")
+    with training_progress(total, "train-adapter", not args.quiet, lines) as progress:
         with memory_hint(args.batch_size):
             if qat:
                 from minisam.training.qat import QatFiles, train_adapter_qat
@@ -209,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         "base_model": args.model,
         "training_data": {
             "source": source,
+            **args.source_fields,
             "train_slices": len(train),
             "val_slices": len(val),
             "train_cases": len({s.case for s in train}),
@@ -226,21 +298,31 @@ def run(args: argparse.Namespace) -> int:
             **({"qat": report.extra} if qat else {}),
         },
     }
+    phase("saving")
     folder = save_adapter(model, name, out, metadata)
     stopped = " (stopped early: --resume continues)" if report.cancelled else ""
-    print(
+    say(
         f"adapter {name} -> {folder} ({adapter_folder_size(folder) / 1e6:.2f} MB, "
         f"{report.trainable_params} params): val Dice {report.zero_shot_val_dice:.3f} zero-shot "
         f"-> {report.best_val_dice:.3f} (epoch {report.best_epoch}, {report.seconds:.0f} s){stopped}"
     )
     if qat:
         extra = report.extra
-        print(
+        say(
             f"AdaLoRA-QAT ({args.qat_scheme}): val Dice fp32 stage 1 {extra['stage1_val_dice']:.3f}, "
             f"quantized without QAT {extra.get('ptq_val_dice', float('nan')):.3f}, with QAT "
             f"{report.best_val_dice:.3f}; use it with --quant {report.quant}"
         )
+    installed = None
     if args.install:
-        info = AdapterLibrary(args.library).install(folder, replace=args.replace)
-        print(f"installed {info.name} into {info.path}")
+        installed = AdapterLibrary(args.library).install(folder, replace=args.replace).path
+        say(f"installed {name} into {installed}")
+    if lines is not None:
+        lines.emit(
+            "result", name=name, path=folder, installed=installed, modality=family,
+            val_dice=report.best_val_dice, zero_shot_val_dice=report.zero_shot_val_dice,
+            best_epoch=report.best_epoch, epochs_run=len(report.history),
+            trainable_params=report.trainable_params, seconds=report.seconds, quant=report.quant,
+            finished=not report.cancelled,
+        )  # fmt: skip
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import signal
 import sys
 import threading
@@ -14,6 +16,7 @@ from minisam.errors import InputError
 from minisam.training.splits import split_cases
 
 __all__ = [
+    "JsonLines",
     "add_data_arguments",
     "add_optimisation_arguments",
     "check_checkpoint_out",
@@ -179,17 +182,60 @@ def check_label_grids(pairs: Iterable[tuple[Path, Path]]) -> None:
             raise InputError(f"label {label} is not on the grid of image {image}: {mismatch}")
 
 
+class JsonLines:
+    """Machine-readable progress: one JSON object per line on ``stream`` (stdout), flushed at once.
+
+    Each object has an ``event`` key ("start", "phase", "step", "validation", "result", "error")
+    and plain values (NaN and infinities become null, paths strings), so a program that started the
+    command (MiniSAMTrain) reads it line by line while the run goes on.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+
+    def emit(self, event: str, **fields) -> None:
+        record = _plain({"event": event, **fields})
+        self.stream.write(json.dumps(record, allow_nan=False) + "\n")
+        self.stream.flush()
+
+
+def _plain(value):
+    """``value`` with JSON-safe leaves (non-finite floats -> None, other objects -> str)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        number = float(value)  # numpy and torch scalars
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
 @contextmanager
-def training_progress(total: int, desc: str, enabled: bool) -> Iterator:
-    """A tqdm bar on stderr and the trainer callback that drives it.
+def training_progress(
+    total: int, desc: str, enabled: bool, lines: JsonLines | None = None
+) -> Iterator:
+    """A tqdm bar on stderr (or, with ``lines``, JSON step and validation events) and the trainer
+    callback that drives it.
 
     The first Ctrl+C asks the trainer to stop after the current step (it then keeps the best
     weights and its resume file); a second one interrupts at once.
     """
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr)
-    stop = {"asked": False}
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit="step",
+        disable=not enabled or lines is not None,
+        file=sys.stderr,
+    )
+    stop = {"asked": False, "steps": 0}
 
     def on_sigint(signum, frame) -> None:
         if stop["asked"]:
@@ -198,11 +244,24 @@ def training_progress(total: int, desc: str, enabled: bool) -> Iterator:
         tqdm.write("stopping after this step (Ctrl+C again to abort)", file=sys.stderr)
 
     def progress(info: dict) -> bool:
+        stage = int(info.get("stage", 1))
         if "validation" in info:
             bar.set_postfix(val_dice=f"{info['validation']['val_dice']:.3f}")
+            if lines is not None:
+                row = info["validation"]
+                lines.emit(
+                    "validation", epoch=info["epoch"], stage=stage, val_dice=row["val_dice"],
+                    train_loss=row.get("train_loss"),
+                )  # fmt: skip
         else:
+            stop["steps"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{info['loss']:.3f}")
+            if lines is not None:
+                lines.emit(
+                    "step", step=stop["steps"], total=total, epoch=info["epoch"], stage=stage,
+                    loss=info["loss"],
+                )  # fmt: skip
         return not stop["asked"]
 
     main_thread = threading.current_thread() is threading.main_thread()
