@@ -1,8 +1,11 @@
 """MiniSAM Segment Editor effect: clicks and boxes on a slice view -> SAM mask -> selected segment.
 
-Thin Qt glue. Left click = positive point, Shift+left or right click = negative point, left drag = box.
+Thin Qt glue. Left click = positive point, Shift + left click = negative point, left drag = box
+(``MiniSAMSegmentLib.view_gestures``); the right button stays Slicer's (right-drag zoom, context menu).
 View positions become voxel indices with the base class's ``xyToIjk``; everything else is in the Qt-free
-``MiniSAMSegmentLib`` modules (imported on first use, after the dependencies are installed).
+``MiniSAMSegmentLib`` modules (imported on first use, after the dependencies are installed). Package
+installation, model loading and the slice encoder run while Qt keeps processing events (a progress dialog
+for the first two); one busy guard (``MiniSAMSegmentLib.busy``) refuses a click that arrives meanwhile.
 """
 
 import logging
@@ -17,7 +20,6 @@ from SegmentEditorEffects.AbstractScriptedSegmentEditorEffect import (
 
 __all__ = ["SegmentEditorEffect"]
 
-DRAG_THRESHOLD_PX = 4
 DEVICES = ("auto", "cpu", "cuda")
 ADAPTER_CHOICES = ("auto", "none")  # then the library's adapters for the loaded model
 PARAMETER_DEFAULTS = {
@@ -40,6 +42,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
+        self._guard = None  # MiniSAMSegmentLib.busy.BusyGuard, shared with the logic
         self._adapterNames = []  # the library's adapters for the model of _adapterModel
         self._adapterModel = None
         self._press = None  # (xy, negative) while the left button is down
@@ -59,10 +62,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return (
             "<html>Segment Anything on the slice views.<p>"
-            "<b>Left click</b>: part of the structure. <b>Shift + left click</b> or <b>right click</b>: "
-            "not part of it. <b>Left drag</b>: a box around it. Each prompt updates the selected segment on "
-            "that slice; prompts belong to the selected segment, and Undo also takes the last prompt back."
-            "<p><b>Propagate</b> extends the mask from the prompted slices to "
+            "<b>Left click</b>: part of the structure. <b>Shift + left click</b>: not part of it. "
+            "<b>Left drag</b>: a box around it (right drag still zooms). Each prompt updates the "
+            "selected segment on that slice; prompts belong to the selected segment, and Undo also takes "
+            "the last prompt back.<p>While MiniSAM installs packages, loads a model or propagates, a new "
+            "prompt is refused (the status line says what is running).<p><b>Propagate</b> extends the "
+            "mask from the prompted slices to "
             "their neighbours until the structure ends.<p><b>Adapter</b>: <i>auto</i> applies the installed "
             "modality adapter for the volume's DICOM modality (if there is one for the model), <i>none</i> "
             "the model alone.</html>"
@@ -229,22 +234,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._showBand(viewWidget, self._press[0], xy)
             return True
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self._press is not None:
+            from MiniSAMSegmentLib.view_gestures import gesture
+
             start, negative = self._press
             self._press = None
             self._removeBand(viewWidget)
-            if max(abs(xy[0] - start[0]), abs(xy[1] - start[1])) > DRAG_THRESHOLD_PX:
-                self._run(self._segmentSlice, viewWidget, box=(start, xy))
-            elif negative:
-                self._run(self._segmentSlice, viewWidget, negative=[xy])
+            done = gesture(start, xy, negative, _devicePixelRatio(viewWidget))
+            if done.kind == "box":
+                self._run(self._segmentSlice, viewWidget, box=done.points)
             else:
-                self._run(self._segmentSlice, viewWidget, positive=[xy])
+                self._run(self._segmentSlice, viewWidget, **{done.kind: list(done.points)})
             return True
-        if eventId == vtk.vtkCommand.RightButtonPressEvent:
-            self._run(self._segmentSlice, viewWidget, negative=[xy])
-            return True
-        if eventId == vtk.vtkCommand.RightButtonReleaseEvent:
-            return True
-        return False
+        return False  # the right button, the wheel, keys: Slicer's own (zoom, context menu, ...)
 
     def _showBand(self, viewWidget, start, end):
         if viewWidget not in self._bands:
@@ -280,27 +281,78 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- actions -------------------------------------------------------------------------------------------
 
     def _run(self, action, *args, **kwargs):
-        """Run an action; a failure is shown as one message (details in the log), never raised into VTK."""
+        """Run an action; a failure is shown as one message (details in the log), never raised into VTK.
+        An action refused because another one runs only says so in the status line."""
+        from MiniSAMSegmentLib.busy import BusyError
+
+        def guarded():
+            try:
+                action(*args, **kwargs)
+            except BusyError as exc:
+                self.statusLabel.text = str(exc)
+
         try:
             with slicer.util.tryWithErrorDisplay("MiniSAM:", waitCursor=True):
-                action(*args, **kwargs)
+                guarded()
         except Exception:
             logging.debug("MiniSAM action failed", exc_info=True)
+
+    def _busyGuard(self):
+        if self._guard is None:
+            from MiniSAMSegmentLib.busy import BusyGuard
+
+            self._guard = BusyGuard()
+        return self._guard
+
+    @staticmethod
+    def _pump(dialog=None):
+        """What the GUI thread does while MiniSAM works on a worker thread: process events."""
+
+        def pump():
+            if dialog is not None:
+                dialog.value = 0  # an indeterminate bar (maximum 0) moves on each update
+            slicer.app.processEvents()
+
+        return pump
 
     def _logic(self):
         if self.logic is None:
             # Once per session: the logic exists only after the packages were found (or installed).
-            from MiniSAMSegmentLib.dependencies import ensure_dependencies
+            from MiniSAMSegmentLib.dependencies import ensure_dependencies, missing_requirements
 
-            ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
+            guard = self._busyGuard()
+            with guard("installing Python packages"):
+                dialog = None
+                if missing_requirements() != (False, []):
+                    dialog = slicer.util.createProgressDialog(
+                        labelText="MiniSAM: installing Python packages (see the Python console)...",
+                        windowTitle="MiniSAM", maximum=0,
+                    )  # fmt: skip
+                try:  # pip_install processes events while it logs, so the dialog stays alive
+                    ensure_dependencies(
+                        lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM")
+                    )
+                finally:
+                    if dialog is not None:
+                        dialog.close()
             from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
 
-            self.logic = MiniSAMSegmentLogic()
+            self.logic = MiniSAMSegmentLogic(guard=guard)
             self.logic.observe_scene(slicer.mrmlScene)
         self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
         self.logic.adapter = self.scriptedEffect.parameter("Adapter") or "auto"
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
         self.logic.device = self.scriptedEffect.parameter("Device") or "auto"
+        if not self.logic.model_is_loaded():
+            dialog = slicer.util.createProgressDialog(
+                labelText=f"MiniSAM: loading model {self.logic.model_spec} (the first time, its "
+                "weights may be downloaded)...",
+                windowTitle="MiniSAM", maximum=0,
+            )  # fmt: skip
+            try:
+                self.logic.load(self._pump(dialog))
+            finally:
+                dialog.close()
         return self.logic
 
     def _nodes(self):
@@ -335,6 +387,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             box_ijk=None if box is None else [toIjk(xy) for xy in box],
             segmentation_node=segmentationNode,
             segment_id=segmentId,
+            pump=self._pump(),
         )
         editor = EffectEditor(self.scriptedEffect)
         logic.apply_edit(editor, volumeNode, segmentationNode, segmentId, edit)
@@ -345,8 +398,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._refreshAdapters(logic)
 
     def onClearPrompts(self):
+        self._run(self._clearPrompts)
+
+    def _clearPrompts(self):
         if self.logic is not None:
-            self.logic.book.clear()
+            self.logic.clear_prompts()
         self.statusLabel.text = "Prompts cleared."
 
     def onPropagate(self):
@@ -402,6 +458,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             for i, item in sorted(result.slices.items())
         )
         self._refreshAdapters(logic)
+
+
+def _devicePixelRatio(viewWidget):
+    """Physical pixels per logical pixel of the view (VTK event positions are physical)."""
+    try:
+        return float(viewWidget.devicePixelRatioF())
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
 
 
 class EffectEditor:

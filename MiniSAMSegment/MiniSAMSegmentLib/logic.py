@@ -26,6 +26,7 @@ from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
 from minisam.volume_session import ProgressCallback, VolumeResult, VolumeSession
 
+from .busy import BusyError, BusyGuard, run_in_background
 from .dependencies import resolve_device
 from .prompt_book import Owner, PromptBook
 from .segment_io import (
@@ -54,6 +55,8 @@ __all__ = [
     "ADAPTER_AUTO",
     "ADAPTER_NONE",
     "AdapterChoice",
+    "BusyError",
+    "BusyGuard",
     "MiniSAMSegmentLogic",
     "SegmentEditor",
     "SliceEdit",
@@ -130,6 +133,13 @@ class MiniSAMSegmentLogic:
     :attr:`book` remembers the prompts per volume, segment and axis. With :meth:`observe_scene` the sessions
     and prompts of removed nodes and segments are released, and everything when the scene closes;
     :meth:`release` releases everything and stops observing.
+
+    One action at a time: :meth:`load`, :meth:`prompt_slice`, :meth:`predict_on_slice`, :meth:`segment`,
+    :meth:`propagate` and :meth:`clear_prompts` hold :attr:`guard` (a :class:`BusyGuard`, shared with the
+    effect's package installation), so one of them called while another runs, e.g. a click handled while
+    a propagation processes GUI events, raises :class:`BusyError` (one line, nothing changed) instead of
+    running inside it. ``pump`` (of :meth:`load` and :meth:`prompt_slice`) moves the model loading and the
+    slice encoder off the calling thread, calling ``pump()`` meanwhile (see :func:`run_in_background`).
     """
 
     def __init__(
@@ -141,6 +151,7 @@ class MiniSAMSegmentLogic:
         loader: Callable[[str], LoadedModel] = load_model,
         adapter: str = ADAPTER_AUTO,
         library=None,
+        guard: BusyGuard | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.device = device
@@ -150,6 +161,7 @@ class MiniSAMSegmentLogic:
         # library, $MINISAM_ADAPTERS, plus the adapters built into the package).
         self.library = library
         self.cache = EmbeddingCache(cache_bytes)
+        self.guard = guard if guard is not None else BusyGuard()
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
         self._engines: dict[tuple[str, str], SamEngine] = {}
@@ -172,6 +184,18 @@ class MiniSAMSegmentLogic:
         if self.model_spec not in self._models:
             self._models[self.model_spec] = self._loader(self.model_spec)
         return self._models[self.model_spec]
+
+    def load(self, pump: Callable[[], object] | None = None) -> LoadedModel:
+        """The model of :attr:`model_spec`, loaded now if it is not (reading, downloading and checking
+        its weights can take minutes): on a worker thread while ``pump()`` runs in this one, if given.
+
+        Raises:
+          BusyError: another action is running.
+        """
+        if self.model_is_loaded():
+            return self.model
+        with self.guard(f"loading model {self.model_spec}"):
+            return run_in_background(lambda: self.model, pump, name="MiniSAM model")
 
     def model_is_loaded(self, model_spec: str | None = None) -> bool:
         """Whether the model of ``model_spec`` (default: :attr:`model_spec`) is loaded already."""
@@ -364,7 +388,18 @@ class MiniSAMSegmentLogic:
         self, volume_node, axis: int, index: int, prompt: Prompt, multimask: bool | None = None
     ) -> tuple[np.ndarray, float]:
         """(mask (H, W) bool, predicted IoU) for ``prompt`` on slice ``index`` along numpy ``axis``."""
-        prediction = self.session(volume_node).predict(axis, index, prompt, multimask=multimask)
+        with self.guard("segmenting a slice"):
+            return self._predict(volume_node, axis, index, prompt, multimask)
+
+    def _predict(
+        self, volume_node, axis, index, prompt, multimask=None, pump=None
+    ) -> tuple[np.ndarray, float]:
+        session = self.session(volume_node)  # MRML reads: in this thread
+        if pump is not None:
+            # The encoder, the slow part for a slice not seen yet, on a worker thread; the decoder
+            # below then finds the embedding in the cache.
+            run_in_background(lambda: session.embedding(axis, index), pump, name="MiniSAM encoder")
+        prediction = session.predict(axis, index, prompt, multimask=multimask)
         return prediction.mask, prediction.score
 
     def prompt_slice(
@@ -376,6 +411,7 @@ class MiniSAMSegmentLogic:
         box_ijk: Sequence[Sequence[float]] | None = None,
         segmentation_node=None,
         segment_id: str | None = None,
+        pump: Callable[[], object] | None = None,
     ) -> SliceEdit:
         """One interaction of the effect, from voxel positions to the slice's new mask.
 
@@ -387,7 +423,21 @@ class MiniSAMSegmentLogic:
           segmentation_node, segment_id: the segment being edited; the new prompt is merged into that
             segment's earlier prompts on the slice (kept in :attr:`book`; prompts whose edits were
             undone are dropped first). None: the new prompt alone.
+          pump: with it, the slice's encoder runs on a worker thread while ``pump()`` runs in this one.
+
+        Raises:
+          BusyError: another action is running (nothing is remembered then).
         """
+        with self.guard("segmenting a slice"):
+            return self._prompt_slice(
+                volume_node, view, positive_ijk, negative_ijk, box_ijk, segmentation_node,
+                segment_id, pump,
+            )  # fmt: skip
+
+    def _prompt_slice(
+        self, volume_node, view, positive_ijk, negative_ijk, box_ijk, segmentation_node, segment_id,
+        pump,
+    ) -> SliceEdit:  # fmt: skip
         image = volume_node.GetImageData() if volume_node is not None else None
         if image is None:
             raise InputError("select a source volume with image data first")
@@ -402,12 +452,12 @@ class MiniSAMSegmentLogic:
         )
         axis, index, prompt = slice_prompt
         if segmentation_node is None or not segment_id:
-            mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
+            mask, score = self._predict(volume_node, axis, index, prompt, pump=pump)
             return SliceEdit(axis, index, mask, score, prompt)
         owner = self._owner(volume_node, segmentation_node, segment_id)
         prompt = self.book.add(owner, axis, index, prompt)
         try:
-            mask, score = self.predict_on_slice(volume_node, axis, index, prompt)
+            mask, score = self._predict(volume_node, axis, index, prompt, pump=pump)
         except BaseException:
             self.book.take_back_last()
             raise
@@ -428,9 +478,10 @@ class MiniSAMSegmentLogic:
         self, volume_node, segmentation_node, segment_id: str
     ) -> tuple[int | None, dict[int, Prompt]]:
         """(axis, prompt per slice) of the segment's latest prompted axis ((None, {}) when none)."""
-        owner = self._owner(volume_node, segmentation_node, segment_id)
-        axis = self.book.latest_axis(owner)
-        return axis, (self.book.prompts(owner, axis) if axis is not None else {})
+        with self.guard("reading the prompts"):
+            owner = self._owner(volume_node, segmentation_node, segment_id)
+            axis = self.book.latest_axis(owner)
+            return axis, (self.book.prompts(owner, axis) if axis is not None else {})
 
     def write_slices(
         self,
@@ -492,10 +543,20 @@ class MiniSAMSegmentLogic:
         settings: PropagationSettings | None = None,
         progress: ProgressCallback | None = None,
     ) -> VolumeResult:
-        """Masks on the prompted slices and, with ``propagate``, their neighbours; labels on the volume's grid."""
-        return self.session(volume_node).segment(
-            axis, prompts, propagate=propagate, settings=settings, progress=progress
-        )
+        """Masks on the prompted slices and, with ``propagate``, their neighbours; labels on the volume's grid.
+
+        Raises:
+          BusyError: another action is running (e.g. ``progress`` processed a click that prompts).
+        """
+        with self.guard("propagating" if propagate else "segmenting"):
+            return self.session(volume_node).segment(
+                axis, prompts, propagate=propagate, settings=settings, progress=progress
+            )
+
+    def clear_prompts(self) -> None:
+        """Forget every remembered prompt (refused with BusyError while an action runs)."""
+        with self.guard("clearing the prompts"):
+            self.book.clear()
 
     def propagate(
         self,

@@ -48,7 +48,7 @@ def test_logic_modules_import_no_qt() -> None:
     logic_files = sorted(set(LIB.glob("*.py")) - QT_FILES) + [
         MODULE_DIR / "Scripts" / "batch_segment.py"
     ]
-    assert len(logic_files) == 9
+    assert len(logic_files) == 11
     for path in logic_files:
         imported = {name.split(".")[0] for name in _imports(path)}
         assert not imported & QT_MODULES, f"{path.name} imports {imported & QT_MODULES}"
@@ -376,3 +376,16 @@ def test_module_build_lists_every_python_file(module_folder: str) -> None:
     listed = set(re.findall(r"^\s*(\S+\.py)\s*$", text, flags=re.MULTILINE))
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
     assert files <= listed, sorted(files - listed)
+
+
+def test_extension_catalog_links_point_at_files_of_the_repository() -> None:
+    """The icon and screenshot URLs of the top-level CMakeLists name files that exist here (no broken
+    image in the Extensions catalog); the homepage is an https URL."""
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    values = dict(re.findall(r'set\((EXTENSION_[A-Z]+) "([^"]*)"\)', text))
+    assert values["EXTENSION_HOMEPAGE"].startswith("https://")
+    prefix = "https://raw.githubusercontent.com/MiniSAM/MiniSAM/main/"
+    links = [values["EXTENSION_ICONURL"], *values["EXTENSION_SCREENSHOTURLS"].split()]
+    for link in links:
+        assert link.startswith(prefix), link
+        assert (REPO / link[len(prefix) :]).is_file(), f"{link} names no file of the repository"
