@@ -8,12 +8,15 @@ are read or segments are created.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
 
 from minisam.errors import InputError
+
+from .volume_node import DICOM_MODALITY_ATTRIBUTE
 
 __all__ = ["MRMLContext", "in_application", "mrml_context"]
 
@@ -32,19 +35,44 @@ class MRMLContext:
     _keep: list = field(default_factory=list, repr=False)  # logics created here, kept alive
 
     def load_volume(self, path: str | os.PathLike[str], name: str | None = None):
-        """Read a volume file (NIfTI, NRRD, MHA, ...) into a vtkMRMLScalarVolumeNode.
+        """Read a volume file (NIfTI, NRRD, MHA, ...) or a DICOM series folder into a
+        vtkMRMLScalarVolumeNode.
+
+        A folder is read as ``minisam segment`` reads it (``minisam.imageio.read_image``: the series with
+        most files, every file complete, even slice gaps), then handed to Slicer as a temporary NRRD
+        file; the node gets the series' DICOM Modality as its 'DICOM.Modality' attribute.
 
         Raises:
-          InputError: the path is missing, a folder, or not readable as a volume.
+          InputError: the path is missing, not readable as a volume, or a folder without a usable
+            3D DICOM series.
         """
         path = Path(path)
         if not path.exists():
             raise InputError(f"--input {path} does not exist")
         if path.is_dir():
-            raise InputError(f"--input {path} is a folder; give a volume file (NIfTI, NRRD, MHA)")
+            return self._load_dicom_folder(path, name or path.name)
         node = self.volumes_logic.AddArchetypeVolume(str(path), name or _stem(path))
         if node is None or node.GetImageData() is None:
             raise InputError(f"--input {path} cannot be read as a volume")
+        return node
+
+    def _load_dicom_folder(self, folder: Path, name: str):
+        import SimpleITK as sitk
+
+        from minisam.imageio import read_image
+
+        image = read_image(folder)  # refuses a folder without a series, or with a bad one
+        if not image.is_volume:
+            raise InputError(f"--input {folder} holds a single DICOM image; give a 3D series")
+        with tempfile.TemporaryDirectory(prefix="minisam-dicom-") as tmp:
+            file = Path(tmp) / "series.nrrd"
+            sitk.WriteImage(image.image, str(file), False)
+            node = self.volumes_logic.AddArchetypeVolume(str(file), name)
+            if node is None or node.GetImageData() is None:
+                raise InputError(f"--input {folder} cannot be read as a volume")
+            node.SetAndObserveStorageNodeID(None)  # the temporary file is gone: nothing to reload
+        if image.modality:
+            node.SetAttribute(DICOM_MODALITY_ATTRIBUTE, image.modality)
         return node
 
     def new_segmentation(self, reference_volume, name: str = "MiniSAM segmentation"):
