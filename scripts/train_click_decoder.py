@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder")
     parser.add_argument("--work", type=Path, required=True, help="embeddings and reports")
     parser.add_argument("--out", type=Path, help="checkpoint of the best method")
+    parser.add_argument(
+        "--init",
+        default="litemedsam",
+        help="model to start from (a name or path; its encoder must be LiteMedSAM's): "
+        "litemedsam-clicks continues the shipped training",
+    )
     parser.add_argument("--method", action="append", choices=("full", "lora"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=None)
@@ -88,7 +94,7 @@ def main() -> None:
 
     reports, best = {}, None
     for method, rate in zip(methods, rates, strict=True):
-        loaded = load_model("litemedsam")
+        loaded = load_model(args.init)
         settings = PromptTuningSettings(
             method=method,
             epochs=args.epochs,
@@ -127,6 +133,7 @@ def main() -> None:
         card = {
             "name": "litemedsam-clicks",
             "derived_from": "litemedsam (lite_medsam.pth, Apache-2.0); image encoder unchanged",
+            "started_from": args.init,
             "prompt_tuning": {"method": method, **asdict(settings)},
             "train_samples": len(train_inputs),
             "val_samples": len(val_inputs),
