@@ -46,6 +46,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._adapterNames = []  # the library's adapters for the model of _adapterModel
         self._adapterModel = None
         self._press = None  # (xy, negative) while the left button is down
+        self._lastEdit = None  # (SliceEdit, volume, segmentation, segment ID) of the latest prompt
         self._bands = {}  # view widget -> (points, actor) of the box being dragged
 
     def clone(self):
@@ -65,7 +66,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "<b>Left click</b>: part of the structure. <b>Shift + left click</b>: not part of it. "
             "<b>Left drag</b>: a box around it (right drag still zooms). Each prompt updates the "
             "selected segment on that slice; prompts belong to the selected segment, and Undo also takes "
-            "the last prompt back.<p>While MiniSAM installs packages, loads a model or propagates, a new "
+            "the last prompt back. A single click gets SAM's three masks (part, organ, both): "
+            "<b>C</b> switches to the next one, <b>P</b> propagates (mouse over a slice view)."
+            "<p>While MiniSAM installs packages, loads a model or propagates, a new "
             "prompt is refused (the status line says what is running).<p><b>Propagate</b> extends the "
             "mask from the prompted slices to "
             "their neighbours until the structure ends.<p><b>Adapter</b>: <i>auto</i> applies the installed "
@@ -245,7 +248,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             else:
                 self._run(self._segmentSlice, viewWidget, **{done.kind: list(done.points)})
             return True
-        return False  # the right button, the wheel, keys: Slicer's own (zoom, context menu, ...)
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            from MiniSAMSegmentLib.view_gestures import shortcut
+
+            modified = callerInteractor.GetControlKey() or callerInteractor.GetAltKey()
+            action = shortcut(callerInteractor.GetKeySym(), bool(modified))
+            if action == "next candidate":
+                self._run(self._nextCandidate)
+            elif action == "propagate":
+                self.onPropagate()
+            return action is not None
+        # the right button, the wheel, other keys: Slicer's own (zoom, context menu, ...)
+        return False
 
     def _showBand(self, viewWidget, start, end):
         if viewWidget not in self._bands:
@@ -390,12 +404,33 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             pump=self._pump(),
         )
         editor = EffectEditor(self.scriptedEffect)
+        self._lastEdit = None
         logic.apply_edit(editor, volumeNode, segmentationNode, segmentId, edit)
-        self.statusLabel.text = (
-            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels "
-            f"({logic.describe()})."
-        )
+        self._lastEdit = (edit, volumeNode, segmentationNode, segmentId)
+        self._showEdit(edit, logic)
         self._refreshAdapters(logic)
+
+    def _showEdit(self, edit, logic):
+        count = 0 if edit.candidates is None else len(edit.candidates)
+        choice = f"; mask {edit.choice + 1} of {count}, C for the next" if count > 1 else ""
+        self.statusLabel.text = (
+            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels"
+            f"{choice} ({logic.describe()})."
+        )
+
+    def _nextCandidate(self):
+        from minisam.errors import PromptError
+
+        if self._lastEdit is None or self.logic is None:
+            raise PromptError("click on a structure first: a single click gets SAM's three masks")
+        edit, volumeNode, segmentationNode, segmentId = self._lastEdit
+        if (volumeNode, segmentationNode, segmentId) != self._nodes():
+            raise PromptError("the masks belong to another segment or volume: click again")
+        edit = self.logic.apply_next_candidate(
+            EffectEditor(self.scriptedEffect), volumeNode, segmentationNode, segmentId, edit
+        )
+        self._lastEdit = (edit, volumeNode, segmentationNode, segmentId)
+        self._showEdit(edit, self.logic)
 
     def onClearPrompts(self):
         self._run(self._clearPrompts)

@@ -18,7 +18,7 @@ from minisam.adapters.choice import AdapterChoice, resolve_adapter
 from minisam.checkpoints import LoadedModel
 from minisam.embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from minisam.engine import SamEngine
-from minisam.errors import InputError, ModelError
+from minisam.errors import InputError, ModelError, PromptError
 from minisam.intensity import normalize_intensity
 from minisam.modality import AUTO, adapter_family
 from minisam.model_loader import load_model
@@ -86,6 +86,18 @@ class SliceEdit(NamedTuple):
     score: float  # the model's predicted IoU
     prompt: Prompt  # the slice's combined prompt (every click and box on it so far)
     owner: Owner | None = None  # whose prompts the book merged it with (None: not remembered)
+    candidates: np.ndarray | None = None  # (K, H, W) bool: SAM's masks for the prompt, best first
+    scores: tuple[float, ...] = ()  # their predicted IoU
+    choice: int = 0  # which candidate ``mask`` is
+
+    def next_candidate(self) -> SliceEdit:
+        """The same edit with the next of SAM's candidate masks (a lone click has three: part, organ,
+        both; cycling returns to the best-rated one). An edit with one mask gives itself."""
+        count = 0 if self.candidates is None else len(self.candidates)
+        if count < 2:
+            return self
+        choice = (self.choice + 1) % count
+        return self._replace(mask=self.candidates[choice], score=self.scores[choice], choice=choice)
 
 
 class SegmentEditor(Protocol):
@@ -389,18 +401,16 @@ class MiniSAMSegmentLogic:
     ) -> tuple[np.ndarray, float]:
         """(mask (H, W) bool, predicted IoU) for ``prompt`` on slice ``index`` along numpy ``axis``."""
         with self.guard("segmenting a slice"):
-            return self._predict(volume_node, axis, index, prompt, multimask)
+            prediction = self._predict(volume_node, axis, index, prompt, multimask)
+        return prediction.mask, prediction.score
 
-    def _predict(
-        self, volume_node, axis, index, prompt, multimask=None, pump=None
-    ) -> tuple[np.ndarray, float]:
+    def _predict(self, volume_node, axis, index, prompt, multimask=None, pump=None):
         session = self.session(volume_node)  # MRML reads: in this thread
         if pump is not None:
             # The encoder, the slow part for a slice not seen yet, on a worker thread; the decoder
             # below then finds the embedding in the cache.
             run_in_background(lambda: session.embedding(axis, index), pump, name="MiniSAM encoder")
-        prediction = session.predict(axis, index, prompt, multimask=multimask)
-        return prediction.mask, prediction.score
+        return session.predict(axis, index, prompt, multimask=multimask)
 
     def prompt_slice(
         self,
@@ -452,16 +462,16 @@ class MiniSAMSegmentLogic:
         )
         axis, index, prompt = slice_prompt
         if segmentation_node is None or not segment_id:
-            mask, score = self._predict(volume_node, axis, index, prompt, pump=pump)
-            return SliceEdit(axis, index, mask, score, prompt)
+            prediction = self._predict(volume_node, axis, index, prompt, pump=pump)
+            return _edit(axis, index, prompt, None, prediction)
         owner = self._owner(volume_node, segmentation_node, segment_id)
         prompt = self.book.add(owner, axis, index, prompt)
         try:
-            mask, score = self._predict(volume_node, axis, index, prompt, pump=pump)
+            prediction = self._predict(volume_node, axis, index, prompt, pump=pump)
         except BaseException:
             self.book.take_back_last()
             raise
-        return SliceEdit(axis, index, mask, score, prompt, owner)
+        return _edit(axis, index, prompt, owner, prediction)
 
     def _owner(self, volume_node, segmentation_node, segment_id: str) -> Owner:
         """The book's key for this segment, after dropping its prompts whose edits were undone."""
@@ -534,6 +544,46 @@ class MiniSAMSegmentLogic:
         self.book.mark(written.region, written.before, written.after)
         return written
 
+    def apply_next_candidate(
+        self,
+        editor: SegmentEditor,
+        volume_node,
+        segmentation_node,
+        segment_id: str,
+        edit: SliceEdit,
+    ) -> SliceEdit:
+        """Replace the slice written by ``edit`` (the latest prompt) with SAM's next candidate mask, as
+        one more undoable step; returns the new edit (cycle on by calling again with it).
+
+        The prompt stays the latest one: Undo first goes back to the previous candidate, then takes the
+        prompt back as usual.
+
+        Raises:
+          PromptError: the edit has one mask only (boxes and several clicks), or it is not the segment's
+            latest prompt any more (undone, or another prompt came after it).
+          BusyError: another action is running.
+        """
+        with self.guard("switching to the next candidate mask"):
+            if edit.candidates is None or len(edit.candidates) < 2:
+                raise PromptError(
+                    "this prompt has one mask: only a single click gets SAM's three candidates"
+                )
+            owner = self._owner(volume_node, segmentation_node, segment_id)  # drops undone prompts
+            last = self.book.last_edit()
+            if edit.owner != owner or last is None or last[:3] != (owner, edit.axis, edit.index):
+                raise PromptError(
+                    "the candidates belong to a prompt that was undone or followed by another: "
+                    "click again"
+                )
+            following = edit.next_candidate()
+            written = self.write_slices(
+                editor, volume_node, segmentation_node, segment_id, following.mask,
+                following.axis, [following.index],
+            )  # fmt: skip
+            before = last[3][0] if last[3] is not None else written.before
+            self.book.mark(written.region, before, written.after)
+            return following
+
     def segment(
         self,
         volume_node,
@@ -574,6 +624,13 @@ class MiniSAMSegmentLogic:
     write_mask_to_segment = staticmethod(write_mask_to_segment)
     labelmap_oriented_image = staticmethod(labelmap_oriented_image)
     replace_modifiers = staticmethod(replace_modifiers)
+
+
+def _edit(axis: int, index: int, prompt: Prompt, owner, prediction) -> SliceEdit:
+    scores = tuple(float(score) for score in prediction.scores)
+    return SliceEdit(
+        axis, index, prediction.mask, scores[0], prompt, owner, prediction.masks, scores
+    )
 
 
 def _digest(voxels: np.ndarray) -> bytes:

@@ -79,6 +79,13 @@ class PromptBook:
         if self._steps:
             self._steps[-1].region, self._steps[-1].content = region, (before, after)
 
+    def last_edit(self) -> tuple[Owner, int, int, tuple[object, object] | None] | None:
+        """(owner, axis, slice, (content before, after) or None) of the latest prompt; None if none."""
+        if not self._steps:
+            return None
+        step = self._steps[-1]
+        return step.owner, step.axis, step.index, step.content
+
     def sync(self, owner: Owner, content: Callable[[object], object]) -> int:
         """Drop the owner's latest prompts whose edits were undone; returns how many were dropped.
 

@@ -6,6 +6,8 @@ opposite corners of that rectangle do not bound it in the volume's slice (at 45 
 column); the bounding box of all four does. The threshold is in logical pixels: VTK reports event positions
 in physical pixels, so on a HiDPI screen (device pixel ratio 2) it is doubled, and the same hand movement is a
 click on every screen. The right button is left to Slicer (right-drag zoom, the view's context menu).
+
+Keys (with the mouse over a slice view, no Ctrl/Alt/Meta): see :data:`SHORTCUTS`; every other key is Slicer's.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["DRAG_THRESHOLD", "Gesture", "drag_corners", "gesture"]
+__all__ = ["DRAG_THRESHOLD", "SHORTCUTS", "Gesture", "drag_corners", "gesture", "shortcut"]
 
 DRAG_THRESHOLD = 4
 """Logical pixels a release may lie from its press and still be a click."""
 
 Point = tuple[float, float]
+
+SHORTCUTS = {
+    "c": "next candidate",  # the last single click's next SAM candidate mask (part, organ, both)
+    "p": "propagate",  # Propagate from the selected segment's prompts
+}
+"""Key (VTK key symbol, case-insensitive) -> effect action."""
 
 
 class Gesture(NamedTuple):
@@ -50,3 +58,10 @@ def gesture(
     if moved > limit:
         return Gesture("box", drag_corners(start, end))
     return Gesture("negative" if negative else "positive", ((start[0], start[1]),))
+
+
+def shortcut(key: str | None, modified: bool = False) -> str | None:
+    """The action of key ``key`` (a VTK key symbol), or None: not ours (or with Ctrl/Alt/Meta held)."""
+    if modified or not key:
+        return None
+    return SHORTCUTS.get(key.lower())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import slicer
 from editor_cases import LogicEditor
 from MiniSAMSegmentLib.logic import (
@@ -209,3 +210,56 @@ def test_sessions_are_released_with_their_nodes_and_the_scene(context, ct_volume
     logic.predict_on_slice(third, 0, 3, prompt)
     context.scene.RemoveNode(third)
     assert logic.held_volume_ids() == [third.GetID()]
+
+
+def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
+    context, ct_volume, segment_logic
+) -> None:
+    """SAM's three masks for a lone click, switched in place; Undo walks back candidate, then prompt."""
+    from minisam.errors import PromptError
+
+    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
+    logic.observe_scene(context.scene)
+    segmentation = context.new_segmentation(ct_volume)
+    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    editor = LogicEditor(context.scene, segmentation, ct_volume, liver_id)
+    i0, j0, i1, j1 = LIVER_BOX
+    where = {"segmentation_node": segmentation, "segment_id": liver_id}
+    edit = logic.prompt_slice(
+        ct_volume, "axial", positive_ijk=[((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)], **where
+    )
+    assert edit.candidates.shape[0] == 3 and edit.choice == 0
+    assert edit.score == max(edit.scores)  # the best-rated candidate comes first
+    logic.apply_edit(editor, ct_volume, segmentation, liver_id, edit)
+
+    def written():
+        return segment_array(segmentation, liver_id, ct_volume)[LIVER_SLICE] != 0
+
+    seen = [written()]
+    current = edit
+    for expected in (1, 2, 0):
+        current = logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, current)
+        assert current.choice == expected
+        np.testing.assert_array_equal(written(), current.candidates[expected])
+        seen.append(written())
+    assert len({mask.tobytes() for mask in seen[:3]}) >= 2  # the candidates differ
+    np.testing.assert_array_equal(seen[3], seen[0])  # back to the best-rated one
+
+    editor.logic.Undo()  # the last switch: candidate 2 again, the click is still remembered
+    np.testing.assert_array_equal(written(), edit.candidates[2])
+    axis, prompts = logic.remembered_prompts(ct_volume, segmentation, liver_id)
+    assert list(prompts) == [LIVER_SLICE]
+    for _ in range(3):  # the other switches, then the click's own edit
+        editor.logic.Undo()
+    assert not written().any()
+    assert logic.remembered_prompts(ct_volume, segmentation, liver_id) == (None, {})
+    with pytest.raises(PromptError, match="undone or followed by another"):
+        logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, current)
+
+    box = logic.prompt_slice(
+        ct_volume, "axial", box_ijk=[(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)], **where
+    )
+    assert box.candidates.shape[0] == 1 and box.next_candidate() is box
+    with pytest.raises(PromptError, match="only a single click gets SAM's three candidates"):
+        logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, box)
+    logic.release()

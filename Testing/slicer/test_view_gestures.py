@@ -42,3 +42,12 @@ def test_a_box_dragged_in_a_rotated_view_is_bounded_by_its_four_corners() -> Non
     assert four.tolist() == [32.0, 20.0, 88.0, 77.0]
     inside = np.array([to_ijk(xy)[:2] for xy in [(20, 20), (5, 30), (39, 1)]])  # in the square
     assert ((inside >= four[:2]) & (inside <= four[2:])).all()
+
+
+def test_keyboard_shortcuts_are_ours_only_without_modifiers() -> None:
+    from MiniSAMSegmentLib.view_gestures import shortcut
+
+    assert shortcut("c") == shortcut("C") == "next candidate"
+    assert shortcut("p") == "propagate"
+    assert shortcut("c", modified=True) is None  # Ctrl+C and friends stay Slicer's
+    assert shortcut("r") is None and shortcut(None) is None  # e.g. reset field of view
