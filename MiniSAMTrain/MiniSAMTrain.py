@@ -71,6 +71,7 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.job = None  # the running MiniSAMTrainLib.training_process.TrainingProcess
+        self.suggestions = []  # MiniSAMTrainLib.suggestions.SliceSuggestion, as listed
         self._segmentation = None  # the vtkSegmentation whose segment events are observed
 
     # -- layout ------------------------------------------------------------------------------------------
@@ -100,6 +101,15 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.annotatedLabel = qt.QLabel()
         self.annotatedLabel.wordWrap = True
         form.addRow(self.annotatedLabel)
+        self.suggestButton = qt.QPushButton("Suggest slices to annotate")
+        self.suggestButton.setToolTip(
+            "Score the slices around your annotations with the current model (Base model, and the "
+            "installed adapter for the modality) and list where it is least sure"
+        )
+        form.addRow(self.suggestButton)
+        self.suggestionList = qt.QListWidget()
+        self.suggestionList.setToolTip("Click a slice to show it in the slice views")
+        form.addRow(self.suggestionList)
         self.layout.addWidget(inputs)
 
         options = qt.QGroupBox("Adapter")
@@ -179,6 +189,8 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.axisSelector.connect("currentIndexChanged(int)", lambda index: self.countTimer.start())
         self.methodSelector.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.qatCheckBox.connect("toggled(bool)", self.onMethodChanged)
+        self.suggestButton.connect("clicked(bool)", self.onSuggest)
+        self.suggestionList.connect("itemClicked(QListWidgetItem*)", self.onSuggestionClicked)
         self.trainButton.connect("clicked(bool)", self.onTrain)
         self.cancelButton.connect("clicked(bool)", self.onCancel)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -286,6 +298,42 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.qatCheckBox.checked = False
         self.qatCheckBox.enabled = adalora
         self.quantSelector.enabled = not self.qatCheckBox.checked
+
+    # -- suggestions -------------------------------------------------------------------------------------
+
+    def onSuggest(self):
+        with slicer.util.tryWithErrorDisplay("MiniSAM could not suggest slices:", waitCursor=True):
+            from MiniSAMSegmentLib.busy import BusyError
+
+            self.logic.installDependencies()
+            dialog = slicer.util.createProgressDialog(
+                labelText="MiniSAM: scoring the slices around your annotations...",
+                windowTitle="MiniSAM Train", maximum=0,
+            )  # fmt: skip
+            try:
+                self.suggestions = self.logic.suggest(
+                    self.volumeSelector.currentNode(),
+                    self.segmentationSelector.currentNode(),
+                    self.checkedSegmentIds(),
+                    self.axisSelector.currentIndex,
+                    model=self.modelEdit.text.strip() or "default",
+                    modality=self.modalitySelector.currentText.strip(),
+                    pump=lambda: slicer.app.processEvents(),
+                )
+            except BusyError as exc:
+                self.statusLabel.text = str(exc)
+                return
+            finally:
+                dialog.close()
+            self.suggestionList.clear()
+            axis = AXIS_NAMES[self.axisSelector.currentIndex]
+            for suggestion in self.suggestions:
+                self.suggestionList.addItem(suggestion.describe(axis))
+
+    def onSuggestionClicked(self, item):
+        row = self.suggestionList.row(item)
+        if 0 <= row < len(self.suggestions):
+            self.logic.jumpTo(self.suggestions[row])
 
     # -- training ----------------------------------------------------------------------------------------
 
@@ -412,6 +460,11 @@ class MiniSAMTrainLogic(ScriptedLoadableModuleLogic, TrainLogic):
 
         installed = ensure_dependencies(confirm)
         return installed + ensure_training_packages(confirm, slicer.util.pip_install)
+
+    def jumpTo(self, suggestion):
+        from MiniSAMTrainLib.suggestions import jump_to
+
+        jump_to(slicer.mrmlScene, suggestion)
 
 
 class MiniSAMTrainTest(ScriptedLoadableModuleTest):

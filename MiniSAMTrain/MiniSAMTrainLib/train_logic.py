@@ -59,6 +59,7 @@ __all__ = [
     "TrainingProcess",
     "annotated_slices",
     "ensure_training_packages",
+    "read_annotations",
     "require_enough",
     "slice_blocks",
     "suggested_modality",
@@ -128,6 +129,11 @@ def annotated_slices(volumeNode, segmentationNode, segmentIds: Sequence[str], ax
         outside the volume, or drawn on slices that are not parallel to the volume's ``axis`` slices.
     """
     return _read_segments(volumeNode, segmentationNode, segmentIds, axis)[0]
+
+
+def read_annotations(volumeNode, segmentationNode, segmentIds: Sequence[str], axis: int = 0):
+    """(:func:`annotated_slices`, {segment ID: (K, J, I) uint8 mask on the volume's grid})."""
+    return _read_segments(volumeNode, segmentationNode, segmentIds, axis)
 
 
 def require_enough(found: AnnotatedSlices, where: str = "the volume") -> None:
@@ -308,7 +314,8 @@ class TrainingPlan:
 
 
 class MiniSAMTrainLogic:
-    """Annotated slices -> training plan -> training process -> adapter library. No state between runs."""
+    """Annotated slices -> training plan -> training process -> adapter library; and the slices to
+    annotate next (:meth:`suggest`, which keeps its model loaded between calls)."""
 
     annotated_slices = staticmethod(annotated_slices)
 
@@ -384,6 +391,41 @@ class MiniSAMTrainLogic:
             name, family, model, quant, method, int(rank), bool(qat), int(epochs), int(batch_size),
             int(seed), root, blocks, summary,
         )  # fmt: skip
+
+    def suggest(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentIds: Sequence[str],
+        axis: int = 0,
+        model: str = "default",
+        modality: str | None = None,
+        count: int = 8,
+        pump=None,
+        **options,
+    ):
+        """The slices to annotate next, least confident first (see :mod:`.suggestions`; ``options``:
+        its ``margin`` and ``limit``).
+
+        The model is ``model`` with the library's adapter for ``modality`` (else the volume's DICOM
+        modality), as the MiniSAM effect would segment; the model stays loaded for the next call.
+        """
+        from .suggestions import suggest_slices
+
+        found, masks = _read_segments(volumeNode, segmentationNode, segmentIds, axis)
+        logic = self._segment_logic(model)
+        family = family_for_dicom(modality) if modality else None
+        logic.modality = (preset_for_family(family) if family else None) or AUTO
+        return suggest_slices(logic, volumeNode, found, masks, count=count, pump=pump, **options)
+
+    def _segment_logic(self, model: str):
+        from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+
+        logic = getattr(self, "_suggestion_logic", None)
+        if logic is None:
+            logic = self._suggestion_logic = MiniSAMSegmentLogic(model)
+        logic.model_spec = model
+        return logic
 
     def start(self, plan: TrainingPlan, python: str | None = None) -> TrainingProcess:
         """Start training ``plan`` in a separate process (returns at once; poll or wait on it)."""

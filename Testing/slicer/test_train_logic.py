@@ -411,7 +411,7 @@ def test_bad_options_are_one_line_errors(flair, edema, tmp_path, arguments, mess
 
 def test_train_logic_is_qt_free_and_uses_known_slicer_names(shared_data: Path) -> None:
     logic_files = sorted((TRAIN_DIR / "MiniSAMTrainLib").glob("*.py"))
-    assert len(logic_files) == 3
+    assert len(logic_files) == 4
     for path in logic_files:
         imported = {name.split(".")[0] for name in _imports(path)}
         assert not imported & {"qt", "ctk"}, path.name
@@ -447,3 +447,45 @@ def test_a_failed_package_installation_is_one_clear_line(monkeypatch) -> None:
         train_logic.ensure_training_packages(confirm=lambda text: True, pip_install=failing_pip)
     message = str(error.value)
     assert message.startswith("installing no-such-pkg>=1 failed (") and "\n" not in message
+
+
+def test_suggested_slices_are_the_least_confident_unannotated_ones(
+    context, flair, edema, segment_logic
+) -> None:
+    from MiniSAMTrainLib.suggestions import jump_to, score_slices, suggest_slices
+    from MiniSAMTrainLib.train_logic import read_annotations
+
+    found, masks = read_annotations(flair, edema, [edema.edema_id], axis=0)
+    suggestions = suggest_slices(segment_logic, flair, found, masks, count=4, margin=3, limit=10)
+    assert len(suggestions) == 4
+    confidences = [s.confidence for s in suggestions]
+    assert confidences == sorted(confidences) and all(0.0 <= c <= 1.0 for c in confidences)
+    assert all(s.index not in KEPT and 41 <= s.index <= 81 for s in suggestions)
+    assert {s.segment for s in suggestions} == {"edema"}
+    every = score_slices(segment_logic.session(flair), found, masks, margin=3, limit=10)
+    assert [i for i, _ in every[:4]] == [s.index for s in suggestions]  # the head of the ranking
+    assert len(every) == 10 and max(c for _, (c, *_) in every) >= confidences[-1]
+    assert "K slice" in suggestions[0].describe()
+
+    # Choosing one centres the slice views on that slice.
+    red = context.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    jump_to(context.scene, suggestions[0])
+    offset = [red.GetSliceToRAS().GetElement(row, 3) for row in range(3)]
+    np.testing.assert_allclose(offset, suggestions[0].ras, atol=1e-3)
+    ijk = np.linalg.inv(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(flair))) @ [*offset, 1.0]
+    assert round(ijk[2]) == suggestions[0].index  # that RAS point lies on the suggested K slice
+    with pytest.raises(InputError, match="count must be >= 1"):
+        suggest_slices(segment_logic, flair, found, masks, count=0)
+    # The panel's call: the model by name, the adapter for the modality, options passed on.
+    (first,) = MiniSAMTrainLogic().suggest(
+        flair, edema, [edema.edema_id], 0, modality="MR", count=1, margin=1, limit=2
+    )
+    assert first.index in (43, 79) and first.segment == "edema"  # limit 2: both ends of 43..79
+
+
+def _ijk_to_ras(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix
