@@ -47,6 +47,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._adapterModel = None
         self._press = None  # (xy, negative) while the left button is down
         self._lastEdit = None  # (SliceEdit, volume, segmentation, segment ID) of the latest prompt
+        self._markupObservations = []  # (markups node, observer tag) of the shown prompts
         self._bands = {}  # view widget -> (points, actor) of the box being dragged
 
     def clone(self):
@@ -210,12 +211,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             logging.debug("MiniSAM: adapters not listed", exc_info=True)
 
     def deactivate(self):
+        self._unobserveMarkups()
         self._press = None
         for viewWidget in list(self._bands):
             self._removeBand(viewWidget)
 
     def cleanup(self):
         """Release the sessions, embeddings, prompts and models (Slicer calls this when the effect goes)."""
+        self._unobserveMarkups()
         if self.logic is not None:
             self.logic.release()
             self.logic = None
@@ -353,6 +356,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
             self.logic = MiniSAMSegmentLogic(guard=guard)
             self.logic.observe_scene(slicer.mrmlScene)
+            self.logic.restore_prompts(slicer.mrmlScene)  # markups of a loaded scene
         self.logic.model_spec = self.scriptedEffect.parameter("Model") or "default"
         self.logic.adapter = self.scriptedEffect.parameter("Adapter") or "auto"
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
@@ -408,7 +412,40 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         logic.apply_edit(editor, volumeNode, segmentationNode, segmentId, edit)
         self._lastEdit = (edit, volumeNode, segmentationNode, segmentId)
         self._showEdit(edit, logic)
+        self._showPrompts(volumeNode, segmentationNode, segmentId)
         self._refreshAdapters(logic)
+
+    def _showPrompts(self, volumeNode, segmentationNode, segmentId):
+        """The segment's prompts as markups; moving one segments its slice again."""
+        from MiniSAMSegmentLib import prompt_markups
+        from MiniSAMSegmentLib.prompt_book import Owner
+
+        self.logic.show_prompts(volumeNode, segmentationNode, segmentId)
+        self._unobserveMarkups()
+        owner = Owner(volumeNode.GetID(), segmentationNode.GetID(), segmentId)
+        for axis in range(3):
+            points, boxes = prompt_markups.nodes_of(slicer.mrmlScene, owner, axis)
+            for node in ([points] if points is not None else []) + list(boxes.values()):
+
+                def moved(caller, event, axis=axis):
+                    self._run(self._repromptMoved, volumeNode, segmentationNode, segmentId, axis)
+
+                tag = node.AddObserver(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, moved)
+                self._markupObservations.append((node, tag))
+
+    def _unobserveMarkups(self):
+        for node, tag in self._markupObservations:
+            node.RemoveObserver(tag)
+        self._markupObservations = []
+
+    def _repromptMoved(self, volumeNode, segmentationNode, segmentId, axis):
+        editor = EffectEditor(self.scriptedEffect)
+        for index in self.logic.moved_prompts(volumeNode, segmentationNode, segmentId, axis):
+            edit = self.logic.reprompt_from_markups(
+                editor, volumeNode, segmentationNode, segmentId, axis, index
+            )
+            self._lastEdit = (edit, volumeNode, segmentationNode, segmentId)
+            self._showEdit(edit, self.logic)
 
     def _showEdit(self, edit, logic):
         count = 0 if edit.candidates is None else len(edit.candidates)
@@ -436,8 +473,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._run(self._clearPrompts)
 
     def _clearPrompts(self):
+        self._unobserveMarkups()
         if self.logic is not None:
-            self.logic.clear_prompts()
+            self.logic.clear_prompts(slicer.mrmlScene)
         self.statusLabel.text = "Prompts cleared."
 
     def onPropagate(self):

@@ -26,6 +26,7 @@ from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
 from minisam.volume_session import ProgressCallback, VolumeResult, VolumeSession
 
+from . import prompt_markups
 from .busy import BusyError, BusyGuard, run_in_background
 from .dependencies import resolve_device
 from .prompt_book import Owner, PromptBook
@@ -361,6 +362,8 @@ class MiniSAMSegmentLogic:
         @vtk.calldata_type(vtk.VTK_STRING)
         def segment_removed(caller, event, segment_id) -> None:
             self.book.drop(segmentation_id=node_id, segment_id=segment_id)
+            if self._scene is not None:
+                prompt_markups.remove(self._scene, node_id, segment_id)
 
         self._observe(segmentation_node, slicer.vtkSegmentation.SegmentRemoved, segment_removed)
 
@@ -370,6 +373,9 @@ class MiniSAMSegmentLogic:
             self.forget(node)
         self.book.drop(volume_id=node_id)
         self.book.drop(segmentation_id=node_id)
+        if self._scene is not None and not self._scene.IsClosing():
+            prompt_markups.remove(self._scene, volume_id=node_id)
+            prompt_markups.remove(self._scene, segmentation_id=node_id)
         if node_id in self._segmentations:
             self._segmentations.discard(node_id)
             for subject, tag in [o for o in self._observations if o[0] is node]:
@@ -584,6 +590,88 @@ class MiniSAMSegmentLogic:
             self.book.mark(written.region, before, written.after)
             return following
 
+    # -- prompts as markups ------------------------------------------------------------------------------
+
+    def show_prompts(self, volume_node, segmentation_node, segment_id: str) -> None:
+        """Show the segment's remembered prompts as markups in the scene (``prompt_markups``): a point
+        list of its clicks, an ROI per box; prompts taken back by Undo disappear."""
+        with self.guard("showing the prompts"):
+            owner = self._owner(volume_node, segmentation_node, segment_id)
+            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+            for axis in range(3):
+                pages = self.book.pages.get((owner, axis), {})
+                prompt_markups.show(
+                    volume_node.GetScene(), volume_node, owner, axis, pages,
+                    segment.GetName() or segment_id,
+                )  # fmt: skip
+
+    def reprompt_from_markups(
+        self,
+        editor: SegmentEditor,
+        volume_node,
+        segmentation_node,
+        segment_id: str,
+        axis: int,
+        index: int,
+    ) -> SliceEdit:
+        """Segment slice ``index`` again from its prompt markups as they are now (a point or the box was
+        moved), as one undoable prompt and edit.
+
+        Raises:
+          PromptError: the slice has no prompt markups (any more), or a moved point left the volume.
+          BusyError: another action is running.
+        """
+        with self.guard("segmenting a slice again after a prompt moved"):
+            owner = self._owner(volume_node, segmentation_node, segment_id)
+            prompts = prompt_markups.read(volume_node.GetScene(), volume_node, owner, axis)
+            if index not in prompts:
+                raise PromptError(f"slice {index} has no prompt to segment from any more")
+            prompt = self.book.replace(owner, axis, index, prompt_markups.clicks_of(prompts[index]))
+            try:
+                edit = _edit(
+                    axis, index, prompt, owner, self._predict(volume_node, axis, index, prompt)
+                )
+                written = self.write_slices(
+                    editor, volume_node, segmentation_node, segment_id, edit.mask, axis, [index]
+                )
+            except BaseException:
+                self.book.take_back_last()
+                raise
+            self.book.mark(written.region, written.before, written.after)
+            return edit
+
+    def moved_prompts(
+        self, volume_node, segmentation_node, segment_id: str, axis: int
+    ) -> list[int]:
+        """Slices whose prompt markups no longer match the remembered prompts (the user moved a point
+        or the box): the slices :meth:`reprompt_from_markups` should segment again."""
+        owner = self._owner(volume_node, segmentation_node, segment_id)
+        shown = prompt_markups.read(volume_node.GetScene(), volume_node, owner, axis)
+        remembered = self.book.prompts(owner, axis)
+        return sorted(
+            index
+            for index, prompt in shown.items()
+            if index not in remembered or _prompt_key(prompt) != _prompt_key(remembered[index])
+        )
+
+    def restore_prompts(self, scene) -> int:
+        """Remember the prompts that markups in ``scene`` hold (a saved scene was loaded); returns how
+        many slices got prompts. Markups of nodes that are not in the scene are ignored."""
+        restored = 0
+        for owner, axis in prompt_markups.owners_in_scene(scene):
+            volume_node = scene.GetNodeByID(owner.volume_id)
+            segmentation_node = scene.GetNodeByID(owner.segmentation_id)
+            if volume_node is None or segmentation_node is None:
+                continue
+            if segmentation_node.GetSegmentation().GetSegment(owner.segment_id) is None:
+                continue
+            self._watch_segments(segmentation_node)
+            page = self.book.pages.setdefault((owner, axis), {})
+            for index, prompt in prompt_markups.read(scene, volume_node, owner, axis).items():
+                page[index] = prompt_markups.clicks_of(prompt)
+                restored += 1
+        return restored
+
     def segment(
         self,
         volume_node,
@@ -603,10 +691,13 @@ class MiniSAMSegmentLogic:
                 axis, prompts, propagate=propagate, settings=settings, progress=progress
             )
 
-    def clear_prompts(self) -> None:
-        """Forget every remembered prompt (refused with BusyError while an action runs)."""
+    def clear_prompts(self, scene=None) -> None:
+        """Forget every remembered prompt, and remove their markups from ``scene`` (refused with
+        BusyError while an action runs)."""
         with self.guard("clearing the prompts"):
             self.book.clear()
+            if scene is not None:
+                prompt_markups.remove(scene)
 
     def propagate(
         self,
@@ -630,6 +721,13 @@ def _edit(axis: int, index: int, prompt: Prompt, owner, prediction) -> SliceEdit
     scores = tuple(float(score) for score in prediction.scores)
     return SliceEdit(
         axis, index, prediction.mask, scores[0], prompt, owner, prediction.masks, scores
+    )
+
+
+def _prompt_key(prompt: Prompt) -> tuple:
+    return tuple(
+        None if value is None else np.round(np.asarray(value, dtype=float), 3).tolist()
+        for value in (prompt.points, prompt.labels, prompt.box)
     )
 
 

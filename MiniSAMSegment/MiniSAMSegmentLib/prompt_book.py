@@ -40,6 +40,15 @@ class SliceClicks:
     def prompt(self) -> Prompt:
         return Prompt.create(self.positive, self.negative, self.box)
 
+    def merge(self, prompt: Prompt) -> SliceClicks:
+        """Add ``prompt``'s clicks; its box (if any) replaces the slice's box. Returns self."""
+        if prompt.points is not None:
+            for point, label in zip(prompt.points.tolist(), prompt.labels.tolist(), strict=True):
+                (self.positive if label == 1 else self.negative).append(point)
+        if prompt.box is not None:
+            self.box = prompt.box.tolist()
+        return self
+
 
 @dataclass
 class _Step:
@@ -64,15 +73,20 @@ class PromptBook:
         """Merge a new prompt (clicks and/or a box) into its slice; return the slice's combined prompt."""
         page = self.pages.setdefault((owner, axis), {})
         before = copy.deepcopy(page.get(index))
-        clicks = page.setdefault(index, SliceClicks())
-        if prompt.points is not None:
-            for point, label in zip(prompt.points.tolist(), prompt.labels.tolist(), strict=True):
-                (clicks.positive if label == 1 else clicks.negative).append(point)
-        if prompt.box is not None:
-            clicks.box = prompt.box.tolist()
+        clicks = page.setdefault(index, SliceClicks()).merge(prompt)
         self._steps.append(_Step(owner, axis, index, before))
         del self._steps[:-MAX_STEPS]
         return clicks.prompt()
+
+    def replace(self, owner: Owner, axis: int, index: int, clicks: SliceClicks) -> Prompt:
+        """Put ``clicks`` in place of the slice's prompts (e.g. moved in the scene), as one more prompt
+        that Undo takes back like any other; return the slice's prompt."""
+        page = self.pages.setdefault((owner, axis), {})
+        before = copy.deepcopy(page.get(index))
+        page[index] = copy.deepcopy(clicks)
+        self._steps.append(_Step(owner, axis, index, before))
+        del self._steps[:-MAX_STEPS]
+        return page[index].prompt()
 
     def mark(self, region: object, before: object, after: object) -> None:
         """Record what the last prompt's edit did: the segment's content in ``region`` before and after."""

@@ -66,6 +66,27 @@ def segment_logic():
     return MiniSAMSegmentLogic("default", device="cpu")
 
 
+@pytest.fixture()
+def liver_editing(context, ct_volume, segment_logic):
+    """The effect's click flow on the example CT: a logic observing the scene (the shared model, its own
+    prompts), a segmentation with an empty "liver" segment, and Slicer's Segment Editor logic on it.
+    Yields (logic, segmentation node, liver segment ID, LogicEditor); the logic is released after."""
+    from editor_cases import LogicEditor
+    from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+
+    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
+    logic.observe_scene(context.scene)
+    segmentation = context.new_segmentation(ct_volume)
+    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    yield (
+        logic,
+        segmentation,
+        liver_id,
+        LogicEditor(context.scene, segmentation, ct_volume, liver_id),
+    )
+    logic.release()
+
+
 @pytest.fixture(scope="module")
 def batch():
     """Scripts/batch_segment.py as a module (its ``run`` is the whole program except the process exit)."""

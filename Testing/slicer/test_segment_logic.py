@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer
-from editor_cases import LogicEditor
 from MiniSAMSegmentLib.logic import (
     MiniSAMSegmentLogic,
     ras_to_slice_prompt,
@@ -141,15 +140,11 @@ def test_one_call_per_click_merges_prompts_and_reads_no_voxels_for_the_geometry(
 
 
 def test_prompts_per_segment_and_undo_takes_the_prompt_back(
-    context, ct_volume, segment_logic
+    context, ct_volume, liver_editing
 ) -> None:
     """The effect's click flow through Slicer's real Segment Editor logic (its undo states included)."""
-    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
-    logic.observe_scene(context.scene)
-    segmentation = context.new_segmentation(ct_volume)
-    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    logic, segmentation, liver_id, editor = liver_editing
     other_id = segmentation.GetSegmentation().AddEmptySegment("", "other")
-    editor = LogicEditor(context.scene, segmentation, ct_volume, liver_id)
     i0, j0, i1, j1 = LIVER_BOX
     centre = ((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)
 
@@ -213,16 +208,12 @@ def test_sessions_are_released_with_their_nodes_and_the_scene(context, ct_volume
 
 
 def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
-    context, ct_volume, segment_logic
+    ct_volume, liver_editing
 ) -> None:
     """SAM's three masks for a lone click, switched in place; Undo walks back candidate, then prompt."""
     from minisam.errors import PromptError
 
-    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
-    logic.observe_scene(context.scene)
-    segmentation = context.new_segmentation(ct_volume)
-    liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")
-    editor = LogicEditor(context.scene, segmentation, ct_volume, liver_id)
+    logic, segmentation, liver_id, editor = liver_editing
     i0, j0, i1, j1 = LIVER_BOX
     where = {"segmentation_node": segmentation, "segment_id": liver_id}
     edit = logic.prompt_slice(
@@ -262,4 +253,3 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
     assert box.candidates.shape[0] == 1 and box.next_candidate() is box
     with pytest.raises(PromptError, match="only a single click gets SAM's three candidates"):
         logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, box)
-    logic.release()
