@@ -80,8 +80,14 @@ class MiniSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.layout.addStretch(1)
 
     def onInstall(self):
-        with slicer.util.tryWithErrorDisplay("MiniSAM:", waitCursor=True):
-            self.logic.installDependencies()
+        self.installButton.enabled = (
+            False  # one installation at a time (see dependencies.INSTALLING)
+        )
+        try:
+            with slicer.util.tryWithErrorDisplay("MiniSAM:", waitCursor=True):
+                self.logic.installDependencies()
+        finally:
+            self.installButton.enabled = True
         self.statusLabel.text = self.logic.status()
 
 

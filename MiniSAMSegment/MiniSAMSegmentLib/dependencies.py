@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 
 from minisam.errors import MiniSAMError
 
+from .busy import BusyGuard
+
 __all__ = [
+    "INSTALLING",
     "PIP_REQUIREMENTS",
     "TORCH_REQUIREMENT",
     "InstallError",
@@ -34,6 +37,11 @@ PIP_REQUIREMENTS: dict[str, str] = {
     "tqdm": "tqdm>=4.60",
     "peft": "peft>=0.13",  # modality adapters (the effect's Adapter "auto" is the default)
 }
+
+INSTALLING = BusyGuard()
+"""One installation at a time in this process: the effect, the module panel, MiniSAM Train and the batch
+script all install through :func:`ensure_dependencies` (or :func:`install_requirement`); pip's output is
+logged while Qt processes events, so a second click could otherwise start a second installation."""
 
 Confirm = Callable[[str], bool]
 Installer = Callable[[str], object]
@@ -118,10 +126,16 @@ def ensure_dependencies(
 
     Raises:
       InstallError: the user declined, or an installation failed (one sentence; details in the log).
+      BusyError: another installation is running (its confirmation dialog may be open).
     """
     torch_missing, missing = missing_requirements(find_spec)
     if not torch_missing and not missing:
         return []
+    with INSTALLING("installing Python packages"):
+        return _install(confirm, pip_install, install_torch, torch_missing, missing)
+
+
+def _install(confirm, pip_install, install_torch, torch_missing, missing) -> list[str]:
     if not confirm(_message(torch_missing, missing)):
         raise InstallError("MiniSAM cannot run until its Python packages are installed")
     installed: list[str] = []

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 import vtk
-from MiniSAMSegmentLib.dependencies import install_requirement
+from MiniSAMSegmentLib.dependencies import INSTALLING, install_requirement
 from MiniSAMSegmentLib.segment_io import labelmap_oriented_image, segment_array
 from MiniSAMSegmentLib.volume_node import (
     dicom_modality,
@@ -483,11 +483,14 @@ def ensure_training_packages(
 ) -> list[str]:
     """Install the packages training needs beyond MiniSAMSegment's (peft, ...) after one ``confirm``."""
     missing = [r for n, r in TRAINING_REQUIREMENTS.items() if importlib.util.find_spec(n) is None]
-    if missing and not confirm(
-        f"Adapter training needs these Python packages: {', '.join(missing)}. Install now?"
-    ):
-        raise InputError("adapter training cannot run until its Python packages are installed")
-    for requirement in missing:
-        install_requirement(requirement, pip_install)
+    if not missing:
+        return []
+    with INSTALLING("installing Python packages"):
+        if not confirm(
+            f"Adapter training needs these Python packages: {', '.join(missing)}. Install now?"
+        ):
+            raise InputError("adapter training cannot run until its Python packages are installed")
+        for requirement in missing:
+            install_requirement(requirement, pip_install)
     importlib.invalidate_caches()
     return missing

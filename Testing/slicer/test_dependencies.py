@@ -93,3 +93,23 @@ def test_missing_requirements_and_device_here() -> None:
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device(" cuda:1 ") == "cuda:1"
+
+
+def test_a_second_installation_while_one_runs_is_refused() -> None:
+    """pip's output is logged while Qt processes events: a click then must not start a second install."""
+    from MiniSAMSegmentLib.busy import BusyError
+
+    recorder, refused = Recorder(), []
+
+    def pip_install(requirement: str) -> None:  # a click arrives while pip runs
+        with pytest.raises(BusyError) as error:
+            _ensure(Recorder(), {"tqdm"})
+        refused.append(str(error.value))
+        recorder.pip_install(requirement)
+
+    installed = ensure_dependencies(
+        recorder.confirm, pip_install, recorder.install_torch, _finder({"scipy"})
+    )
+    assert installed == [PIP_REQUIREMENTS["scipy"]] and recorder.pip == [PIP_REQUIREMENTS["scipy"]]
+    assert len(refused) == 1 and refused[0].startswith("MiniSAM is busy installing Python packages")
+    assert _ensure(Recorder(), {"tqdm"}) == [PIP_REQUIREMENTS["tqdm"]]  # free again afterwards
