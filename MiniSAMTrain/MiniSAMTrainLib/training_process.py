@@ -223,6 +223,11 @@ class TrainingProcess:
                 start_new_session=os.name == "posix",
                 creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
             )
+        except OSError as exc:  # no such interpreter, not executable, disk full while exporting
+            self._remove_folder()
+            raise MiniSAMError(
+                f"cannot start the training process ({self.python}): {exc.strerror or exc}"
+            ) from exc
         except BaseException:
             self._remove_folder()
             raise

@@ -285,6 +285,14 @@ def test_a_failing_run_surfaces_one_line_and_installs_nothing(
     assert not (tmp_path / "library").exists() and not process.folder.exists()
 
 
+def test_a_missing_interpreter_is_one_line_and_leaves_no_folder(flair, edema, tmp_path) -> None:
+    plan = MiniSAMTrainLogic().prepare(flair, edema, [edema.edema_id], "MR", library_root=tmp_path)
+    process = TrainingProcess(plan, python=str(tmp_path / "no-such-python"))
+    with pytest.raises(MiniSAMError, match="cannot start the training process") as error:
+        process.start()
+    assert "\n" not in str(error.value) and not process.folder.exists() and not process.running
+
+
 def test_qat_goes_through_the_core(flair, edema, tmp_path: Path) -> None:
     logic = MiniSAMTrainLogic()
     options = dict(TINY, epochs=1, library_root=tmp_path)
