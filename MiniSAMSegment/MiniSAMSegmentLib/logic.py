@@ -336,7 +336,8 @@ class MiniSAMSegmentLogic:
 
     def observe_scene(self, scene) -> None:
         """Release what belongs to nodes removed from ``scene`` (sessions of volumes, prompts of volumes,
-        segmentations and segments) and everything when the scene closes."""
+        segmentations and segments) and everything when the scene closes; take the prompts of a loaded
+        scene from its markups (:meth:`restore_prompts`)."""
         if scene is self._scene:
             return
         self._stop_observing()
@@ -348,6 +349,10 @@ class MiniSAMSegmentLogic:
 
         self._observe(scene, scene.NodeRemovedEvent, node_removed)
         self._observe(scene, scene.EndCloseEvent, lambda caller, event: self.release_data())
+        # a loaded scene brings the prompt markups it was saved with
+        self._observe(
+            scene, scene.EndImportEvent, lambda caller, event: self.restore_prompts(scene)
+        )
 
     def _observe(self, subject, event: int, callback) -> None:
         self._observations.append((subject, subject.AddObserver(event, callback)))

@@ -84,6 +84,9 @@ def test_prompts_are_markups_that_move_and_survive_in_the_scene(
     fresh.observe_scene(context.scene)
     assert fresh.restore_prompts(context.scene) == 1
     assert _plain(fresh.remembered_prompts(ct_volume, segmentation, liver)[1]) == _plain(back)
+    fresh.book.clear()
+    context.scene.InvokeEvent(context.scene.EndImportEvent)  # what loading a scene file ends with
+    assert _plain(fresh.remembered_prompts(ct_volume, segmentation, liver)[1]) == _plain(back)
 
     segmentation.GetSegmentation().RemoveSegment(liver)  # the prompts' markups go with the segment
     assert prompt_markups.nodes_of(context.scene, owner, 0) == (None, {})
