@@ -41,6 +41,8 @@ class BenchCase:
     repeats: int = 3
     clicks: int = 20
     device: str = "cpu"
+    runtime: str = "torch"  # where the image encoder runs (minisam.runtime)
+    precision: str = "auto"
 
 
 def _load(case: BenchCase):
@@ -117,7 +119,20 @@ def measure(case: BenchCase) -> dict[str, Any]:
             quantize_model(loaded, case.quant, device=device)
         file_mb, file_half_rest_mb = _file_mb(loaded, case.quant != "fp32", folder)
         adapter_mb = _attach_adapter(loaded, folder) if case.adapter else 0.0
-    engine = SamEngine(loaded.sam, loaded.config, device=device)
+    start = time.perf_counter()
+    engine = SamEngine(loaded.sam, loaded.config, device, case.runtime, case.precision)
+    setup_s = time.perf_counter() - start
+    export_s = load_s = None
+    if case.runtime != "torch":
+        # the first engine exported the encoder when its export was not cached yet; a second one
+        # only loads (compiles) the cached export
+        if getattr(engine.encoder, "built", False):
+            export_s = setup_s
+            start = time.perf_counter()
+            SamEngine(loaded.sam, loaded.config, device, case.runtime, case.precision)
+            load_s = time.perf_counter() - start
+        else:
+            load_s = setup_s
     size = loaded.config.image_size
     rgb = np.random.default_rng(0).uniform(0, 255, (size, size, 3)).astype(np.float32)
     large = encoder_params > LARGE_ENCODER_PARAMS
@@ -155,6 +170,9 @@ def measure(case: BenchCase) -> dict[str, Any]:
         "adapter_mb": adapter_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
+        "encoder_runtime": engine.encoder.describe(),
+        "runtime_export_s": export_s,
+        "runtime_load_s": load_s,
     }
     if device.type == "cuda":
         row["slices_per_s"] = 1e3 / (row["encoder_ms"] + row["decoder_ms"])
@@ -162,11 +180,14 @@ def measure(case: BenchCase) -> dict[str, Any]:
     return row
 
 
-def run_case(case: BenchCase, timeout_s: float = 1800) -> dict[str, Any]:
-    """Measure ``case`` in a fresh Python process; returns its row (or an ``error`` row)."""
+def run_case(
+    case: BenchCase, timeout_s: float = 1800, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Measure ``case`` in a fresh Python process (environment ``env``, default this one's); returns
+    its row (or an ``error`` row)."""
     command = [sys.executable, "-m", "minisam.benchmark", json.dumps(asdict(case))]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout_s, env=os.environ
+        command, capture_output=True, text=True, timeout=timeout_s, env=env or os.environ
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -175,8 +196,14 @@ def run_case(case: BenchCase, timeout_s: float = 1800) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def _same_work(row: dict[str, Any]) -> tuple:
+    """What a row computes, whatever runtime runs it."""
+    return (row["model"], row["quant"], row["adapter"], row.get("input_size"))
+
+
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add encoder speed-up and weight share relative to the fp32 vit_h row of the same run."""
+    """Add encoder speed-up and weight share relative to the fp32 vit_h row of the same run, and the
+    encoder speed-up relative to torch's row for the same model, quantization and adapter."""
     reference = next(
         (
             r
@@ -188,7 +215,13 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         None,
     )
+    torch_rows = {
+        _same_work(r): r for r in rows if r.get("runtime", "torch") == "torch" and "error" not in r
+    }
     for row in rows:
+        base = torch_rows.get(_same_work(row))
+        if base is not None and "error" not in row:
+            row["encoder_speedup_vs_torch"] = base["encoder_ms"] / row["encoder_ms"]
         if reference is not None and "error" not in row:
             row["encoder_speedup_vs_vit_h"] = reference["encoder_ms"] / row["encoder_ms"]
             row["encoder_weights_pct_of_vit_h"] = (
@@ -200,28 +233,46 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (ratios to vit_h when it was measured)."""
     header = (
-        "| model | quant | adapter | input | encoder ms | decoder ms | weights MB | encoder MB | file MB "
-        "| file MB, fp16 rest | peak RSS MB | encoder × faster than vit_h | encoder weights % of vit_h |"
+        "| model | quant | encoder runtime | adapter | input | encoder ms | decoder ms | weights MB "
+        "| encoder MB | file MB | file MB, fp16 rest | peak RSS MB | encoder × faster than vit_h "
+        "| encoder weights % of vit_h | encoder × faster than torch |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 15]
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['quant']} | {'yes' if r['adapter'] else 'no'} | – "
-                f"| error: {r['error']} |" + " |" * 8
+                f"| {r['model']} | {r['quant']} | {_runtime_cell(r)} | "
+                f"{'yes' if r['adapter'] else 'no'} | – | error: {r['error']} |" + " |" * 9
             )
             continue
         speed = r.get("encoder_speedup_vs_vit_h")
         share = r.get("encoder_weights_pct_of_vit_h")
         half = r.get("file_half_rest_mb")
         lines.append(
-            f"| {r['name']} | {r['quant']} | {'LoRA r8' if r['adapter'] else 'no'} | {r['input_size']} "
+            f"| {r['name']} | {r['quant']} | {_runtime_cell(r)} | {'LoRA r8' if r['adapter'] else 'no'} "
+            f"| {r['input_size']} "
             f"| {r['encoder_ms']:.0f} | {r['decoder_ms']:.1f} | {r['weights_mb']:.1f} "
             f"| {r['encoder_weights_mb']:.1f} | {r['file_mb']:.1f} "
             f"| {'–' if half is None else f'{half:.1f}'} | {r['peak_rss_mb']:.0f} "
-            f"| {'–' if speed is None else f'{speed:.1f}'} | {'–' if share is None else f'{share:.2f}'} |"
+            f"| {'–' if speed is None else f'{speed:.1f}'} | {'–' if share is None else f'{share:.2f}'} "
+            f"| {_ratio(r.get('encoder_speedup_vs_torch'))} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _runtime_cell(row: dict[str, Any]) -> str:
+    """The runtime that ran (``encoder_runtime``, else the one asked for) and its setup times."""
+    text = row.get("encoder_runtime") or row.get("runtime", "torch")
+    times = [
+        f"{label} {row[key]:.1f} s"
+        for label, key in (("export", "runtime_export_s"), ("load", "runtime_load_s"))
+        if row.get(key) is not None
+    ]
+    return text + (f"; {', '.join(times)}" if times else "")
 
 
 if __name__ == "__main__":

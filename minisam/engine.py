@@ -13,6 +13,7 @@ import torch
 
 from minisam.model_config import SamConfig
 from minisam.prompts import Prompt
+from minisam.runtime import encoder_runtime
 from minisam.transforms import ResizeTransform
 
 
@@ -46,14 +47,29 @@ class Prediction:
 
 
 class SamEngine:
-    """Wraps a segment-anything ``Sam`` module for single-slice inference."""
+    """Wraps a segment-anything ``Sam`` module for single-slice inference.
+
+    Arguments:
+      sam: the model; moved to ``device`` and put in eval mode.
+      config: its architecture and preprocessing.
+      device: torch device of the prompt encoder and mask decoder (and of a torch image encoder).
+      runtime: where the image encoder runs: "torch" (default, the module itself), "auto",
+        "openvino" or "onnxruntime" (see :func:`minisam.runtime.encoder_runtime`).
+      precision: the exported encoder's precision ("auto", "f32", "bf16"; OpenVINO only).
+    """
 
     def __init__(
-        self, sam: torch.nn.Module, config: SamConfig, device: str | torch.device = "cpu"
+        self,
+        sam: torch.nn.Module,
+        config: SamConfig,
+        device: str | torch.device = "cpu",
+        runtime: str = "torch",
+        precision: str = "auto",
     ) -> None:
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
         self.config = config
+        self.encoder = encoder_runtime(runtime, self.sam, config.image_size, self.device, precision)
 
     @torch.inference_mode()
     def embed(self, rgb: np.ndarray) -> SliceEmbedding:
@@ -64,7 +80,7 @@ class SamEngine:
         tensor = transform.image_to_input(
             rgb, self.config.resize_filter, self.config.intensity_scaling
         ).to(self.device)
-        features = self.sam.image_encoder(self.sam.preprocess(tensor))
+        features = self.encoder(self.sam.preprocess(tensor))
         return SliceEmbedding(features=features, transform=transform)
 
     @torch.inference_mode()

@@ -77,8 +77,10 @@ def test_segment_by_name_offline(shared_data: Path, tmp_path: Path, monkeypatch)
     )
     x, y = (str(int(v)) for v in interior_point(truth))
     out = tmp_path / "head.png"
+    # --runtime torch: an OpenVINO export into the empty cache would add ~30 s here; the runtimes
+    # have their own tests (test_encoder_runtime.py)
     args = ["segment", str(image), "--model", "litemedsam-clicks", "--point", x, y,
-            "--output", str(out), "--quiet"]  # fmt: skip
+            "--output", str(out), "--quiet", "--runtime", "torch"]  # fmt: skip
     assert main(args) == 0
     assert dice(read_mask_2d(out, threshold=0), truth) > 0.45
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())

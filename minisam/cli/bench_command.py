@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -46,6 +48,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="input sizes for the random-weight presets (default: each model's own)",
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch"],
+        help="encoder runtimes, each RUNTIME[:PRECISION]: torch, auto, openvino, openvino:f32, "
+        "openvino:bf16, onnxruntime; the exported ones run fp32 rows without adapter only, their "
+        "exports go to a temporary cache folder (default: %(default)s)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder passes per row")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
@@ -63,6 +73,7 @@ def plan(args: argparse.Namespace) -> list:
             parse_scheme(quant)
         except ModelError as exc:
             raise InputError(f"--quants {quant}: {exc}") from None
+    runtimes = [_runtime(text) for text in args.runtimes]
     cases = []
     for model in args.models:
         if model in LARGE and args.skip_large:
@@ -82,10 +93,28 @@ def plan(args: argparse.Namespace) -> list:
                     repeats=args.repeats,
                     device=args.device,
                 )
-                cases.append(BenchCase(**common))
-                if not model.startswith("vit_") and not args.no_adapter_rows:
-                    cases.append(BenchCase(adapter=True, **common))
+                for runtime, precision in runtimes:
+                    if runtime != "torch" and quant != "fp32":
+                        continue  # a quantized encoder runs in torch
+                    case = BenchCase(runtime=runtime, precision=precision, **common)
+                    cases.append(case)
+                    if runtime == "torch" and not model.startswith("vit_"):
+                        if not args.no_adapter_rows:  # an encoder adapter runs in torch
+                            cases.append(BenchCase(adapter=True, **common))
     return cases
+
+
+def _runtime(text: str) -> tuple[str, str]:
+    """``RUNTIME[:PRECISION]`` checked: (runtime, precision)."""
+    from minisam.errors import MiniSAMError
+    from minisam.runtime import check_precision, check_runtime
+
+    runtime, _, precision = text.partition(":")
+    try:
+        runtime = check_runtime(runtime, flag="--runtimes")
+        return runtime, check_precision(precision or "auto", runtime, flag=f"--runtimes {text}:")
+    except MiniSAMError as error:
+        raise InputError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,8 +128,12 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(Path(args.json_path), (".json",))
     cases = plan(args)
     rows = []
-    for case in tqdm(cases, desc="bench", unit="config", file=sys.stderr):
-        rows.append(run_case(case))
+    # exports are built once per run, into a folder of their own: random weights do not belong in
+    # the user's cache
+    with tempfile.TemporaryDirectory(prefix="minisam-bench-exports-") as exports:
+        env = {**os.environ, "MINISAM_CACHE": exports}
+        for case in tqdm(cases, desc="bench", unit="config", file=sys.stderr):
+            rows.append(run_case(case, env=env if case.runtime != "torch" else None))
     rows = with_ratios(rows)
     print(
         f"machine: {platform.processor() or platform.machine()}, {platform.system()}, "

@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--config",
         action="append",
         default=[],
-        metavar="NAME=MODEL[,quant=Q][,adapter=A]",
+        metavar="NAME=MODEL[,quant=Q][,adapter=A][,runtime=R][,precision=P]",
         help="a named configuration (repeatable)",
     )
     configs.add_argument(
@@ -42,6 +42,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     configs.add_argument(
         "--adapter", action="append", default=[], help="once for all --model or once per --model"
+    )
+    configs.add_argument(
+        "--runtime",
+        default="torch",
+        help="where the image encoder runs for every configuration without its own runtime=: "
+        "torch (default, the reference), auto, openvino, onnxruntime",
+    )
+    configs.add_argument(
+        "--precision",
+        default="auto",
+        help="the exported encoder's precision: auto (default), f32, bf16 (openvino only)",
     )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
@@ -86,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--bootstrap {args.bootstrap} must be at least 100")
     if not args.tolerance_mm >= 0:
         raise InputError(f"--tolerance-mm {args.tolerance_mm} must be >= 0")
-    configs = build_configurations(args.config, args.model, args.quant, args.adapter)
+    configs = build_configurations(
+        args.config, args.model, args.quant, args.adapter, args.runtime, args.precision
+    )
     settings = EvaluationSettings(
         prompt=parse_prompt_mode(args.prompt),
         seed=args.seed,

@@ -10,13 +10,16 @@ Two ways to ask for them on the command line (they can be mixed):
 
 ``MODEL``, ``QUANT`` and ``ADAPTER`` take the values of ``minisam segment``; with adapter ``auto``
 each case gets the adapter for its family (DICOM modality, else the family of its preset), and the
-case row's ``adapter`` cell says which (``auto:<name>`` or ``auto:none``).
+case row's ``adapter`` cell says which (``auto:<name>`` or ``auto:none``). ``runtime=`` and
+``precision=`` choose where the image encoder runs (``--runtime``/``--precision`` of ``minisam
+segment``; evaluate's default is torch, the reference), per configuration or for all of them with
+``--runtime``/``--precision``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minisam.errors import InputError
@@ -32,9 +35,16 @@ class Configuration:
     model: str = "default"
     quant: str = "fp32"
     adapter: str = "none"
+    runtime: str = "torch"
+    precision: str = "auto"
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        values = asdict(self)
+        # left out at their defaults, so runs recorded before runtimes existed still resume
+        for key, default in (("runtime", "torch"), ("precision", "auto")):
+            if values[key] == default:
+                values.pop(key)
+        return values
 
 
 def _auto_name(model: str, quant: str, adapter: str) -> str:
@@ -47,22 +57,39 @@ def _auto_name(model: str, quant: str, adapter: str) -> str:
     return name
 
 
-def parse_config(text: str) -> Configuration:
-    """Parse ``NAME=MODEL[,quant=Q][,adapter=A]``."""
+def _checked(config: Configuration, where: str) -> Configuration:
+    """``config`` with its runtime and precision normalised, or a one-line InputError naming ``where``."""
+    from minisam.errors import MiniSAMError
+    from minisam.runtime import check_precision, check_runtime
+
+    try:
+        runtime = check_runtime(config.runtime, flag="runtime=")
+        precision = check_precision(config.precision, runtime, flag="precision=")
+    except MiniSAMError as error:
+        raise InputError(f"{where}: {error}") from None
+    return replace(config, runtime=runtime, precision=precision)
+
+
+def parse_config(text: str, runtime: str = "torch", precision: str = "auto") -> Configuration:
+    """Parse ``NAME=MODEL[,quant=Q][,adapter=A][,runtime=R][,precision=P]``; ``runtime`` and
+    ``precision`` are the values when the text does not set them."""
     name, sep, rest = text.partition("=")
     if not sep or not _NAME.match(name.strip()) or not rest.strip():
         raise InputError(
-            f"--config {text!r}: expected NAME=MODEL[,quant=Q][,adapter=A] "
+            f"--config {text!r}: expected NAME=MODEL[,quant=Q][,adapter=A][,runtime=R] "
             "(NAME: letters, digits, _ . + -)"
         )
     model, *options = [part.strip() for part in rest.split(",")]
-    values = {"quant": "fp32", "adapter": "none"}
+    values = {"quant": "fp32", "adapter": "none", "runtime": runtime, "precision": precision}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key.strip() not in values or not value.strip():
-            raise InputError(f"--config {text!r}: unknown option {option!r} (quant=, adapter=)")
+            raise InputError(
+                f"--config {text!r}: unknown option {option!r} "
+                "(quant=, adapter=, runtime=, precision=)"
+            )
         values[key.strip()] = value.strip()
-    return Configuration(name.strip(), model, values["quant"], values["adapter"])
+    return _checked(Configuration(name.strip(), model, **values), f"--config {text!r}")
 
 
 def _aligned(values: list[str], count: int, flag: str, default: str) -> list[str]:
@@ -80,9 +107,15 @@ def build_configurations(
     models: list[str] | None,
     quants: list[str] | None,
     adapters: list[str] | None,
+    runtime: str = "torch",
+    precision: str = "auto",
 ) -> list[Configuration]:
-    """The configurations the flags ask for, in order; ``default`` fp32 when none is asked."""
-    result = [parse_config(text) for text in configs or []]
+    """The configurations the flags ask for, in order; ``default`` fp32 when none is asked.
+
+    ``runtime`` / ``precision`` (``--runtime`` / ``--precision``) apply to every configuration that
+    does not set its own.
+    """
+    result = [parse_config(text, runtime, precision) for text in configs or []]
     models = list(models or [])
     if (quants or adapters) and not models:
         if result:
@@ -95,7 +128,10 @@ def build_configurations(
     quant_list = _aligned(list(quants or []), len(models), "--quant", "fp32")
     adapter_list = _aligned(list(adapters or []), len(models), "--adapter", "none")
     for model, quant, adapter in zip(models, quant_list, adapter_list, strict=True):
-        result.append(Configuration(_auto_name(model, quant, adapter), model, quant, adapter))
+        config = Configuration(
+            _auto_name(model, quant, adapter), model, quant, adapter, runtime, precision
+        )
+        result.append(_checked(config, "--runtime/--precision"))
     names = [config.name for config in result]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

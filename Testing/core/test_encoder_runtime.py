@@ -1,0 +1,209 @@
+"""Encoder runtimes (minisam.runtime): numerics against torch, the export cache, adapters, choices.
+
+openvino, onnx and onnxruntime are installed with the test extra, so nothing here is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minisam.adapters import AdapterSwitcher
+from minisam.adapters.choice import resolve_adapter
+from minisam.cli.main import main
+from minisam.engine import SamEngine
+from minisam.errors import MiniSAMError, ModelError, PromptError
+from minisam.model_loader import load_model
+from minisam.runtime import encoder_runtime, onnxruntime_encoder, openvino_encoder, resolve_runtime
+from minisam.runtime.export_cache import MANIFEST, ExportKey, encoder_hash, is_valid
+
+CXR = "cxr_lung_montgomery_shenzhen/images/MCUCXR_0001_0.png"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the module: each runtime exports the default model once."""
+    return tmp_path_factory.mktemp("minisam_cache")
+
+
+@pytest.fixture
+def cache(exports: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MINISAM_CACHE", str(exports))
+    return exports
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def image(shared_data: Path) -> np.ndarray:
+    return np.asarray(Image.open(shared_data / CXR).convert("RGB"), dtype=np.float32)
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, backend) -> list[int]:
+    """Count the exports ``backend`` makes from now on."""
+    calls = []
+    original = backend.export_onnx
+
+    def export(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "export_onnx", export)
+    return calls
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "tolerance"),
+    [("openvino", "f32", 1e-4), ("openvino", "bf16", 0.02), ("onnxruntime", "auto", 1e-4)],
+)
+def test_runtime_matches_torch(cache, model, image, runtime, precision, tolerance) -> None:
+    reference = SamEngine(model.sam, model.config)
+    engine = SamEngine(model.sam, model.config, runtime=runtime, precision=precision)
+    assert engine.encoder.describe() == f"{runtime} ({'f32' if precision == 'auto' else precision})"
+    expected, got = reference.embed(image), engine.embed(image)
+    assert got.features.shape == expected.features.shape
+    assert _relative_error(got.features, expected.features) < tolerance
+    box = np.array([85, 55, 260, 370], dtype=np.float32)
+    from minisam.prompts import Prompt
+
+    prompt = Prompt(box=box)
+    a, b = reference.predict(expected, prompt).mask, engine.predict(got, prompt).mask
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
+
+
+def test_export_is_cached_and_a_corrupt_one_rebuilt(cache, model, image, monkeypatch) -> None:
+    calls = _counted(monkeypatch, openvino_encoder)
+    first = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
+    folder = first.encoder.export_folder
+    assert folder.parent.parent == cache and len(calls) <= 1  # made now or by the test above
+    # a second engine (another process, another precision) loads the cached export
+    SamEngine(model.sam, model.config, runtime="openvino", precision="bf16")
+    made = len(calls)
+    again = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
+    assert len(calls) == made and not again.encoder.built
+    expected = first.embed(image).features
+
+    weights = folder / "encoder.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    rebuilt = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
+    assert len(calls) == made + 1 and rebuilt.encoder.built
+    assert torch.equal(rebuilt.embed(image).features, expected)
+
+    # every other damage makes the folder invalid as well (then rebuilt the same way)
+    key = ExportKey("openvino", encoder_hash(model.sam.image_encoder), model.config.image_size)
+    assert is_valid(folder, key)
+    manifest = (folder / MANIFEST).read_text()
+    stale = replace(key, encoder_hash="0" * 16)
+    assert not is_valid(folder, stale) and not is_valid(folder, replace(key, input_size=1024))
+    (folder / MANIFEST).write_text(manifest.replace(key.encoder_hash, stale.encoder_hash))
+    assert not is_valid(folder, key)  # a manifest written for other weights
+    (folder / MANIFEST).write_text(manifest[:-10])
+    assert not is_valid(folder, key)  # a truncated manifest
+    (folder / MANIFEST).write_text(manifest)
+    assert is_valid(folder, key)
+    (folder / "encoder.xml").unlink()
+    assert not is_valid(folder, key)  # a file missing
+    assert json.loads((folder / MANIFEST).read_text())["key"]["runtime"] == "openvino"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_onnxruntime_export_is_cached(cache, model, monkeypatch) -> None:
+    calls = _counted(monkeypatch, onnxruntime_encoder)
+    SamEngine(model.sam, model.config, runtime="onnxruntime")
+    SamEngine(model.sam, model.config, runtime="onnxruntime")
+    assert len(calls) <= 1
+
+
+def test_encoder_adapter_runs_in_torch_decoder_only_keeps_the_export(cache, image) -> None:
+    loaded = load_model("default")
+    base_hash = encoder_hash(loaded.sam.image_encoder)
+    switcher = AdapterSwitcher(loaded)
+    engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
+    torch_engine = SamEngine(loaded.sam, loaded.config)
+    base = engine.embed(image).features
+    assert engine.encoder.torch_calls == 0
+
+    switcher.use(resolve_adapter("us_hc18", loaded.base_hash()))  # LoRA on the encoder
+    assert encoder_hash(loaded.sam.image_encoder) == base_hash  # adapters are not in the key
+    adapted = engine.embed(image).features
+    assert engine.encoder.torch_calls == 1
+    assert torch.equal(adapted, torch_engine.embed(image).features)
+    assert _relative_error(adapted, base) > 1e-3
+
+    switcher.use(None)  # back to the base model: the export again
+    assert _relative_error(engine.embed(image).features, base) < 1e-6
+    assert engine.encoder.torch_calls == 1
+
+
+def test_auto_choice(cache, model, monkeypatch) -> None:
+    assert resolve_runtime("auto", "cpu", model.sam.image_encoder) == ("openvino", None)
+    runtime, note = resolve_runtime("AUTO", "cuda", model.sam.image_encoder)
+    assert runtime == "torch" and "device is cuda" in note
+    assert resolve_runtime("torch", "cpu", model.sam.image_encoder) == ("torch", None)
+    with pytest.raises(PromptError, match="--runtime openvino cannot run"):
+        resolve_runtime("openvino", "cuda", model.sam.image_encoder)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded\nsecond line")
+
+    monkeypatch.setattr(openvino_encoder, "build", broken)
+    monkeypatch.setenv("MINISAM_CACHE", str(cache / "empty"))
+    encoder = encoder_runtime("auto", model.sam, model.config.image_size)
+    assert encoder.describe() == "torch (openvino failed: exporter exploded)"
+    with pytest.raises(ModelError) as error:
+        encoder_runtime("openvino", model.sam, model.config.image_size)
+    assert str(error.value) == (
+        "--runtime openvino: the image encoder could not be exported or loaded (exporter exploded)"
+    )
+    assert not (cache / "empty").exists()  # a failed export leaves no cache folder
+
+
+def test_bad_runtime_values_give_one_line(capsys, tmp_path: Path) -> None:
+    argv = ["segment", "in.png", "--box", "1", "1", "5", "5", "--runtime", "fast"]
+    with pytest.raises(SystemExit) as stop:  # argparse's choices, one line
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--runtime: invalid choice: 'fast'" in err
+    argv = ["segment", "in.png", "--box", "1", "1", "5", "5", "--runtime", "torch"]
+    assert main([*argv, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "minisam segment: error: --precision bf16 applies to the openvino runtime; torch runs f32\n"
+    )
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,label\n")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--manifest", str(manifest), "--out", str(out)]
+    assert main([*argv, "--config", "a=default,runtime=fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runtime= 'fast': choose one of auto, torch" in err
+    assert main([*argv, "--runtime", "gpu"]) == 2
+    assert "--runtime/--precision: runtime= 'gpu'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_configuration_carries_the_runtime() -> None:
+    from minisam.evaluation.configs import build_configurations
+
+    (config,) = build_configurations(["ov=default,runtime=OpenVINO,precision=f32"], [], [], [])
+    assert (config.runtime, config.precision) == ("openvino", "f32")
+    (plain,) = build_configurations([], ["default"], [], [])
+    assert "runtime" not in plain.as_dict()  # older run.json files still resume
+    with pytest.raises(MiniSAMError, match="bf16 applies to the openvino runtime"):
+        build_configurations([], ["default"], [], [], runtime="onnxruntime", precision="bf16")

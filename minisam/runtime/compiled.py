@@ -1,0 +1,172 @@
+"""The image encoder as ``SamEngine`` calls it: torch's module, or an export run by OpenVINO / ONNX Runtime.
+
+Both take the preprocessed (1, 3, S, S) float tensor and return the (1, C, g, g) features. An exported
+encoder holds the *base* encoder's weights: while a LoRA adapter on the encoder is active it runs the
+torch module instead (adapters switch per image in milliseconds; an export per adapter would cost
+seconds to minutes each). Decoder-only adapters leave the encoder alone and keep the fast path.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minisam.errors import MiniSAMError, ModelError
+from minisam.runtime.export_cache import ExportKey, cached_export, encoder_hash
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class TorchEncoder:
+    """The torch image encoder, the reference and the training path.
+
+    ``note``: why ``--runtime auto`` runs torch here (None when torch was asked for).
+    """
+
+    name = "torch"
+    precision = "f32"
+
+    def __init__(self, module: torch.nn.Module, note: str | None = None) -> None:
+        self.module = module
+        self.note = note
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.module(image)
+
+    def describe(self) -> str:
+        return "torch" + (f" ({self.note})" if self.note else "")
+
+
+def encoder_adapter_active(module: torch.nn.Module) -> bool:
+    """Whether a peft adapter changes what ``module`` computes now (active or merged into its weights)."""
+    if "peft" not in sys.modules:  # no adapter can exist before peft is imported
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if not isinstance(layer, BaseTunerLayer):
+            continue
+        if layer.merged:
+            return True
+        if layer.disable_adapters:
+            continue
+        for attribute in layer.adapter_layer_names:
+            holder = getattr(layer, attribute, {})
+            if any(name in holder for name in layer.active_adapters):
+                return True
+    return False
+
+
+def _backend(runtime: str):
+    if runtime == "openvino":
+        from minisam.runtime import openvino_encoder
+
+        return openvino_encoder
+    from minisam.runtime import onnxruntime_encoder
+
+    return onnxruntime_encoder
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+class CompiledEncoder:
+    """The image encoder exported once (cached, see :mod:`minisam.runtime.export_cache`) and run by
+    ``runtime`` ("openvino" or "onnxruntime") on the CPU.
+
+    Arguments:
+      module: the torch image encoder (float32, on the CPU); it runs instead while an encoder adapter
+        is active, and for good when ``fallback`` is set and the export failed.
+      runtime: "openvino" or "onnxruntime".
+      input_size: the square input side the export is fixed to.
+      precision: "f32" or "bf16" (OpenVINO's inference precision hint; ONNX Runtime runs f32).
+      fallback: run torch (and say why in :attr:`note`) when exporting or loading fails, instead of
+        raising; ``--runtime auto`` sets it.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        runtime: str,
+        input_size: int,
+        precision: str = "f32",
+        fallback: bool = False,
+    ) -> None:
+        self.module = module
+        self.name = runtime
+        self.input_size = int(input_size)
+        self.precision = precision
+        self.fallback = fallback
+        self.note: str | None = None
+        self.export_folder: Path | None = None
+        self.built = False  # whether this encoder made its export (else it found it in the cache)
+        self.torch_calls = 0  # slices encoded by the torch module (adapter active or fallen back)
+        self._run: Runner | None = None
+        self._lock = threading.Lock()  # one inference request at a time (Slicer precomputes)
+
+    def describe(self) -> str:
+        if self.note is not None:
+            return f"torch ({self.note})"
+        return f"{self.name} ({self.precision})"
+
+    def prepare(self) -> None:
+        """Export (or find the cached export) and load it; nothing while an encoder adapter is active
+        (the export is then made from the base encoder at the first slice without one).
+
+        Raises:
+          ModelError: one line, when the export cannot be made or loaded and ``fallback`` is off.
+        """
+        if self._run is not None or self.note is not None:
+            return
+        if encoder_adapter_active(self.module):
+            return
+        try:
+            self._run = self._load()
+        except MiniSAMError:
+            raise
+        except Exception as error:
+            reason = _one_line(error)
+            if not self.fallback:
+                raise ModelError(
+                    f"--runtime {self.name}: the image encoder could not be exported or loaded "
+                    f"({reason})"
+                ) from None
+            self.note = f"{self.name} failed: {reason}"
+
+    def _load(self) -> Runner:
+        backend = _backend(self.name)
+        key = ExportKey(self.name, encoder_hash(self.module), self.input_size)
+
+        def build(folder: Path) -> None:
+            backend.build(self.module, self.input_size, folder)
+
+        threads = torch.get_num_threads()
+        folder, built = cached_export(key, build)
+        try:
+            run = backend.load(folder, self.precision, threads)
+        except Exception:
+            if built:
+                raise
+            # verified yet unloadable (a runtime of another version, say): build it again, once
+            folder, built = cached_export(key, build, rebuild=True)
+            run = backend.load(folder, self.precision, threads)
+        self.export_folder, self.built = folder, built
+        return run
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.note is None and not encoder_adapter_active(self.module):
+            self.prepare()
+            if self._run is not None:
+                array = image.detach().to("cpu", torch.float32).numpy()
+                with self._lock:
+                    features = self._run(np.ascontiguousarray(array))
+                return torch.from_numpy(features).to(image.device)
+        self.torch_calls += 1
+        return self.module(image)
