@@ -129,7 +129,7 @@ def test_onnxruntime_export_is_cached(cache, model, monkeypatch) -> None:
     assert len(calls) <= 1
 
 
-def test_encoder_adapter_runs_in_torch_decoder_only_keeps_the_export(cache, image) -> None:
+def test_encoder_adapter_runs_in_torch(cache, image) -> None:
     loaded = load_model("default")
     base_hash = encoder_hash(loaded.sam.image_encoder)
     switcher = AdapterSwitcher(loaded)
@@ -148,6 +148,16 @@ def test_encoder_adapter_runs_in_torch_decoder_only_keeps_the_export(cache, imag
     switcher.use(None)  # back to the base model: the export again
     assert _relative_error(engine.embed(image).features, base) < 1e-6
     assert engine.encoder.torch_calls == 1
+
+
+def test_decoder_only_adapter_keeps_the_export(cache, image) -> None:
+    from minisam.adapters import AdapterSpec, attach_adapter
+
+    loaded = load_model("default")
+    attach_adapter(loaded.sam, AdapterSpec(target_modules=(), include_decoder=True), "decoder")
+    engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
+    engine.embed(image)
+    assert engine.encoder.torch_calls == 0 and engine.encoder.describe() == "openvino (f32)"
 
 
 def test_auto_choice(cache, model, monkeypatch) -> None:
