@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_files import SMALL_MODEL
 
 from minisam.cli.main import main as cli_main
 from minisam.errors import InputError, ModelError
@@ -42,7 +43,7 @@ def _pairs(shared_data: Path, start: int, count: int) -> list[tuple[Path, Path]]
 
 
 def test_student_config_matches_the_teacher_grid() -> None:
-    teacher = load_model("default").config  # 256 px, 16 x 16 grid, 256-d embedding
+    teacher = load_model(SMALL_MODEL).config  # 256 px, 16 x 16 grid, 256-d embedding
     tiny = student_config(teacher, "tiny")
     assert (tiny.embedding_size, tiny.prompt_embed_dim) == (16, 256)
     assert tiny.encoder.embed_dim == preset("tiny").encoder.embed_dim
@@ -56,7 +57,7 @@ def test_student_config_matches_the_teacher_grid() -> None:
 def test_distillation_brings_student_embeddings_to_the_teacher(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    teacher = load_model("default")
+    teacher = load_model(SMALL_MODEL)
     config = student_config(teacher.config, "tiny")
     torch.manual_seed(0)
     student = build_student(teacher, config)
@@ -90,7 +91,7 @@ def test_distillation_brings_student_embeddings_to_the_teacher(
 
 
 def test_teacher_embeddings_come_from_the_cache(shared_data: Path, tmp_path: Path) -> None:
-    teacher = load_model("default")
+    teacher = load_model(SMALL_MODEL)
     images = to_model_inputs(
         samples_from_pairs(_pairs(shared_data, 0, 2), "cxr", "xray"), teacher.config
     ).images
@@ -154,7 +155,7 @@ def test_augmented_views_are_the_same_view_at_teacher_and_student_size(shared_da
 
 
 def test_distillation_with_views_encodes_each_view_once(shared_data: Path, tmp_path: Path) -> None:
-    teacher = load_model("default")
+    teacher = load_model(SMALL_MODEL)
     config = student_config(teacher.config, "tiny")
     torch.manual_seed(0)
     student = build_student(teacher, config)
@@ -212,7 +213,7 @@ def test_unlabelled_slices_add_the_slices_no_label_touches(shared_data: Path) ->
 
 
 def test_resume_refuses_another_view_count(shared_data: Path, tmp_path: Path) -> None:
-    teacher = load_model("default")
+    teacher = load_model(SMALL_MODEL)
     config = student_config(teacher.config, "tiny")
     inputs = tuple(
         to_model_inputs(samples_from_pairs(_pairs(shared_data, 0, 2), "cxr", "xray"), c)

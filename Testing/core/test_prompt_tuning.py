@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_files import SMALL_MODEL
 
 from minisam.adapters.lora import AdapterSpec, attach_adapter, target_module_names
 from minisam.model_loader import load_model
@@ -27,7 +28,7 @@ def _hc18(shared_data: Path, start: int, count: int) -> list:
 @pytest.fixture(scope="module")
 def fetal_heads(shared_data: Path, tmp_path_factory) -> dict:
     """The default model's inputs and cached embeddings of 10 training and 4 other fetal heads."""
-    base = load_model("default")
+    base = load_model(SMALL_MODEL)
     store = EmbeddingStore(base, tmp_path_factory.mktemp("embeddings"))
     train = to_model_inputs(_hc18(shared_data, 0, 10), base.config)
     val = to_model_inputs(_hc18(shared_data, 40, 4), base.config)
@@ -41,7 +42,7 @@ def fetal_heads(shared_data: Path, tmp_path_factory) -> dict:
 
 
 def test_full_tuning_teaches_clicks_and_leaves_the_encoder_alone(fetal_heads: dict) -> None:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     encoder_before = {k: v.clone() for k, v in loaded.sam.image_encoder.state_dict().items()}
     settings = PromptTuningSettings(epochs=6, batch_size=5, learning_rate=1e-3, patience=None)
     model, report = tune_prompt_path(
@@ -59,7 +60,7 @@ def test_full_tuning_teaches_clicks_and_leaves_the_encoder_alone(fetal_heads: di
 
 
 def test_lora_tuning_is_merged_into_a_plain_model(fetal_heads: dict) -> None:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     decoder_before = {k: v.clone() for k, v in loaded.sam.mask_decoder.state_dict().items()}
     settings = PromptTuningSettings(
         method="lora", rank=4, epochs=2, batch_size=5, learning_rate=1e-3, patience=None
@@ -83,7 +84,7 @@ def test_lora_tuning_is_merged_into_a_plain_model(fetal_heads: dict) -> None:
 
 def test_stored_embeddings_survive_a_decoder_change(fetal_heads: dict) -> None:
     store: EmbeddingStore = fetal_heads["store"]
-    model = load_model("default")
+    model = load_model(SMALL_MODEL)
     with torch.no_grad():
         for param in model.sam.mask_decoder.parameters():
             param.add_(0.1)
@@ -95,7 +96,7 @@ def test_stored_embeddings_survive_a_decoder_change(fetal_heads: dict) -> None:
 
 def test_a_decoder_only_adapter_leaves_the_encoder_out() -> None:
     spec = AdapterSpec(target_modules=(), include_decoder=True)
-    sam = load_model("default").sam
+    sam = load_model(SMALL_MODEL).sam
     names = target_module_names(sam, spec)
     assert names and all(n.startswith("mask_decoder.transformer.") for n in names)
     model = attach_adapter(sam, spec, "prompts")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_files import SMALL_MODEL
 
 from minisam.analysis.quant_error import (
     LAYER_KEYS,
@@ -269,7 +270,7 @@ def test_cli_subprocess_headless(tmp_path) -> None:
 def test_default_model_nf4_error_larger_than_int8() -> None:
     rel = {}
     for kind in ("nf4", "int8"):  # the attention linears only, to keep the test short
-        layers = quantized_weights(load_model("default"), f"{kind}:attn")
+        layers = quantized_weights(load_model(SMALL_MODEL), f"{kind}:attn")
         fp32 = np.concatenate([lw.fp32 for lw in layers]).astype(np.float64)
         quant = np.concatenate([lw.quantized for lw in layers]).astype(np.float64)
         rel[kind] = float(np.linalg.norm(quant - fp32) / np.linalg.norm(fp32))

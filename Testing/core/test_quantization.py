@@ -1,7 +1,7 @@
 """Quantized image encoders (bitsandbytes NF4 / INT8) and quantized checkpoints.
 
-Accuracy is checked on a real chest X-ray with the trained default model when the package ships it
-(else a seeded random "small" model, with the looser bounds measured for random weights).
+Accuracy is checked on a real chest X-ray with the small trained test model (MiniSAM v3,
+Testing/data/models: a small-preset ViT).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import bitsandbytes as bnb  # a dependency: its absence must fail, not skip  # n
 import numpy as np
 import pytest
 import torch
+from model_files import SMALL_MODEL
 
 from minisam.checkpoints import (
     LoadedModel,
@@ -25,7 +26,6 @@ from minisam.errors import ModelError
 from minisam.imageio import read_image
 from minisam.intensity import normalize_intensity, to_rgb
 from minisam.model_config import SamConfig, build_sam, preset
-from minisam.model_loader import DEFAULT_MODEL
 from minisam.prompts import Prompt
 from minisam.quantization import (
     DequantizedLinear,
@@ -44,28 +44,19 @@ from minisam.quantized_checkpoint import (
 CXR = "cxr_lung_montgomery_shenzhen"
 
 # Relative L2 error ||q - f|| / ||f|| of the X-ray's image embedding, quantized vs fp32 source.
-# Measured (bnb 0.50.2, torch 2.13 CPU): trained default (small preset) NF4 0.012, INT8 0.0011;
-# random "small" models (seeds 0-2) NF4 0.105-0.113, INT8 0.010-0.011. Random init weights are
-# uniform, the worst case for NF4's normal-distribution code book; trained weights are near-normal.
-# Bounds leave ~4x (trained) and ~1.35-2x (random) headroom over the measurements.
-TOLERANCE = {
-    ("nf4", True): 0.05,
-    ("int8", True): 0.005,
-    ("nf4", False): 0.15,
-    ("int8", False): 0.02,
-}
+# Measured (bnb 0.50.2, torch 2.13 CPU), MiniSAM v3 (small preset): NF4 0.012, INT8 0.0011 (random
+# "small" weights: NF4 0.105-0.113, INT8 0.010-0.011: uniform init is NF4's worst case). Bounds
+# leave ~4x headroom.
+TOLERANCE = {"nf4": 0.05, "int8": 0.005}
+RANDOM_TOLERANCE = {"nf4": 0.15, "int8": 0.02}  # random weights (~1.35-2x over the measurements)
 # Box-prompt mask IoU quantized vs fp32 with the trained model (measured: NF4 0.997, INT8 0.9998).
 MASK_IOU = {"nf4": 0.98, "int8": 0.99}
 
 
 @pytest.fixture(scope="module")
-def source() -> tuple[LoadedModel, bool]:
-    """(fp32 model, trained?): the shipped default when present, else a seeded random "small"."""
-    if DEFAULT_MODEL.is_file():
-        return load_minisam_checkpoint(DEFAULT_MODEL), True
-    torch.manual_seed(0)
-    config = preset("small")
-    return LoadedModel(sam=build_sam(config), config=config, name="random:small"), False
+def source() -> LoadedModel:
+    """The fp32 small trained test model (MiniSAM v3)."""
+    return load_minisam_checkpoint(SMALL_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +137,9 @@ def test_bad_schemes_are_one_line_model_errors(spec: str, words: str) -> None:
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
 def test_quantized_embedding_matches_fp32_on_a_chest_xray(
-    kind: str, source: tuple[LoadedModel, bool], xray: tuple[np.ndarray, np.ndarray]
+    kind: str, source: LoadedModel, xray: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    model, trained = source
+    model = source
     rgb, lung = xray
     reference = _embed(model.sam, model.config, rgb)
     quantized = _copy(model)
@@ -157,14 +148,13 @@ def test_quantized_embedding_matches_fp32_on_a_chest_xray(
     assert report.stored_bytes < report.bytes_before
     error = _relative_error(_embed(quantized.sam, model.config, rgb), reference)
     # Lower bound: the weights really changed (a no-op "quantization" would give exactly 0).
-    assert 1e-5 < error < TOLERANCE[(kind, trained)], f"{kind} relative L2 error {error:.4f}"
-    if trained:  # masks of random weights are noise; compare them only for the trained model
-        ys, xs = np.nonzero(lung)
-        box = [xs.min(), ys.min(), xs.max(), ys.max()]
-        fp32_mask = _box_mask(model.sam, model.config, rgb, box)
-        quant_mask = _box_mask(quantized.sam, model.config, rgb, box)
-        iou = (fp32_mask & quant_mask).sum() / (fp32_mask | quant_mask).sum()
-        assert iou > MASK_IOU[kind], f"{kind} mask IoU vs fp32 {iou:.4f}"
+    assert 1e-5 < error < TOLERANCE[kind], f"{kind} relative L2 error {error:.4f}"
+    ys, xs = np.nonzero(lung)
+    box = [xs.min(), ys.min(), xs.max(), ys.max()]
+    fp32_mask = _box_mask(model.sam, model.config, rgb, box)
+    quant_mask = _box_mask(quantized.sam, model.config, rgb, box)
+    iou = (fp32_mask & quant_mask).sum() / (fp32_mask | quant_mask).sum()
+    assert iou > MASK_IOU[kind], f"{kind} mask IoU vs fp32 {iou:.4f}"
 
 
 # ----------------------------------------------------------------------------- selection
@@ -214,7 +204,7 @@ def test_mixed_precision_scheme_and_dequantize_strategy() -> None:
     }
     assert kinds == {"attn": {"int8"}, "mlp": {"nf4"}}
     assert all(isinstance(m, DequantizedLinear) for _, m in encoder_linears(sam).values())
-    assert 1e-5 < _relative_error(_encoder_output(sam), reference) < TOLERANCE[("nf4", False)]
+    assert 1e-5 < _relative_error(_encoder_output(sam), reference) < RANDOM_TOLERANCE["nf4"]
 
 
 def test_quantizing_a_quantized_layer_is_refused() -> None:
@@ -276,10 +266,10 @@ def test_unknown_kind_or_strategy_leaves_the_model_unchanged() -> None:
 
 @pytest.mark.parametrize("spec", ["nf4", "int8", "nf4:mlp+int8:attn"])
 def test_quantized_checkpoint_round_trip_is_exact(
-    spec: str, tmp_path: Path, source: tuple[LoadedModel, bool], xray: tuple[np.ndarray, np.ndarray]
+    spec: str, tmp_path: Path, source: LoadedModel, xray: tuple[np.ndarray, np.ndarray]
 ) -> None:
     rgb, _ = xray
-    model = _copy(source[0])
+    model = _copy(source)
     base = model.base_hash()  # the fp32 hash, before quantizing
     quantize_model(model, spec)
     in_memory = _embed(model.sam, model.config, rgb)
@@ -432,10 +422,10 @@ def _generic_output(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_half_precision_rest_halves_the_unquantized_part(
-    tmp_path: Path, source: tuple[LoadedModel, bool], xray: tuple[np.ndarray, np.ndarray]
+    tmp_path: Path, source: LoadedModel, xray: tuple[np.ndarray, np.ndarray]
 ) -> None:
     rgb, lungs = xray
-    model = _copy(source[0])
+    model = _copy(source)
     quantize_model(model, "nf4")
     full = save_quantized_checkpoint(model.sam, model.config, tmp_path / "f32.safetensors")
     half = save_quantized_checkpoint(
@@ -458,32 +448,30 @@ def test_half_precision_rest_halves_the_unquantized_part(
         )
 
 
-def test_nf4_all_with_half_rest_is_a_fifth_of_the_default_model_file(
-    tmp_path: Path, source: tuple[LoadedModel, bool], xray: tuple[np.ndarray, np.ndarray]
+def test_nf4_all_with_half_rest_is_a_fifth_of_the_small_model_file(
+    tmp_path: Path, source: LoadedModel, xray: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    # The default is decoder-heavy (encoder 2.0 M, mask decoder 4.1 M parameters): NF4 on the
-    # encoder alone leaves 83 % of the fp32 file. Measured for the trained default: "nf4:all"
+    # MiniSAM v3 is decoder-heavy (encoder 2.0 M, mask decoder 4.1 M parameters): NF4 on the
+    # encoder alone leaves 83 % of the fp32 file. Measured: "nf4:all"
     # 26.5 % (fp32 rest), 19.2 % (fp16 rest); box-mask IoU vs fp32 0.991 on this X-ray.
     rgb, lungs = xray
-    model, trained = source
+    model = source
     fp32_size = save_checkpoint(model.sam, model.config, tmp_path / "f.safetensors").stat().st_size
     quantized = _copy(model)
     quantize_model(quantized, "nf4:all")
     path = save_quantized_checkpoint(
         quantized.sam, quantized.config, tmp_path / "q.safetensors", rest_dtype="float16"
     )
-    if trained:
-        assert path.stat().st_size <= 0.20 * fp32_size, f"{path.stat().st_size / fp32_size:.1%}"
+    assert path.stat().st_size <= 0.20 * fp32_size, f"{path.stat().st_size / fp32_size:.1%}"
     loaded = load_quantized_checkpoint(path)
     assert str(parse_scheme(read_safetensors_metadata(path)["scheme"])) == "nf4:attn,mlp,decoder"
     ys, xs = np.nonzero(lungs)
     box = [xs.min(), ys.min(), xs.max(), ys.max()]
     expected = _box_mask(quantized.sam, quantized.config, rgb, box)
     assert (expected == _box_mask(loaded.sam, loaded.config, rgb, box)).mean() > 0.999
-    if trained:
-        fp32_mask = _box_mask(model.sam, model.config, rgb, box)
-        iou = (fp32_mask & expected).sum() / (fp32_mask | expected).sum()
-        assert iou > MASK_IOU["nf4"], f"nf4:all mask IoU vs fp32 {iou:.4f}"
+    fp32_mask = _box_mask(model.sam, model.config, rgb, box)
+    iou = (fp32_mask & expected).sum() / (fp32_mask | expected).sum()
+    assert iou > MASK_IOU["nf4"], f"nf4:all mask IoU vs fp32 {iou:.4f}"
 
 
 def test_importing_peft_after_minisam_prints_no_bitsandbytes_noise() -> None:

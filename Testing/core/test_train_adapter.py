@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from model_files import SMALL_MODEL
 
 from minisam.adapters import AdapterSpec, load_adapter, read_adapter, save_adapter
 from minisam.cli.main import main as cli_main
@@ -52,7 +53,7 @@ def hc18(shared_data: Path) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def trained(hc18: dict[str, list]) -> tuple:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     base_hash = loaded.base_hash()
     settings = AdapterTrainSettings(epochs=2, batch_size=3, learning_rate=3e-3, seed=1)
     model, report = train_adapter(loaded, hc18["train"], hc18["val"], AdapterSpec(rank=4), settings)
@@ -85,7 +86,7 @@ def test_qlora_trains_only_adapter_on_frozen_nf4_base(trained) -> None:
 
 
 def test_base_weights_unchanged(hc18: dict[str, list]) -> None:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     before = {k: v.clone() for k, v in loaded.sam.state_dict().items()}
     settings = AdapterTrainSettings(epochs=1, batch_size=3, learning_rate=1e-2)
     model, _ = train_adapter(
@@ -118,17 +119,17 @@ def test_saved_folder_reproduces_outputs(trained, hc18: dict[str, list], tmp_pat
         {"name": "us_t", "modality": "US", "base_hash": base_hash},
     )
     expected = _logits(loaded, hc18["val"])
-    fresh = load_model("default")
+    fresh = load_model(SMALL_MODEL)
     quantize_model(fresh, "nf4", cpu_strategy="dequantize")
     load_adapter(fresh.sam, folder, base_hash)
     torch.testing.assert_close(_logits(fresh, hc18["val"]), expected, atol=1e-4, rtol=1e-4)
-    zero = load_model("default")
+    zero = load_model(SMALL_MODEL)
     quantize_model(zero, "nf4", cpu_strategy="dequantize")
     assert not torch.allclose(_logits(zero, hc18["val"]), expected, atol=1e-3)
 
 
 def test_cancel_keeps_usable_adapter(hc18: dict[str, list], tmp_path: Path) -> None:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     base_hash = loaded.base_hash()
     calls = []
 
@@ -255,8 +256,8 @@ def test_cli_trains_from_folders(hc18: dict[str, list], tmp_path: Path, capsys) 
         shutil.copy(image, images / image.name)
         shutil.copy(mask, masks / mask.name)
     args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
-            "_mask", "--max-slices", "4", "--modality", "US", "--epochs", "1", "--rank", "2",
-            "--targets", "qkv,lin2", "--include-decoder", "--decoder-targets", "lin1",
+            "_mask", "--max-slices", "4", "--modality", "US", "--model", SMALL_MODEL, "--epochs",
+            "1", "--rank", "2", "--targets", "qkv,lin2", "--include-decoder", "--decoder-targets", "lin1",
             "--alpha", "8", "--out", str(tmp_path / "ad"), "--install", "--library",
             str(tmp_path / "lib"), "--quiet"]  # fmt: skip
     assert cli_main(args) == 0
@@ -283,8 +284,8 @@ def test_cli_progress_json_is_one_event_per_line(hc18: dict[str, list], tmp_path
         shutil.copy(mask, masks / mask.name)
     (tmp_path / "source.json").write_text('{"source": "3D Slicer: volume x", "slice_axis": "K"}')
     args = ["train-adapter", "--images", str(images), "--masks", str(masks), "--mask-suffix",
-            "_mask", "--modality", "US", "--epochs", "1", "--rank", "2", "--batch-size", "2",
-            "--val-fraction", "0.25", "--out", str(tmp_path / "ad"), "--progress-json",
+            "_mask", "--modality", "US", "--model", SMALL_MODEL, "--epochs", "1", "--rank", "2",
+            "--batch-size", "2", "--val-fraction", "0.25", "--out", str(tmp_path / "ad"), "--progress-json",
             "--source-info", str(tmp_path / "source.json")]  # fmt: skip
     assert cli_main(args) == 0
     captured = capsys.readouterr()
@@ -380,7 +381,7 @@ def test_shipped_xray_adapter_improves_held_out_chest_xrays(shared_data: Path) -
 def test_adalora_qat_fine_tunes_through_int8_layers(hc18: dict[str, list]) -> None:
     from minisam.training.qat import train_adapter_qat
 
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     base_hash = loaded.base_hash()
     spec = AdapterSpec(method="adalora", init_r=6, target_r=4, tinit=1, tfinal=1, total_step=6)
     settings = AdapterTrainSettings(epochs=3, batch_size=3, learning_rate=3e-3, seed=2)
@@ -560,7 +561,7 @@ def test_cli_adalora_qat_ctrl_c_then_resume(hc18, tmp_path: Path, monkeypatch, c
 
 
 def test_a_decoder_only_adapter_encodes_each_slice_once(hc18: dict[str, list]) -> None:
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     calls = []
     loaded.sam.image_encoder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     spec = AdapterSpec(rank=4, target_modules=(), include_decoder=True)

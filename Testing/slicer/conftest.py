@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_files import SMALL_MODEL
 from slicer_cases import BATCH_SCRIPT, CT, LIVER, MODULE_DIR, REPO, SEG
 
 if str(MODULE_DIR) not in sys.path:
@@ -60,10 +61,10 @@ def liver_labels(shared_data: Path):
 
 @pytest.fixture(scope="session")
 def segment_logic():
-    """One MiniSAMSegmentLogic with the embedded default model, shared by the tests (loaded once)."""
+    """One MiniSAMSegmentLogic with the small test model, shared by the tests (loaded once)."""
     from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
 
-    return MiniSAMSegmentLogic("default", device="cpu")
+    return MiniSAMSegmentLogic(SMALL_MODEL, device="cpu")
 
 
 @pytest.fixture()
@@ -74,7 +75,7 @@ def liver_editing(context, ct_volume, segment_logic):
     from editor_cases import LogicEditor
     from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
 
-    logic = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
+    logic = MiniSAMSegmentLogic(SMALL_MODEL, device="cpu", loader=lambda spec: segment_logic.model)
     logic.observe_scene(context.scene)
     segmentation = context.new_segmentation(ct_volume)
     liver_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")

@@ -13,6 +13,7 @@ import pytest
 import slicer
 import vtk
 from MiniSAMSegmentLib.segment_io import segment_array
+from model_files import SMALL_MODEL
 from slicer_cases import BATCH_SCRIPT, CT, LIVER_BOX, LIVER_SLICE, REPO
 
 from minisam.metrics import dice
@@ -42,7 +43,7 @@ def test_batch_script_writes_a_readable_seg_nrrd(
     out = tmp_path / "liver.seg.nrrd"
     done = _script(
         "--input", str(shared_data / CT), "--prompts", str(_prompts(tmp_path)),
-        "--output", str(out), "--model", "default", "--propagate", "--segment-name", "liver",
+        "--output", str(out), "--model", SMALL_MODEL, "--propagate", "--segment-name", "liver",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "slices along axis 0" in done.stdout

@@ -1,4 +1,4 @@
-"""MiniSAMSegmentLogic with the embedded default model on the example CT: box -> liver -> segment."""
+"""MiniSAMSegmentLogic with the small test model on the example CT: box -> liver -> segment."""
 
 from __future__ import annotations
 

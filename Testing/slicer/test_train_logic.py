@@ -33,6 +33,7 @@ from MiniSAMTrainLib.train_logic import (  # noqa: E402
     suggested_modality,
 )
 from MiniSAMTrainLib.training_process import write_training_data  # noqa: E402
+from model_files import SMALL_MODEL  # noqa: E402
 
 BRATS = "brats2021_samplecase_sammed3d/BraTS2021_01646"  # 104 x 160 x 160, edema on K slices 39..85
 KEPT = (
@@ -45,7 +46,8 @@ KEPT = (
     70,
     78,
 )  # the slices left annotated; the segment is erased elsewhere
-TINY = {"rank": 2, "batch_size": 3, "epochs": 1}  # 6 training slices -> 2 steps per epoch
+# 6 training slices -> 2 steps per epoch, on the small test model
+TINY = {"rank": 2, "batch_size": 3, "epochs": 1, "model": SMALL_MODEL}
 
 
 @pytest.fixture()
@@ -194,7 +196,7 @@ def test_training_process_installs_an_adapter_and_leaves_the_segmentation_alone(
     assert process.pid != os.getpid() and _gone(process.pid)
     assert not process.folder.exists()  # the exported slices and the command's output are removed
 
-    base_hash = load_model("default").base_hash()
+    base_hash = load_model(SMALL_MODEL).base_hash()
     (info,) = AdapterLibrary(tmp_path / "library", builtin=None).list()
     assert (info.name, info.modality, info.base_hash, info.path) == (
         result.name, "MR", base_hash, result.path,
@@ -274,7 +276,12 @@ def test_a_failing_run_surfaces_one_line_and_installs_nothing(
     flair, edema, tmp_path: Path, change, extra, message
 ) -> None:
     plan = MiniSAMTrainLogic().prepare(
-        flair, edema, [edema.edema_id], "MR", library_root=tmp_path / "library", **TINY, **change
+        flair,
+        edema,
+        [edema.edema_id],
+        "MR",
+        library_root=tmp_path / "library",
+        **{**TINY, **change},
     )
     process = TrainingProcess(plan, extra_arguments=extra).start()
     assert process.wait(timeout=180)

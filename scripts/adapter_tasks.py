@@ -1,0 +1,255 @@
+"""Train modality adapters with ``minisam train-adapter`` and score them by box and by one click.
+
+    OMP_NUM_THREADS=2 python scripts/adapter_tasks.py --data ../shared/data --work /tmp/tasks \\
+        --task brats --config lora --config qlora --config adalora-qat
+
+Tasks (train and evaluation subjects disjoint):
+
+- ``brats``: whole tumour on FLAIR, BraTS 2015 (CC BY-NC-SA 3.0, never in the shipped default's
+  training, so a task it has not seen; an adapter made from it is not shipped). train-adapter gets
+  the four train/ and validation/ patients with ``--max-slices 50``; the two test/ patients score
+  (every slice with at least 100 tumour pixels).
+- ``us_hc18``: HC18 fetal head ultrasound; 50 subjects train, the 20 subjects of
+  docs/eval/us_hc18.csv score.
+- ``xray_cxr``: Montgomery chest X-ray lungs; the training split of the default recipe trains (at
+  most ``--max-slices``), docs/eval/cxr_heldout.csv scores (both lungs: one mask per image).
+
+Configurations (``--config``, repeatable; all decoder-only: LoRA on the mask decoder's transformer
+trained on the frozen encoder's embeddings, computed once per slice, ``--targets none
+--include-decoder``): ``lora`` on the fp32 base (the default), ``lora-int8`` / ``qlora`` on the INT8 /
+NF4 base, ``adalora-qat`` = AdaLoRA then its INT8 quantization-aware stage. Each picks its best epoch
+by the mean of box and one-click validation Dice and trains with box and click sessions (2
+corrective clicks).
+
+Scores: Dice at model-input resolution, exact bounding box (one mask) and one positive click at the
+most interior pixel (SAM's three masks, the best-rated kept: what a user gets), for the base model at
+fp32 and at each precision an adapter trained on, and for each adapter on that precision and on the
+fp32 base (``minisam segment --adapter`` applies it to the fp32 default unless ``--quant`` says
+otherwise). Prints one table, writes ``--work``/TASK_results.json; ``--ship FOLDER`` re-saves the
+first configuration's adapter there when, on the fp32 base, it improves both box and one-click Dice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minisam.adapters import load_adapter
+from minisam.adapters.adapter_io import ship_adapter
+from minisam.adapters.metadata import read_metadata
+from minisam.model_loader import load_model
+from minisam.quantization import quantize_model
+from minisam.training.base_trainer import validation_dice
+from minisam.training.default_recipe import LICENCES, montgomery_split
+from minisam.training.embedding_store import encode
+from minisam.training.manifest import (
+    read_training_manifest,
+    samples_from_manifest,
+    write_manifest,
+)
+from minisam.training.model_inputs import to_model_inputs
+
+CONFIGS = {
+    "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8"],
+    "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8"],
+    "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8"],
+    "adalora-qat": ["--method", "adalora-qat", "--rank", "8"],
+}
+COMMON = [
+    "--targets", "none", "--include-decoder", "--validate-with", "both",
+    "--correction-clicks", "2", "--lr", "1e-3", "--patience", "5", "--quiet",
+]  # fmt: skip
+EVAL_MIN_AREA = 100
+
+
+def _hc18_subject(path: Path) -> str:
+    return path.name[:3]
+
+
+def task_manifests(task: str, data: Path, work: Path) -> tuple[Path, Path, dict]:
+    """(training manifest, evaluation manifest, training-data record) for ``task``."""
+    data = data.resolve()
+    if task == "brats":
+        root = data / "brats2015_deepmedic_examples"
+
+        def rows(split: str) -> list[dict]:
+            return [
+                {
+                    "image": str(p / "Flair_subtrMeanDivStd.nii.gz"),
+                    "label": str(p / "OTMultiClass.nii.gz"),
+                    "modality": "mr",
+                }
+                for p in sorted((root / split).iterdir())
+            ]
+
+        train, held = rows("train") + rows("validation"), rows("test")
+        record = {"dataset": "BraTS 2015 FLAIR whole tumour", "licence": "CC BY-NC-SA 3.0 CH"}
+    elif task == "us_hc18":
+        root = data / "hc18_fetal_head_us"
+        held_paths = _manifest_images(Path("docs/eval/us_hc18.csv"))
+        held_subjects = {_hc18_subject(p) for p in held_paths}
+        seen: set[str] = set()
+        train = []
+        for image in sorted((root / "images").glob("*.png")):
+            subject = _hc18_subject(image)
+            if subject in held_subjects or subject in seen:
+                continue
+            seen.add(subject)
+            mask = root / "masks_filled" / f"{image.stem}_mask.png"
+            train.append({"image": str(image), "label": str(mask), "modality": "us"})
+        train = train[:50]
+        held = [
+            {"image": str(p), "label": str(m), "modality": "us"}
+            for p, m in _manifest_pairs(Path("docs/eval/us_hc18.csv"))
+        ]
+        record = {
+            "dataset": "HC18 fetal head ultrasound",
+            "licence": LICENCES["hc18_fetal_head_us"],
+        }
+    elif task == "xray_cxr":
+        cxr_train, _ = montgomery_split(data)
+        held_paths = _manifest_images(Path("docs/eval/cxr_heldout.csv"))
+        train = [
+            {"image": str(i), "label": str(m), "modality": "xray"}
+            for i, m in cxr_train
+            if i.resolve() not in held_paths
+        ]
+        held = [
+            {"image": str(p), "label": str(m), "modality": "xray"}
+            for p, m in _manifest_pairs(Path("docs/eval/cxr_heldout.csv"))
+        ]
+        record = {
+            "dataset": "Montgomery County chest X-ray lungs",
+            "licence": LICENCES["cxr_montgomery"],
+        }
+    else:
+        raise SystemExit(f"--task {task}: unknown (brats, us_hc18, xray_cxr)")
+    record["source"] = f"{task}_train.csv ({len(train)} rows; scripts/adapter_tasks.py)"
+    return (
+        write_manifest(work / f"{task}_train.csv", train),
+        write_manifest(work / f"{task}_eval.csv", held),
+        record,
+    )
+
+
+def _manifest_pairs(manifest: Path) -> list[tuple[Path, Path]]:
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        return [
+            ((manifest.parent / r["image"]).resolve(), (manifest.parent / r["label"]).resolve())
+            for r in csv.DictReader(handle)
+        ]
+
+
+def _manifest_images(manifest: Path) -> set[Path]:
+    return {image for image, _ in _manifest_pairs(manifest)}
+
+
+def scores(loaded, data) -> dict[str, float]:
+    """Box and one-click Dice of ``loaded`` on ``data`` (one sample per slice: each encoded once)."""
+    embeddings = encode(loaded.sam, data.images)
+    return {
+        prompt: validation_dice(
+            loaded.sam, data, loaded.config, prompt=prompt, embeddings=embeddings
+        )
+        for prompt in ("box", "click")
+    }
+
+
+def model_state(model: str, quant: str, adapter: Path | None = None):
+    """``model`` with its encoder at precision ``quant`` and, optionally, an adapter applied."""
+    loaded = load_model(model)
+    base_hash = loaded.base_hash()
+    if quant != "fp32":
+        quantize_model(loaded, quant, cpu_strategy="dequantize")
+    if adapter is not None:
+        load_adapter(loaded.sam, adapter, base_hash)
+    return loaded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--task", required=True, choices=("brats", "us_hc18", "xray_cxr"))
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--config", action="append", choices=tuple(CONFIGS))
+    parser.add_argument("--max-slices", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--ship", type=Path, help="ship the first configuration's adapter here")
+    args = parser.parse_args()
+    configs = args.config or ["lora"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    train_csv, eval_csv, record = task_manifests(args.task, args.data, args.work)
+
+    base = load_model(args.model)
+    evaluation = to_model_inputs(
+        samples_from_manifest(read_training_manifest(eval_csv), min_area=EVAL_MIN_AREA), base.config
+    )
+    results = {"base (fp32)": {**scores(base, evaluation), "minutes": 0.0}}
+    trained = {}
+    for number, name in enumerate(configs):
+        adapter = args.task if number == 0 else f"{args.task}_{name}"  # the first one may ship
+        out = args.work / adapter
+        command = [
+            sys.executable, "-m", "minisam", "train-adapter", "--manifest", str(train_csv),
+            "--modality", args.task.split("_")[0].upper() if args.task != "brats" else "MR",
+            "--name", adapter, "--model", args.model, "--out", str(out),
+            "--overwrite", "--max-slices", str(args.max_slices), "--epochs", str(args.epochs),
+            *CONFIGS[name], *COMMON,
+        ]  # fmt: skip
+        print(" ".join(command[2:]), flush=True)
+        started = time.monotonic()
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"train-adapter failed for {name}")
+        trained[name] = (out, (time.monotonic() - started) / 60)
+    for name, (out, minutes) in trained.items():
+        meta = read_metadata(out)
+        quant = meta.training_data.get("quant") or "fp32"
+        if f"base ({quant})" not in results:
+            results[f"base ({quant})"] = {
+                **scores(model_state(args.model, quant), evaluation),
+                "minutes": 0.0,
+            }
+        for on in dict.fromkeys((quant, "fp32")):  # where it was trained, and on the default's fp32
+            results[f"{name} on {on} base"] = {
+                **scores(model_state(args.model, on, out), evaluation),
+                "minutes": minutes,
+                "trainable_params": meta.trainable_params,
+                "folder": str(out),
+            }
+    print(f"\n{args.task}: {len(evaluation)} evaluation slices, model {args.model}")
+    print("| model | box Dice | one-click Dice | train minutes | trainable params |")
+    print("|---|---|---|---|---|")
+    for label, row in results.items():
+        print(
+            f"| {label} | {row['box']:.3f} | {row['click']:.3f} | {row['minutes']:.1f} | "
+            f"{row.get('trainable_params', '')} |"
+        )
+    (args.work / f"{args.task}_results.json").write_text(json.dumps(results, indent=1))
+    if args.ship:
+        first = results[f"{configs[0]} on fp32 base"]
+        base_row = results["base (fp32)"]
+        if first["box"] > base_row["box"] and first["click"] > base_row["click"]:
+            ship_adapter(
+                Path(first["folder"]),
+                args.ship,
+                args.model,
+                training_data=record,
+                metrics={
+                    "heldout_eval": {
+                        k: {"box": v["box"], "click": v["click"]} for k, v in results.items()
+                    }
+                },
+            )
+            print(f"shipped to {args.ship}")
+        else:
+            print("not shipped: the adapter does not beat the base on both prompts")
+
+
+if __name__ == "__main__":
+    main()
