@@ -7,8 +7,7 @@ mask against torch's (mean and minimum), the relative error of the slice embeddi
 Dice against the ground truth. Usage (the command behind docs/bench/encoder_runtimes.md)::
 
     OMP_NUM_THREADS=2 python scripts/runtime_agreement.py --models default litemedsam \\
-        --runtimes openvino:f32 openvino:bf16 onnxruntime --prompts box points:1 \\
-        --json docs/bench/encoder_runtimes_agreement.json
+        litemedsam-clicks --runtimes openvino:f32 openvino:bf16 onnxruntime --prompts box points:1
 """
 
 from __future__ import annotations
