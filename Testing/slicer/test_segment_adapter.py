@@ -26,7 +26,15 @@ US_DATA = "hc18_fetal_head_us"
 
 
 @pytest.fixture(scope="module")
-def us_case(shared_data: Path, segment_logic, tmp_path_factory):
+def default_logic():
+    """A logic with the embedded default by name: the built-in adapters are made for it."""
+    from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+
+    return MiniSAMSegmentLogic("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def us_case(shared_data: Path, default_logic, tmp_path_factory):
     """The shared logic on an ultrasound volume node (DICOM Modality "US"), with an empty user library
     (so only the built-in adapters count), its box prompt, the truth, and the masks without / with auto."""
     import SimpleITK as sitk
@@ -45,7 +53,7 @@ def us_case(shared_data: Path, segment_logic, tmp_path_factory):
     volume.SetAttribute("DICOM.Modality", "US")
     assert volume_arrays(volume).array.shape == (1, *image.shape)
 
-    logic = segment_logic
+    logic = default_logic
     saved = (logic.adapter, logic.library, logic.modality)
     logic.library = AdapterLibrary(tmp_path_factory.mktemp("user_adapters"))
     logic.modality = "auto"
