@@ -32,7 +32,6 @@ first configuration's adapter there when, on the fp32 base, it improves both box
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -45,7 +44,12 @@ from minisam.adapters.metadata import read_metadata
 from minisam.model_loader import load_model
 from minisam.quantization import quantize_model
 from minisam.training.base_trainer import validation_dice
-from minisam.training.default_recipe import LICENCES, montgomery_split
+from minisam.training.default_recipe import (
+    LICENCES,
+    evaluation_images,
+    hc18_subject,
+    montgomery_split,
+)
 from minisam.training.embedding_store import encode
 from minisam.training.manifest import (
     read_training_manifest,
@@ -67,12 +71,12 @@ COMMON = [
 EVAL_MIN_AREA = 100
 
 
-def _hc18_subject(path: Path) -> str:
-    return path.name[:3]
+EVAL = Path(__file__).resolve().parents[1] / "docs" / "eval"
 
 
 def task_manifests(task: str, data: Path, work: Path) -> tuple[Path, Path, dict]:
-    """(training manifest, evaluation manifest, training-data record) for ``task``."""
+    """(training manifest, evaluation manifest, training-data record) for ``task``; us_hc18 and
+    xray_cxr score on the committed evaluation manifests of docs/eval."""
     data = data.resolve()
     if task == "brats":
         root = data / "brats2015_deepmedic_examples"
@@ -87,41 +91,37 @@ def task_manifests(task: str, data: Path, work: Path) -> tuple[Path, Path, dict]
                 for p in sorted((root / split).iterdir())
             ]
 
-        train, held = rows("train") + rows("validation"), rows("test")
+        train = rows("train") + rows("validation")
+        held = write_manifest(work / f"{task}_eval.csv", rows("test"))
         record = {"dataset": "BraTS 2015 FLAIR whole tumour", "licence": "CC BY-NC-SA 3.0 CH"}
     elif task == "us_hc18":
+        held = EVAL / "us_hc18.csv"
+        held_subjects = {hc18_subject(p) for p in evaluation_images([held])}
         root = data / "hc18_fetal_head_us"
-        held_paths = _manifest_images(Path("docs/eval/us_hc18.csv"))
-        held_subjects = {_hc18_subject(p) for p in held_paths}
-        seen: set[str] = set()
-        train = []
+        first_images = {}  # one image per subject, the first in name order
         for image in sorted((root / "images").glob("*.png")):
-            subject = _hc18_subject(image)
-            if subject in held_subjects or subject in seen:
-                continue
-            seen.add(subject)
-            mask = root / "masks_filled" / f"{image.stem}_mask.png"
-            train.append({"image": str(image), "label": str(mask), "modality": "us"})
-        train = train[:50]
-        held = [
-            {"image": str(p), "label": str(m), "modality": "us"}
-            for p, m in _manifest_pairs(Path("docs/eval/us_hc18.csv"))
+            if hc18_subject(image) not in held_subjects:
+                first_images.setdefault(hc18_subject(image), image)
+        train = [
+            {
+                "image": str(i),
+                "label": str(root / "masks_filled" / f"{i.stem}_mask.png"),
+                "modality": "us",
+            }
+            for i in list(first_images.values())[:50]
         ]
         record = {
             "dataset": "HC18 fetal head ultrasound",
             "licence": LICENCES["hc18_fetal_head_us"],
         }
     elif task == "xray_cxr":
+        held = EVAL / "cxr_heldout.csv"
+        held_images = evaluation_images([held])
         cxr_train, _ = montgomery_split(data)
-        held_paths = _manifest_images(Path("docs/eval/cxr_heldout.csv"))
         train = [
             {"image": str(i), "label": str(m), "modality": "xray"}
             for i, m in cxr_train
-            if i.resolve() not in held_paths
-        ]
-        held = [
-            {"image": str(p), "label": str(m), "modality": "xray"}
-            for p, m in _manifest_pairs(Path("docs/eval/cxr_heldout.csv"))
+            if i.resolve() not in held_images
         ]
         record = {
             "dataset": "Montgomery County chest X-ray lungs",
@@ -130,23 +130,7 @@ def task_manifests(task: str, data: Path, work: Path) -> tuple[Path, Path, dict]
     else:
         raise SystemExit(f"--task {task}: unknown (brats, us_hc18, xray_cxr)")
     record["source"] = f"{task}_train.csv ({len(train)} rows; scripts/adapter_tasks.py)"
-    return (
-        write_manifest(work / f"{task}_train.csv", train),
-        write_manifest(work / f"{task}_eval.csv", held),
-        record,
-    )
-
-
-def _manifest_pairs(manifest: Path) -> list[tuple[Path, Path]]:
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        return [
-            ((manifest.parent / r["image"]).resolve(), (manifest.parent / r["label"]).resolve())
-            for r in csv.DictReader(handle)
-        ]
-
-
-def _manifest_images(manifest: Path) -> set[Path]:
-    return {image for image, _ in _manifest_pairs(manifest)}
+    return write_manifest(work / f"{task}_train.csv", train), held, record
 
 
 def scores(loaded, data) -> dict[str, float]:

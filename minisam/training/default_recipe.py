@@ -131,7 +131,8 @@ def evaluation_images(manifests: list[Path]) -> set[Path]:
     return {spec.image.resolve() for m in manifests for spec in read_manifest(m)}
 
 
-def _hc18_subject(image: Path) -> str:
+def hc18_subject(image: Path) -> str:
+    """The HC18 subject of an image file (several images can show one subject)."""
     return image.name[:3]  # "063_2HC.png": subject 063's second image
 
 
@@ -149,11 +150,11 @@ def click_tuning_samples(
     cxr_train, _ = montgomery_split(data_root)
     cxr = [pair for pair in cxr_train if pair[0].resolve() not in held_out]
     hc18_root = data_root / "hc18_fetal_head_us"
-    held_subjects = {_hc18_subject(p) for p in held_out if p.is_relative_to(hc18_root.resolve())}
+    held_subjects = {hc18_subject(p) for p in held_out if p.is_relative_to(hc18_root.resolve())}
     hc18 = [
         (image, hc18_root / "masks_filled" / f"{image.stem}_mask.png")
         for image in sorted((hc18_root / "images").glob("*.png"))
-        if image.resolve() not in held_out and _hc18_subject(image) not in held_subjects
+        if image.resolve() not in held_out and hc18_subject(image) not in held_subjects
     ]
     train: list[SliceSample] = []
     val: list[SliceSample] = []
