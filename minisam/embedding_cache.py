@@ -14,8 +14,9 @@ DEFAULT_BUDGET_BYTES = 512 * 1024**2
 class EmbeddingCache:
     """Least-recently-used store of :class:`SliceEmbedding` under a byte budget; thread-safe.
 
-    The Slicer effect precomputes the embedding under the cursor in a background thread while the user
-    works, so lookups and inserts may race; a lock keeps the bookkeeping consistent.
+    The background precompute (:mod:`minisam.precompute`) inserts embeddings from its worker thread while
+    clicks look them up, so lookups and inserts may race; a lock keeps the bookkeeping consistent. Pinned
+    keys (the slice being worked on) are never evicted.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
@@ -25,6 +26,7 @@ class EmbeddingCache:
         self._items: OrderedDict[Hashable, SliceEmbedding] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._pinned: set[Hashable] = set()
         self.hits = 0
         self.misses = 0
 
@@ -54,10 +56,30 @@ class EmbeddingCache:
                 self._bytes -= self._items.pop(key).nbytes
             self._items[key] = embedding
             self._bytes += embedding.nbytes
-            # Keep at least the newest item even if it alone exceeds the budget.
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
+            # Oldest first, never a pinned item nor the newest (kept even if it alone exceeds the budget).
+            victims = (k for k in list(self._items)[:-1] if k not in self._pinned)
+            while self._bytes > self.max_bytes:
+                victim = next(victims, None)
+                if victim is None:
+                    break
+                self._bytes -= self._items.pop(victim).nbytes
+
+    def touch(self, key: Hashable) -> bool:
+        """Mark ``key`` as just used (it is evicted last) without counting a hit; whether it is held."""
+        with self._lock:
+            if key not in self._items:
+                return False
+            self._items.move_to_end(key)
+            return True
+
+    def pin(self, key: Hashable) -> None:
+        """Never evict ``key`` (held now or put later) until :meth:`unpin`."""
+        with self._lock:
+            self._pinned.add(key)
+
+    def unpin(self, key: Hashable) -> None:
+        with self._lock:
+            self._pinned.discard(key)
 
     def get_or_compute(
         self, key: Hashable, compute: Callable[[], SliceEmbedding]
@@ -71,6 +93,7 @@ class EmbeddingCache:
         return embedding
 
     def clear(self) -> None:
+        """Drop every embedding (pins stay)."""
         with self._lock:
             self._items.clear()
             self._bytes = 0

@@ -6,6 +6,7 @@ prompt encoder and mask decoder against that embedding. Nothing here knows about
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,9 @@ class SamEngine:
         self.sam = sam.to(self.device).eval()
         self.config = config
         self.encoder = encoder_runtime(runtime, self.sam, config.image_size, self.device, precision)
+        # One encoder call at a time: the background precompute's worker and a click may both embed, and
+        # an OpenVINO request, a first export or an adapter switch must not interleave with another call.
+        self.encoder_lock = threading.Lock()
 
     @torch.inference_mode()
     def embed(self, rgb: np.ndarray) -> SliceEmbedding:
@@ -80,7 +84,8 @@ class SamEngine:
         tensor = transform.image_to_input(
             rgb, self.config.resize_filter, self.config.intensity_scaling
         ).to(self.device)
-        features = self.encoder(self.sam.preprocess(tensor))
+        with self.encoder_lock:
+            features = self.encoder(self.sam.preprocess(tensor))
         return SliceEmbedding(features=features, transform=transform)
 
     @torch.inference_mode()
