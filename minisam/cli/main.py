@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         segment_command,
         train_adapter_command,
         train_base_command,
+        web_command,
     )
 
     parser = OneLineArgumentParser(
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_command.register(commands)
     train_adapter_command.register(commands)
     quant_report_command.register(commands)
+    web_command.register(commands)
     return parser
 
 

@@ -1,0 +1,348 @@
+"""The browser app's segmentation session: volume, segments, MiniSAM prompts, propagation, undo, save.
+
+No trame here (the app binds it to the UI state), so tests drive it in-process. Every MRML-level step is
+``MiniSAMSegmentLogic``'s, as in the Slicer effect; what this adds is the asynchronous part: the model's slow
+work (loading, a slice's encoder, propagation) runs on a one-thread executor while the server's event loop
+keeps serving frames, and one action at a time (a gesture while one runs gets a one-line refusal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic, SliceEdit
+from MiniSAMSegmentLib.mrml_context import MRMLContext
+from MiniSAMSegmentLib.segment_io import segment_array, write_segmentation
+from MiniSAMSegmentLib.slice_geometry import ijk_to_slice_prompt, ras_to_ijk, slice_axis
+from MiniSAMSegmentLib.view_gestures import Gesture
+from trame_slicer.core import SlicerApp
+from undo_stack import UndoStack
+
+from minisam.errors import InputError, MiniSAMError, OutputError, PromptError
+from minisam.propagation import PropagationSettings
+
+from .editor_bridge import TrameSegmentEditor
+from .effect import MiniSAMEffect
+
+__all__ = ["PromptReport", "SessionReport", "WebSegmentation"]
+
+T = TypeVar("T")
+LOG = logging.getLogger("minisam.web")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+@dataclass
+class PromptReport:
+    """Where the last prompt landed and what it gave, as the server saw it."""
+
+    kind: str  # "positive", "negative" or "box"
+    ras: list[list[float]]  # the gesture's points in world RAS
+    ijk: list[list[float]]  # ... as continuous voxel indices of the volume
+    axis: int  # numpy axis of the (Z, Y, X) array the slice is taken along
+    slice: int  # the slice index along it
+    score: float  # predicted IoU of the mask written
+    voxels: int  # voxels of the mask on that slice
+
+
+@dataclass
+class SessionReport:
+    """What the UI shows and the end-to-end tests poll."""
+
+    volume: str = ""
+    segments: list[dict] = field(default_factory=list)  # [{"id", "name", "color"}]
+    segment_id: str = ""
+    busy: str = ""  # what runs now ("" when idle)
+    status: str = "Load a volume."
+    error: str = ""  # the last action's one-line error ("" when it succeeded)
+    prompt: dict | None = None  # asdict(PromptReport) of the last prompt
+    progress: list[int] = field(default_factory=lambda: [0, 0])  # propagation (done, total)
+    segment_voxels: int = 0  # voxels in the selected segment
+    can_undo: bool = False
+    can_redo: bool = False
+    saved: str = ""  # path of the last saved file
+    actions: int = 0  # finished actions, successful or not (tests wait for it to move)
+
+
+class WebSegmentation:
+    """One browser session's scene: a volume, its segmentation and MiniSAM on it.
+
+    Arguments:
+      slicer_app: trame-slicer's application (scene, logics, views, segmentation editor).
+      logic: the shared MiniSAMSegment logic (model, adapter, modality, embedding cache, prompt book).
+      publish: called with the report after every change (the app copies it into the UI state).
+      output_dir: where :meth:`save` writes relative paths.
+    """
+
+    def __init__(
+        self,
+        slicer_app: SlicerApp,
+        logic: MiniSAMSegmentLogic,
+        publish: Callable[[SessionReport], None] | None = None,
+        output_dir: str | os.PathLike[str] = ".",
+    ) -> None:
+        self.app = slicer_app
+        self.logic = logic
+        self.output_dir = Path(output_dir)
+        self.report = SessionReport()
+        self._publish = publish or (lambda report: None)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minisam-model")
+        self._tasks: set[asyncio.Task] = set()
+        self._cancel = False
+        self.volume_node = None
+        self.segmentation_node = None
+        self.undo_stack = UndoStack(undo_limit=50)
+        self.editor = slicer_app.segmentation_editor
+        self.editor.set_undo_stack(self.undo_stack)
+        self.undo_stack.index_changed.connect(lambda *_: self._changed())
+        self.effect = self.editor.get_effect(MiniSAMEffect)
+        self.effect.set_prompt_handler(self.on_gesture)
+        # No logic.observe_scene here: trame-slicer's undo restores a segmentation by DeepCopy, which
+        # removes and re-adds its segments, and the logic would take that for a deleted segment and
+        # forget its prompts. The app never deletes segments or volumes, so nothing is left stale.
+
+    # -- volume and segments ---------------------------------------------------------------------------
+
+    def load_volume(self, path: str | os.PathLike[str], name: str | None = None):
+        """Read a volume file or DICOM folder (as ``minisam segment`` reads it), show it in the slice views
+        and start an empty segmentation with one segment, the MiniSAM effect active."""
+        context = MRMLContext(scene=self.app.scene, volumes_logic=self.app.volumes_logic)
+        node = context.load_volume(path, name)
+        self.volume_node = node
+        self.app.display_manager.show_volume_in_slice_background(node)
+        self.app.display_manager.show_volume_in_slice_foreground(None)
+        self.app.display_manager.reset_views()
+        self.segmentation_node = self.editor.create_empty_segmentation_node()
+        self.segmentation_node.SetName(f"{node.GetName()} MiniSAM")
+        self.editor.set_active_segmentation(self.segmentation_node, node)
+        self.add_segment()
+        self.undo_stack.clear()  # adding the first segment is not an edit to undo
+        self.report.volume = node.GetName()
+        self.report.prompt = None
+        self._finish(f"Loaded {node.GetName()}: click on a structure or drag a box.")
+        return node
+
+    def add_segment(self, name: str = "") -> str:
+        """A new empty segment, selected, with the MiniSAM effect active."""
+        if self.segmentation_node is None:
+            raise InputError("load a volume first")
+        count = self.editor.n_segments + 1
+        segment_id = self.editor.add_empty_segment(segment_name=name or f"Segment {count}")
+        self.select_segment(segment_id)
+        return segment_id
+
+    def select_segment(self, segment_id: str) -> None:
+        if segment_id not in self.editor.get_segment_ids():
+            raise InputError(f"segment {segment_id!r} does not exist")
+        self.editor.set_active_segment_id(segment_id)
+        self.editor.set_active_effect_type(MiniSAMEffect)
+        self._changed()
+
+    def segment_labels(self, segment_id: str | None = None) -> np.ndarray:
+        """The segment as (Z, Y, X) uint8 0/1 on the volume's grid."""
+        return segment_array(
+            self.segmentation_node, segment_id or self.editor.active_segment_id, self.volume_node
+        )
+
+    # -- prompts ---------------------------------------------------------------------------------------
+
+    def on_gesture(self, slice_node, action: Gesture, ras: np.ndarray) -> None:
+        """The effect's handler: segment the slice under the gesture, off the event loop."""
+        self.spawn(self.prompt(slice_node, action, ras))
+
+    async def prompt(self, slice_node, action: Gesture, ras: np.ndarray) -> SliceEdit | None:
+        """One gesture -> the slice's new mask in the selected segment, as one undo step."""
+        return await self._action("segmenting a slice", self._prompt(slice_node, action, ras))
+
+    async def _prompt(self, slice_node, action: Gesture, ras: np.ndarray) -> SliceEdit:
+        volume, segmentation, segment_id = self._targets()
+        normal = [slice_node.GetSliceToRAS().GetElement(row, 2) for row in range(3)]
+        ijk = ras_to_ijk(volume, ras)
+        points = {"positive": "positive_ijk", "negative": "negative_ijk", "box": "box_ijk"}
+        prompt_ijk = {points[action.kind]: ijk.tolist()}
+        shape = tuple(reversed(volume.GetImageData().GetDimensions()))
+        axis, index, _ = ijk_to_slice_prompt(shape, slice_axis(volume, normal), **prompt_ijk)
+        await self.run(self.logic.load)
+        session = self.logic.session(volume)  # MRML reads: on the event loop's thread
+        await self.run(lambda: session.embedding(axis, index))  # the encoder, off the loop
+        edit = self.logic.prompt_slice(  # the decoder only now (the embedding is cached)
+            volume, normal, segmentation_node=segmentation, segment_id=segment_id, **prompt_ijk
+        )
+        with self.editor.active_segment_modifier.group_undo_commands("MiniSAM prompt"):
+            self.logic.apply_edit(self._segment_editor(), volume, segmentation, segment_id, edit)
+        self.report.prompt = asdict(
+            PromptReport(
+                kind=action.kind,
+                ras=np.round(ras, 3).tolist(),
+                ijk=np.round(ijk, 3).tolist(),
+                axis=edit.axis,
+                slice=edit.index,
+                score=round(edit.score, 4),
+                voxels=int(edit.mask.sum()),
+            )
+        )
+        self.report.status = (
+            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels "
+            f"({self.logic.describe()})."
+        )
+        return edit
+
+    async def propagate(self, settings: PropagationSettings | None = None):
+        """Propagate the selected segment's prompts through the volume (progress in the report,
+        :meth:`cancel` stops it: the slices done so far are kept), written as one undo step."""
+        return await self._action("propagating", self._propagate(settings))
+
+    async def _propagate(self, settings: PropagationSettings | None):
+        volume, segmentation, segment_id = self._targets()
+        axis, prompts = self.logic.remembered_prompts(volume, segmentation, segment_id)
+        if not prompts:
+            raise PromptError("click on the structure or drag a box on a slice before propagating")
+        loop = asyncio.get_running_loop()
+        self._cancel = False
+        self.report.progress = [0, 0]
+
+        def progress(done: int, total: int) -> bool:
+            loop.call_soon_threadsafe(self._show_progress, done, total)
+            return not self._cancel
+
+        await self.run(self.logic.load)
+        self.logic.session(volume)  # MRML reads here; the worker then finds the session ready
+        result = await self.run(
+            lambda: self.logic.propagate(volume, axis, prompts, settings, progress)
+        )
+        with self.editor.active_segment_modifier.group_undo_commands("MiniSAM propagation"):
+            self.logic.write_slices(
+                self._segment_editor(), volume, segmentation, segment_id, result.labels, axis,
+                sorted(result.slices),
+            )  # fmt: skip
+        scores = [item.score for item in result.slices.values()] or [float("nan")]
+        cancelled = " (cancelled)" if result.cancelled else ""
+        self.report.status = (
+            f"Propagation filled {len(result.slices)} slices{cancelled}, predicted IoU "
+            f"{min(scores):.2f}..{max(scores):.2f} ({self.logic.describe()})."
+        )
+        return result
+
+    def cancel(self) -> None:
+        """Stop a running propagation after its current slice."""
+        self._cancel = True
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.report.progress = [int(done), int(total)]
+        self._changed()
+
+    # -- undo, save ------------------------------------------------------------------------------------
+
+    def undo(self) -> None:
+        if self.undo_stack.can_undo():
+            self.undo_stack.undo()
+        self._finish("Undone." if self.undo_stack.can_redo() else self.report.status)
+
+    def redo(self) -> None:
+        if self.undo_stack.can_redo():
+            self.undo_stack.redo()
+        self._finish("Redone.")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the segmentation: ``.seg.nrrd`` (all segments, Slicer's format), or a label map
+        (``.nii.gz``, ``.nii``, ``.nrrd``) on the volume's grid."""
+        if self.segmentation_node is None:
+            raise InputError("load a volume first")
+        target = Path(path)
+        if not target.is_absolute():
+            target = self.output_dir / target
+        if not target.parent.is_dir():
+            raise OutputError(f"folder {target.parent} does not exist")
+        name = target.name.lower()
+        if name.endswith(".seg.nrrd"):
+            write_segmentation(self.segmentation_node, target)
+        elif name.endswith(LABEL_SUFFIXES):
+            self.editor.export_segmentation_to_file(self.segmentation_node, str(target))
+        else:
+            raise OutputError(f"save as .seg.nrrd or a label map ({', '.join(LABEL_SUFFIXES)})")
+        self.report.saved = str(target)
+        self._finish(f"Saved {target.name}.")
+        return target
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """``work()`` on the model thread; the event loop goes on meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def spawn(self, action: Awaitable) -> asyncio.Task:
+        """Run ``action`` as a task of the running event loop (kept until it ends)."""
+        task = asyncio.ensure_future(action)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def idle(self) -> None:
+        """Wait until every spawned action has ended."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _action(self, what: str, work: Awaitable[T]) -> T | None:
+        """One action at a time; a MiniSAM error ends it with one line in the report."""
+        if self.report.busy:
+            if asyncio.iscoroutine(work):
+                work.close()
+            self._fail(f"MiniSAM is busy {self.report.busy}: wait until it has finished")
+            return None
+        self.report.busy, self.report.error = what, ""
+        self._changed()
+        try:
+            return await work
+        except MiniSAMError as error:
+            self._fail(str(error))
+        except Exception as error:  # noqa: BLE001 - one line for the user, the trace in the log
+            LOG.exception("MiniSAM web action failed")
+            self._fail(f"{type(error).__name__}: {error}")
+        finally:
+            self.report.busy = ""
+            self._finish(self.report.status)
+        return None
+
+    def _targets(self):
+        segment_id = self.editor.active_segment_id
+        if self.volume_node is None or self.segmentation_node is None or not segment_id:
+            raise InputError("load a volume and select a segment first")
+        return self.volume_node, self.segmentation_node, segment_id
+
+    def _segment_editor(self) -> TrameSegmentEditor:
+        return TrameSegmentEditor(self.editor.active_segment_modifier)
+
+    def _fail(self, message: str) -> None:
+        self.report.error = message
+        self.report.status = f"Error: {message}"
+        self._changed()
+
+    def _finish(self, status: str) -> None:
+        self.report.status = status
+        self.report.actions += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        report = self.report
+        report.can_undo = self.undo_stack.can_undo()
+        report.can_redo = self.undo_stack.can_redo()
+        report.segment_id = self.editor.active_segment_id or ""
+        report.segments = [
+            {"id": segment_id, "name": props.name, "color": props.color_hex}
+            for segment_id, props in self.editor.get_all_segment_properties().items()
+        ]
+        report.segment_voxels = 0
+        if self.volume_node is not None and report.segment_id and not report.busy:
+            report.segment_voxels = int(self.segment_labels(report.segment_id).sum())
+        self._publish(report)
+
+    def close(self) -> None:
+        """Stop the model thread (a running action finishes first)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

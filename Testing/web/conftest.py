@@ -1,0 +1,62 @@
+"""Fixtures for the browser app's tests: trame-slicer's views rendered offscreen, MiniSAM's shared logic.
+
+The in-process tests build the app's session (``MiniSAMWebLib.controller.WebSegmentation``) on a trame-slicer
+``SlicerApp`` whose slice views render offscreen (EGL) without a server, and inject VTK interactor events
+into them as the browser's mouse would. The end-to-end tests start ``minisam web`` and drive Debian's
+chromium with Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from web_cases import CT, REPO, SEG, WEB_DIR
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no display, no OSMesa
+
+
+def _import_slicer_core() -> None:
+    """Import slicer-core's ``slicer`` with Testing/ off the search path: the package extends its
+    ``__path__`` over every ``slicer`` folder on ``sys.path`` and imports what it finds, Testing/slicer's
+    conftest included (which needs that folder's own helpers)."""
+    testing = REPO / "Testing"
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != testing]
+    try:
+        import slicer  # noqa: F401
+    finally:
+        sys.path[:] = saved
+
+
+_import_slicer_core()
+if str(WEB_DIR) not in sys.path:
+    sys.path.insert(0, str(WEB_DIR))
+import MiniSAMWebLib  # noqa: E402, F401  (puts MiniSAMSegmentLib on the path, as minisam web does)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """$MINISAM_DATA, else <repo>/../shared/data; missing data fails, never skips."""
+    configured = os.environ.get("MINISAM_DATA")
+    root = (
+        Path(configured).expanduser() if configured else REPO / ".." / "shared" / "data"
+    ).resolve()
+    if not root.is_dir():
+        pytest.fail(f"test data folder {root} is missing; set MINISAM_DATA", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ct_path(shared_data: Path) -> Path:
+    return shared_data / CT
+
+
+@pytest.fixture(scope="session")
+def reference_labels(shared_data: Path):
+    """(Z, Y, X) TotalSegmentator labels of the example CT."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / SEG)))

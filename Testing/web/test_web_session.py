@@ -1,0 +1,279 @@
+"""The browser app's session in-process: interactor events injected into offscreen trame-slicer slice views
+reach the MiniSAM effect, land on the right voxels and edit the selected segment through the shared logic."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_files import SMALL_MODEL
+from web_cases import (
+    AXIAL_SLICE,
+    KIDNEY_LEFT,
+    LIVER,
+    ijk_to_ras,
+    label_box,
+    label_center,
+    ras_to_xy,
+)
+
+SIZE = (400, 400)
+
+
+class Views:
+    """A SlicerApp with three offscreen slice views and the app's session on it."""
+
+    def __init__(self) -> None:
+        from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
+        from MiniSAMWebLib.controller import WebSegmentation
+        from trame_slicer.core import SlicerApp
+        from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
+
+        self.app = SlicerApp()
+        self.app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
+        self.views = {}
+        for definition in (
+            ViewLayoutDefinition.axial_view(),
+            ViewLayoutDefinition.coronal_view(),
+            ViewLayoutDefinition.sagittal_view(),
+        ):
+            view = self.app.view_manager.create_view(definition)
+            view.render_window().SetSize(*SIZE)
+            self.views[view.get_view_node().GetOrientation()] = view
+        logic = MiniSAMSegmentLogic(model_spec=SMALL_MODEL, adapter="none")
+        self.published = []
+        self.session = WebSegmentation(self.app, logic, self.published.append)
+
+    def load(self, path: Path):
+        node = self.session.load_volume(path)
+        for view in self.views.values():
+            view.render()  # sizes the slice node to the window
+        return node
+
+    def show(self, orientation: str, ijk) -> tuple:
+        """Put the voxel on the view's slice; returns the view and the voxel's RAS."""
+        view = self.views[orientation]
+        ras = ijk_to_ras(self._ijk_to_ras(), ijk)
+        view.get_view_node().JumpSliceByOffsetting(*ras)
+        view.render()
+        return view, ras
+
+    def _ijk_to_ras(self) -> np.ndarray:
+        import vtk
+
+        matrix = vtk.vtkMatrix4x4()
+        self.session.volume_node.GetIJKToRASMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    def click(self, orientation: str, ijk, **gesture) -> None:
+        """Click (or press and release, see :func:`press_release`) on voxel ``ijk``; wait for the edit."""
+        view, ras = self.show(orientation, ijk)
+
+        async def click() -> None:
+            press_release(view, self.xy(view, ras), **gesture)
+            await self.session.idle()
+
+        asyncio.run(click())
+
+    def xy(self, view, ras) -> tuple[int, int]:
+        matrix = view.get_view_node().GetXYToRAS()
+        rows = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
+        x, y = ras_to_xy(rows, ras)
+        return round(x), round(y)
+
+
+def press_release(view, start, end=None, button="Left", shift=False) -> None:
+    """Inject a press at ``start`` and a release at ``end`` (a drag through the midpoint between)."""
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    interactor = view.interactor()
+    end = end or start
+    interactor.SetEventInformation(int(start[0]), int(start[1]), 0, int(shift))
+    interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonPressEvent"))
+    if end != start:
+        middle = ((start[0] + end[0]) // 2, (start[1] + end[1]) // 2)
+        for x, y in (middle, end):
+            interactor.SetEventInformation(int(x), int(y), 0, int(shift))
+            interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+    interactor.SetEventInformation(int(end[0]), int(end[1]), 0, int(shift))
+    interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonReleaseEvent"))
+
+
+@pytest.fixture(scope="module")
+def views() -> Views:
+    return Views()
+
+
+@pytest.fixture()
+def loaded(views: Views, ct_path: Path) -> Views:
+    views.load(ct_path)
+    return views
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_click_lands_on_its_voxel_and_writes_that_slice(loaded: Views, reference_labels) -> None:
+    target = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    _, ras = loaded.show("Axial", target)
+    loaded.click("Axial", target)
+    report = loaded.session.report
+    assert report.error == ""
+    prompt = report.prompt
+    assert prompt["kind"] == "positive"
+    assert prompt["axis"] == 0 and prompt["slice"] == AXIAL_SLICE
+    # the server saw the click on the voxel aimed at (within the rounding of the display position)
+    assert np.allclose(prompt["ijk"][0], target, atol=0.6)
+    assert np.allclose(prompt["ras"][0], ras, atol=2.0)
+    labels = loaded.session.segment_labels()
+    assert labels.sum() == prompt["voxels"] > 0
+    assert set(np.nonzero(labels)[0]) == {AXIAL_SLICE}  # only the clicked slice
+    assert report.can_undo and "predicted IoU" in report.status
+
+
+def test_drag_is_a_box_and_undo_redo_walk_the_edits(loaded: Views, reference_labels) -> None:
+    i0, j0, i1, j1 = label_box(reference_labels, KIDNEY_LEFT, AXIAL_SLICE)
+    view, low = loaded.show("Axial", (i0, j0, AXIAL_SLICE))
+    _, high = loaded.show("Axial", (i1, j1, AXIAL_SLICE))
+    session = loaded.session
+
+    async def drag():
+        press_release(view, loaded.xy(view, low), loaded.xy(view, high))
+        await session.idle()
+
+    run(drag())
+    prompt = session.report.prompt
+    assert prompt["kind"] == "box" and prompt["slice"] == AXIAL_SLICE
+    corners = np.array(prompt["ijk"])[:, :2]
+    assert np.allclose(corners.min(axis=0), [i0, j0], atol=0.6)
+    assert np.allclose(corners.max(axis=0), [i1, j1], atol=0.6)
+    boxed = session.segment_labels()
+    assert boxed.sum() > 0
+    assert session.report.can_undo
+
+    session.undo()
+    assert session.segment_labels().sum() == 0
+    assert session.report.can_redo
+    session.redo()
+    assert np.array_equal(session.segment_labels(), boxed)
+
+
+def test_shift_click_and_right_click_are_negative_points(loaded: Views, reference_labels) -> None:
+    target = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    view, ras = loaded.show("Axial", target)
+    session = loaded.session
+    kinds = []
+
+    async def clicks():
+        xy = loaded.xy(view, ras)
+        press_release(view, xy)
+        await session.idle()
+        kinds.append(session.report.prompt["kind"])
+        press_release(view, (xy[0] + 15, xy[1]), shift=True)
+        await session.idle()
+        kinds.append(session.report.prompt["kind"])
+        press_release(view, (xy[0] - 15, xy[1]), button="Right")
+        await session.idle()
+        kinds.append(session.report.prompt["kind"])
+
+    run(clicks())
+    assert kinds == ["positive", "negative", "negative"]
+    owner_prompts = session.logic.remembered_prompts(
+        session.volume_node, session.segmentation_node, session.editor.active_segment_id
+    )[1]
+    assert owner_prompts[AXIAL_SLICE].labels.tolist() == [1, 0, 0]  # one slice, merged as in Slicer
+
+
+def test_coronal_view_prompts_along_its_own_axis(loaded: Views, reference_labels) -> None:
+    target = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    loaded.click("Coronal", target)
+    prompt = loaded.session.report.prompt
+    assert prompt["axis"] == 1 and prompt["slice"] == round(target[1])  # numpy axis 1 = j
+    assert np.allclose(prompt["ijk"][0], target, atol=0.6)
+
+
+def test_propagate_fills_neighbours_and_cancel_keeps_what_was_done(
+    loaded: Views, reference_labels
+) -> None:
+    session = loaded.session
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    run(session.propagate())
+    assert session.report.error == ""
+    filled = session.segment_labels()
+    assert len(set(np.nonzero(filled)[0])) > 1
+    assert "Propagation filled" in session.report.status
+    assert session.report.progress[1] > 0
+    session.undo()  # one undo step for the whole propagation
+    assert set(np.nonzero(session.segment_labels())[0]) == {AXIAL_SLICE}
+
+    loaded.published.clear()
+    original = session._publish
+
+    def cancel_on_first_progress(report) -> None:
+        original(report)
+        if report.busy == "propagating" and report.progress[0] >= 1:
+            session.cancel()
+
+    session._publish = cancel_on_first_progress
+    try:
+        run(session.propagate())
+    finally:
+        session._publish = original
+    assert "(cancelled)" in session.report.status
+    assert len(set(np.nonzero(session.segment_labels())[0])) >= 1
+
+
+def test_a_gesture_while_busy_is_refused_with_one_line(loaded: Views, reference_labels) -> None:
+    target = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    view, ras = loaded.show("Axial", target)
+    session = loaded.session
+
+    async def two_clicks():
+        press_release(view, loaded.xy(view, ras))
+        press_release(view, loaded.xy(view, ras))  # the first one is still running
+        await session.idle()
+
+    run(two_clicks())
+    assert session.segment_labels().sum() > 0  # the first click was written
+    refusals = [r for r in loaded.published if "busy" in r.error]
+    assert refusals or "busy" in session.report.error
+
+
+def test_save_seg_nrrd_and_label_map_reload_equal(
+    loaded: Views, reference_labels, tmp_path
+) -> None:
+    import SimpleITK as sitk
+
+    session = loaded.session
+    session.output_dir = tmp_path
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    labels = session.segment_labels()
+    seg = session.save("liver.seg.nrrd")
+    nifti = session.save(tmp_path / "liver.nii.gz")
+    assert seg == tmp_path / "liver.seg.nrrd" and session.report.saved == str(nifti)
+    reloaded = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti)))
+    assert np.array_equal(reloaded != 0, labels != 0)
+    import slicer
+    from MiniSAMSegmentLib.mrml_context import mrml_context
+    from MiniSAMSegmentLib.segment_io import segment_array
+
+    context = mrml_context()  # a fresh scene: the saved file alone must give the segment back
+    volume = context.load_volume(session.volume_node.GetStorageNode().GetFileName())
+    reader = slicer.vtkSlicerSegmentationsModuleLogic()
+    reader.SetMRMLScene(context.scene)
+    node = reader.LoadSegmentationFromFile(str(seg), False)
+    assert node is not None
+    segment_id = node.GetSegmentation().GetNthSegmentID(0)
+    assert np.array_equal(segment_array(node, segment_id, volume), labels)
+
+
+def test_bad_save_name_is_one_line(loaded: Views, tmp_path) -> None:
+    from minisam.errors import OutputError
+
+    with pytest.raises(OutputError, match="save as"):
+        loaded.session.save(tmp_path / "mask.png")
+    with pytest.raises(OutputError, match="does not exist"):
+        loaded.session.save(tmp_path / "missing" / "mask.seg.nrrd")
