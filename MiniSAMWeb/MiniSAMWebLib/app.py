@@ -190,7 +190,10 @@ class MiniSAMWebApp:
                         density="compact", id="minisam-save-name",
                     )  # fmt: skip
                     v3.VBtn("Save", click=self.save, id="minisam-save")
-                    html.Div("{{ minisam.status }}", classes="text-body-2", id="minisam-status")
+                    html.Div(
+                        "{{ minisam.status }}", classes="text-body-2", id="minisam-status",
+                        style="overflow-wrap: anywhere;",
+                    )  # fmt: skip
                     html.Div(
                         "{{ minisam.segment_voxels }} voxels in the segment",
                         classes="text-caption",

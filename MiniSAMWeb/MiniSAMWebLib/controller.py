@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import vtk
 from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic, SliceEdit
 from MiniSAMSegmentLib.mrml_context import MRMLContext
 from MiniSAMSegmentLib.segment_io import segment_array, write_segmentation
@@ -57,7 +58,10 @@ class SessionReport:
     """What the UI shows and the end-to-end tests poll."""
 
     volume: str = ""
-    segments: list[dict] = field(default_factory=list)  # [{"id", "name", "color"}]
+    ijk_to_ras: list[list[float]] = field(
+        default_factory=list
+    )  # the volume's voxel-to-world matrix
+    segments: list[dict] = field(default_factory=list)  # [{"id", "name", "color", "voxels"}]
     segment_id: str = ""
     busy: str = ""  # what runs now ("" when idle)
     status: str = "Load a volume."
@@ -125,6 +129,9 @@ class WebSegmentation:
         self.add_segment()
         self.undo_stack.clear()  # adding the first segment is not an edit to undo
         self.report.volume = node.GetName()
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        self.report.ijk_to_ras = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
         self.report.prompt = None
         self._finish(f"Loaded {node.GetName()}: click on a structure or drag a box.")
         return node
@@ -134,8 +141,10 @@ class WebSegmentation:
         if self.segmentation_node is None:
             raise InputError("load a volume first")
         count = self.editor.n_segments + 1
-        segment_id = self.editor.add_empty_segment(segment_name=name or f"Segment {count}")
+        name = name or f"Segment {count}"
+        segment_id = self.editor.add_empty_segment(segment_name=name)
         self.select_segment(segment_id)
+        self._finish(f"Added {name}: click on a structure or drag a box.")
         return segment_id
 
     def select_segment(self, segment_id: str) -> None:
@@ -334,13 +343,18 @@ class WebSegmentation:
         report.can_undo = self.undo_stack.can_undo()
         report.can_redo = self.undo_stack.can_redo()
         report.segment_id = self.editor.active_segment_id or ""
+        counting = self.volume_node is not None and not report.busy
         report.segments = [
-            {"id": segment_id, "name": props.name, "color": props.color_hex}
+            {
+                "id": segment_id,
+                "name": props.name,
+                "color": props.color_hex,
+                "voxels": int(self.segment_labels(segment_id).sum()) if counting else None,
+            }
             for segment_id, props in self.editor.get_all_segment_properties().items()
         ]
-        report.segment_voxels = 0
-        if self.volume_node is not None and report.segment_id and not report.busy:
-            report.segment_voxels = int(self.segment_labels(report.segment_id).sum())
+        selected = [s["voxels"] for s in report.segments if s["id"] == report.segment_id]
+        report.segment_voxels = (selected[0] or 0) if selected else 0
         self._publish(report)
 
     def close(self) -> None:
