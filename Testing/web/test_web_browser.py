@@ -96,6 +96,8 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     url, _ = server
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
