@@ -36,6 +36,11 @@ class EmbeddingCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 
+    def keys(self) -> list[Hashable]:
+        """The keys held, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
     @property
     def nbytes(self) -> int:
         return self._bytes

@@ -21,12 +21,15 @@ from SegmentEditorEffects.AbstractScriptedSegmentEditorEffect import (
 __all__ = ["SegmentEditorEffect"]
 
 DEVICES = ("auto", "cpu", "cuda")
+# minisam.runtime.RUNTIMES (not imported here: it needs torch, which may not be installed yet)
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 ADAPTER_CHOICES = ("auto", "none")  # then the library's adapters for the loaded model
 PARAMETER_DEFAULTS = {
     "Model": "default",
     "Adapter": "auto",
     "Modality": "auto",
     "Device": "auto",
+    "Runtime": "auto",
     "MinScore": 0.5,
     "MaxSlices": 0,
 }
@@ -74,7 +77,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "mask from the prompted slices to "
             "their neighbours until the structure ends.<p><b>Adapter</b>: <i>auto</i> applies the installed "
             "modality adapter for the volume's DICOM modality (if there is one for the model), <i>none</i> "
-            "the model alone.</html>"
+            "the model alone.<p><b>Encoder runtime</b>: <i>auto</i> runs the image encoder with OpenVINO "
+            "on the CPU when it is installed, else torch. While you look at a slice, MiniSAM embeds it and "
+            "its neighbours in the background, so a click there needs only the fast decoder.</html>"
         )
 
     # -- options -------------------------------------------------------------------------------------------
@@ -105,6 +110,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for name in DEVICES:
             self.deviceCombo.addItem(name)
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceCombo)
+        self.runtimeCombo = qt.QComboBox()
+        for name in RUNTIMES:
+            self.runtimeCombo.addItem(name)
+        self.runtimeCombo.toolTip = (
+            "Where the image encoder runs: auto = OpenVINO on the CPU when installed (exported once, "
+            "cached), else torch; torch is the reference; openvino / onnxruntime or a one-line error"
+        )
+        self.scriptedEffect.addLabeledOptionsWidget("Encoder runtime:", self.runtimeCombo)
         self.minScoreSpin = qt.QDoubleSpinBox()
         self.minScoreSpin.setRange(0.0, 1.0)
         self.minScoreSpin.setSingleStep(0.05)
@@ -130,6 +143,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.adapterCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.modalityCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.deviceCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.runtimeCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.minScoreSpin.connect("valueChanged(double)", self.updateMRMLFromGUI)
         self.maxSlicesSpin.connect("valueChanged(int)", self.updateMRMLFromGUI)
         self.propagateButton.connect("clicked()", self.onPropagate)
@@ -145,6 +159,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.adapterCombo,
             self.modalityCombo,
             self.deviceCombo,
+            self.runtimeCombo,
             self.minScoreSpin,
             self.maxSlicesSpin,
         )
@@ -154,6 +169,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._fillAdapterCombo(self.scriptedEffect.parameter("Adapter") or "auto")
         self.modalityCombo.setCurrentText(self.scriptedEffect.parameter("Modality"))
         self.deviceCombo.setCurrentText(self.scriptedEffect.parameter("Device"))
+        self.runtimeCombo.setCurrentText(self.scriptedEffect.parameter("Runtime") or "auto")
         self.minScoreSpin.value = self.scriptedEffect.doubleParameter("MinScore")
         self.maxSlicesSpin.value = self.scriptedEffect.integerParameter("MaxSlices")
         for widget in widgets:
@@ -164,6 +180,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.setParameter("Adapter", self.adapterCombo.currentText or "auto")
         self.scriptedEffect.setParameter("Modality", self.modalityCombo.currentText)
         self.scriptedEffect.setParameter("Device", self.deviceCombo.currentText)
+        self.scriptedEffect.setParameter("Runtime", self.runtimeCombo.currentText)
         self.scriptedEffect.setParameter("MinScore", self.minScoreSpin.value)
         self.scriptedEffect.setParameter("MaxSlices", self.maxSlicesSpin.value)
 
@@ -264,6 +281,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         # the right button, the wheel, other keys: Slicer's own (zoom, context menu, ...)
         return False
 
+    def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
+        """A slice view moved: the background worker embeds the slice it shows and the neighbours (once
+        the model is loaded; this never loads a model and never waits for the encoder)."""
+        if self.logic is None or not callerViewNode.IsA("vtkMRMLSliceNode"):
+            return
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        if parameterSetNode is None:
+            return
+        try:
+            self.logic.focus_view(parameterSetNode.GetSourceVolumeNode(), callerViewNode)
+        except Exception:  # a convenience: the next click embeds its slice anyway
+            logging.debug("MiniSAM: slice not queued for the background", exc_info=True)
+
     def _showBand(self, viewWidget, start, end):
         if viewWidget not in self._bands:
             points = vtk.vtkPoints()
@@ -361,10 +391,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.logic.adapter = self.scriptedEffect.parameter("Adapter") or "auto"
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
         self.logic.device = self.scriptedEffect.parameter("Device") or "auto"
-        if not self.logic.model_is_loaded():
+        self.logic.runtime = self.scriptedEffect.parameter("Runtime") or "auto"
+        if not self.logic.is_ready():
             dialog = slicer.util.createProgressDialog(
                 labelText=f"MiniSAM: loading model {self.logic.model_spec} (the first time, its "
-                "weights may be downloaded)...",
+                "weights may be downloaded and its encoder exported)...",
                 windowTitle="MiniSAM", maximum=0,
             )  # fmt: skip
             try:
@@ -508,7 +539,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return not dialog.wasCanceled
 
         try:
-            result = logic.propagate(volumeNode, axis, prompts, settings, progress)
+            result = logic.propagate(volumeNode, axis, prompts, settings, progress, self._pump())
         finally:
             dialog.close()
         logic.write_slices(

@@ -24,7 +24,8 @@ from minisam.modality import AUTO, adapter_family
 from minisam.model_loader import load_model
 from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
-from minisam.volume_session import ProgressCallback, VolumeResult, VolumeSession
+from minisam.runtime import check_runtime
+from minisam.volume_session import ProgressCallback, Pump, VolumeResult, VolumeSession
 
 from . import prompt_markups
 from .busy import BusyError, BusyGuard, run_in_background
@@ -153,6 +154,15 @@ class MiniSAMSegmentLogic:
     a propagation processes GUI events, raises :class:`BusyError` (one line, nothing changed) instead of
     running inside it. ``pump`` (of :meth:`load` and :meth:`prompt_slice`) moves the model loading and the
     slice encoder off the calling thread, calling ``pump()`` meanwhile (see :func:`run_in_background`).
+
+    ``runtime`` is where the image encoder runs, as ``minisam segment --runtime`` (auto, torch, openvino,
+    onnxruntime; torch by default here, the effect and the batch script pass their "auto").
+
+    With ``background`` (default), every session embeds ahead of the user on a worker thread
+    (:mod:`minisam.precompute`): :meth:`focus_slice` (the slice a view shows) and each prompt queue that
+    slice and its neighbours, propagation queues its next slices; a click then finds its embedding
+    cached or waits for the one in flight. A session's pending work is dropped when the session is
+    replaced (voxels, modality, model, runtime or adapter changed) or released.
     """
 
     def __init__(
@@ -165,9 +175,13 @@ class MiniSAMSegmentLogic:
         adapter: str = ADAPTER_AUTO,
         library=None,
         guard: BusyGuard | None = None,
+        runtime: str = "torch",
+        background: bool = True,
     ) -> None:
         self.model_spec = model_spec
         self.device = device
+        self.runtime = runtime
+        self.background = background
         self.modality = modality
         self.adapter = adapter
         # minisam.adapters.AdapterLibrary to pick adapters from; None: AdapterLibrary() (the user's
@@ -177,7 +191,8 @@ class MiniSAMSegmentLogic:
         self.guard = guard if guard is not None else BusyGuard()
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
-        self._engines: dict[tuple[str, str], SamEngine] = {}
+        self._engines: dict[tuple[str, str, str], SamEngine] = {}
+        self._adapter_in_use: dict[str, tuple | None] = {}  # model spec -> (folder, created) active
         self._sessions: dict[str, tuple[tuple, VolumeSession]] = {}
         self._presets: dict[str, tuple[tuple, str]] = {}  # volume id -> (key, normalisation preset)
         # model spec -> minisam.adapters.AdapterSwitcher (peft is imported only when an adapter is used)
@@ -202,26 +217,47 @@ class MiniSAMSegmentLogic:
         """The model of :attr:`model_spec`, loaded now if it is not (reading, downloading and checking
         its weights can take minutes): on a worker thread while ``pump()`` runs in this one, if given.
 
+        The encoder runtime is prepared with it (an OpenVINO or ONNX Runtime export is made or checked).
+
         Raises:
           BusyError: another action is running.
         """
-        if self.model_is_loaded():
+        if self.is_ready():
             return self.model
         with self.guard(f"loading model {self.model_spec}"):
-            return run_in_background(lambda: self.model, pump, name="MiniSAM model")
+
+            def load() -> LoadedModel:
+                self.engine  # noqa: B018 - builds the engine: the model and its encoder runtime
+                return self.model
+
+            return run_in_background(load, pump, name="MiniSAM model")
 
     def model_is_loaded(self, model_spec: str | None = None) -> bool:
         """Whether the model of ``model_spec`` (default: :attr:`model_spec`) is loaded already."""
         return (model_spec or self.model_spec) in self._models
 
+    def is_ready(self) -> bool:
+        """Whether the model and its engine for the current device and runtime are ready (:meth:`load`
+        has nothing left to do)."""
+        return self.model_is_loaded() and self._engine_key() in self._engines
+
+    def _engine_key(self) -> tuple[str, str, str]:
+        runtime = check_runtime(self.runtime, "runtime")
+        return self.model_spec, resolve_device(self.device), runtime
+
     @property
     def engine(self) -> SamEngine:
-        device = resolve_device(self.device)
-        key = (self.model_spec, device)
+        """The model's engine for :attr:`device` and :attr:`runtime` (built once for each).
+
+        Raises:
+          ModelError / PromptError: one line, for an unusable device or a runtime that cannot run here.
+        """
+        key = self._engine_key()
         if key not in self._engines:
             loaded = self.model
+            _, device, runtime = key
             try:
-                self._engines[key] = SamEngine(loaded.sam, loaded.config, device=device)
+                self._engines[key] = SamEngine(loaded.sam, loaded.config, device, runtime)
             except (RuntimeError, AssertionError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ModelError(f"device {device} is not usable here ({reason})") from None
@@ -271,7 +307,18 @@ class MiniSAMSegmentLogic:
             from minisam.adapters import AdapterSwitcher
 
             switcher = self._switchers[self.model_spec] = AdapterSwitcher(self.model)
-        return switcher.use(chosen)
+        wanted = None if chosen is None else (str(chosen.folder.resolve()), chosen.created)
+        if wanted == self._adapter_in_use.get(self.model_spec):
+            return switcher.use(chosen)
+        # What the encoder computes changes: no queued background embedding may run under the new
+        # adapter with an old session's key, and the one in flight ends before the switch.
+        for _, held in self._sessions.values():
+            if held.precompute is not None:
+                held.precompute.cancel()
+        with self.engine.encoder_lock:
+            state = switcher.use(chosen)
+        self._adapter_in_use[self.model_spec] = wanted
+        return state
 
     @property
     def active_adapter(self) -> str | None:
@@ -298,15 +345,54 @@ class MiniSAMSegmentLogic:
             modality,
             self.model_spec,
             str(engine.device),
+            self._engine_key()[2],
             adapter_state,
         )
         cached = self._sessions.get(volume_node.GetID())
         if cached is not None and cached[0] == key:
             return cached[1]
+        if cached is not None:
+            cached[1].close()  # its queued embeddings are of the volume as it was
         normalized = normalize_intensity(volume_arrays(volume_node).array, modality)
-        session = VolumeSession(engine, normalized, cache=self.cache, key=key)
+        session = VolumeSession(
+            engine, normalized, cache=self.cache, key=key, background=self.background
+        )
         self._sessions[volume_node.GetID()] = (key, session)
         return session
+
+    def focus_slice(self, volume_node, view: str | int | Sequence[float], ras: Sequence[float]):
+        """The slice through world position ``ras`` is shown in a view with normal ``view``: embed it
+        and its neighbours in the background. Never loads a model and never waits for the encoder.
+
+        Returns:
+          (axis, index) of the slice, or None when nothing was queued: no background, the model is
+          not ready, MiniSAM is busy with an action, or the view shows no slice of the volume (an
+          oblique view, a position outside it).
+        """
+        if not self.background or volume_node is None or volume_node.GetImageData() is None:
+            return None
+        try:
+            if not self.is_ready():
+                return None
+            with self.guard("queuing slices to embed"):
+                axis = slice_axis(volume_node, view)
+                ijk = ras_to_ijk(volume_node, [ras])[0]
+                index = int(round(float(ijk[2 - axis])))  # numpy axis 0 is K
+                session = self.session(volume_node)
+                if not 0 <= index < session.slice_count(axis):
+                    return None
+                session.focus(axis, index)
+                return axis, index
+        except (BusyError, InputError, PromptError):
+            return None
+
+    def focus_view(self, volume_node, slice_node):
+        """:meth:`focus_slice` for the slice a ``vtkMRMLSliceNode`` shows (its SliceToRAS normal and
+        origin); the effect calls it whenever a slice view moves."""
+        slice_to_ras = slice_node.GetSliceToRAS()
+        normal = [slice_to_ras.GetElement(row, 2) for row in range(3)]
+        origin = [slice_to_ras.GetElement(row, 3) for row in range(3)]
+        return self.focus_slice(volume_node, normal, origin)
 
     def _preset(self, volume_node) -> str:
         """The volume's normalisation preset, decided once per voxel content and modality choice (the
@@ -325,11 +411,15 @@ class MiniSAMSegmentLogic:
     def forget(self, volume_node=None) -> None:
         """Drop the session of one volume node (all when None) and the cached embeddings."""
         if volume_node is None:
+            dropped = [held for _, held in self._sessions.values()]
             self._sessions.clear()
             self._presets.clear()
         else:
-            self._sessions.pop(volume_node.GetID(), None)
+            dropped = [held for _, held in [self._sessions.pop(volume_node.GetID(), (None, None))]]
             self._presets.pop(volume_node.GetID(), None)
+        for session in dropped:
+            if session is not None:
+                session.close()  # pending embeddings dropped; the one in flight discarded
         self.cache.clear()
 
     # -- scene events ------------------------------------------------------------------------------------
@@ -417,11 +507,15 @@ class MiniSAMSegmentLogic:
 
     def _predict(self, volume_node, axis, index, prompt, multimask=None, pump=None):
         session = self.session(volume_node)  # MRML reads: in this thread
-        if pump is not None:
+        if pump is not None and session.precompute is None:
             # The encoder, the slow part for a slice not seen yet, on a worker thread; the decoder
             # below then finds the embedding in the cache.
             run_in_background(lambda: session.embedding(axis, index), pump, name="MiniSAM encoder")
-        return session.predict(axis, index, prompt, multimask=multimask)
+        # In a background session the worker embeds the slice (or has, or is at it) while this thread
+        # waits, pumping; then the neighbours are queued.
+        prediction = session.predict(axis, index, prompt, multimask=multimask, pump=pump)
+        session.focus(axis, index)
+        return prediction
 
     def prompt_slice(
         self,
@@ -685,15 +779,19 @@ class MiniSAMSegmentLogic:
         propagate: bool = False,
         settings: PropagationSettings | None = None,
         progress: ProgressCallback | None = None,
+        pump: Pump | None = None,
     ) -> VolumeResult:
         """Masks on the prompted slices and, with ``propagate``, their neighbours; labels on the volume's grid.
+
+        ``pump`` is called while this thread waits for the background worker's embeddings (a GUI thread
+        processes events there).
 
         Raises:
           BusyError: another action is running (e.g. ``progress`` processed a click that prompts).
         """
         with self.guard("propagating" if propagate else "segmenting"):
             return self.session(volume_node).segment(
-                axis, prompts, propagate=propagate, settings=settings, progress=progress
+                axis, prompts, propagate=propagate, settings=settings, progress=progress, pump=pump
             )
 
     def clear_prompts(self, scene=None) -> None:
@@ -711,9 +809,10 @@ class MiniSAMSegmentLogic:
         prompts: dict[int, Prompt],
         settings: PropagationSettings | None = None,
         progress: ProgressCallback | None = None,
+        pump: Pump | None = None,
     ) -> VolumeResult:
         """:meth:`segment` with propagation; ``progress(done, total)`` returning False cancels."""
-        return self.segment(volume_node, axis, prompts, True, settings, progress)
+        return self.segment(volume_node, axis, prompts, True, settings, progress, pump)
 
     # Segment writes are module functions; exposed here so callers need only the logic object.
     segment_region = staticmethod(segment_region)

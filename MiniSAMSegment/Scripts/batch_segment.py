@@ -4,7 +4,7 @@ Inside Slicer (arguments after ``--`` reach the script)::
 
     Slicer --no-main-window --python-script batch_segment.py -- \\
         --input ct.nii.gz --prompts prompts.json --output liver.seg.nrrd [--model default] [--propagate] \\
-        [--adapter auto] [--install-dependencies]
+        [--adapter auto] [--runtime auto] [--install-dependencies]
 
 or in plain Python with the ``slicer-core`` package::
 
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(by the volume's DICOM modality, else its --modality) or 'none' (default)",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        help="where the image encoder runs, as for 'minisam segment': auto (default: OpenVINO on the "
+        "CPU when installed, else torch), torch, openvino, onnxruntime",
+    )
     parser.add_argument("--segment-name", default="MiniSAM", help="name of the written segment")
     parser.add_argument(
         "--verbose",
@@ -105,6 +111,9 @@ def run(argv: Sequence[str]) -> int:
         if args.max_slices is not None and args.max_slices < 1:
             raise PromptError(f"--max-slices {args.max_slices} must be at least 1")
         _check_dependencies(args.install_dependencies)
+        from minisam.runtime import check_runtime
+
+        args.runtime = check_runtime(args.runtime)
         _segment(args)
     except (MiniSAMError, _UsageError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -159,10 +168,18 @@ def _segment(args: argparse.Namespace) -> None:
     axis = slice_axis(volume, args.axis)
     _validate(prompts, array.shape, axis, args.axis)
     logic = MiniSAMSegmentLogic(
-        args.model, device=args.device, modality=args.modality, adapter=args.adapter
+        args.model,
+        device=args.device,
+        modality=args.modality,
+        adapter=args.adapter,
+        runtime=args.runtime,
     )
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
-    result = logic.segment(volume, axis, prompts, propagate=args.propagate, settings=settings)
+    try:
+        result = logic.segment(volume, axis, prompts, propagate=args.propagate, settings=settings)
+        description, encoder = logic.describe(), logic.engine.encoder.describe()
+    finally:
+        logic.release()  # the background worker stops
     segmentation = context.new_segmentation(volume)
     segment_id = write_mask_to_segment(segmentation, "", volume, result.labels, mode="replace")
     segment = segmentation.GetSegmentation().GetSegment(segment_id)
@@ -175,7 +192,7 @@ def _segment(args: argparse.Namespace) -> None:
     filled = sorted(result.slices)
     print(
         f"{PROG}: {len(filled)} slices along axis {axis} ({filled[0]}..{filled[-1]}) -> {output} "
-        f"({logic.describe()})"
+        f"({description}; image encoder: {encoder})"
     )
 
 

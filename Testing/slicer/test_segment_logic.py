@@ -191,12 +191,15 @@ def test_sessions_are_released_with_their_nodes_and_the_scene(context, ct_volume
     for volume in (ct_volume, second):
         logic.predict_on_slice(volume, 0, 3, prompt)
     assert logic.held_volume_ids() == sorted([ct_volume.GetID(), second.GetID()])
-    assert len(logic.cache) == 2
+    sessions = [logic.session(volume) for volume in (ct_volume, second)]
+    assert len(logic.cache) >= 2  # slice 3 of each (and neighbours embedded in the background)
 
     context.scene.RemoveNode(ct_volume)
     assert logic.held_volume_ids() == [second.GetID()]
+    assert sessions[0].precompute.closed and not sessions[1].precompute.closed
     context.scene.Clear(0)
     assert logic.held_volume_ids() == [] and len(logic.cache) == 0 and logic.model_is_loaded()
+    assert sessions[1].precompute.closed  # its worker stopped: nothing more goes into the cache
 
     third = context.load_volume(path, "third")
     logic.predict_on_slice(third, 0, 3, prompt)

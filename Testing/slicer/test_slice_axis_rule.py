@@ -94,6 +94,9 @@ class _RecordingLogic:
     def segment(self, volume, axis, prompts, **kwargs):
         raise _Chosen(axis)
 
+    def release(self) -> None:  # the batch script stops the logic's background worker
+        pass
+
 
 def _batch_axis(batch, monkeypatch, path: Path, tmp_path: Path, view: str) -> int:
     prompts = tmp_path / "prompts.json"
