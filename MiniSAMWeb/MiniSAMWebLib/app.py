@@ -25,6 +25,8 @@ from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 
 from minisam.errors import MiniSAMError  # noqa: E402
+from minisam.modality import PRESET_CHOICES  # noqa: E402
+from minisam.model_loader import PACKAGED_MODELS  # noqa: E402
 
 from .controller import SessionReport, WebSegmentation  # noqa: E402
 
@@ -53,12 +55,18 @@ class MiniSAMWebApp:
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
         self.session = WebSegmentation(self.slicer, logic, self._publish, output_dir)
-        self.state.minisam = asdict(self.session.report)
+        self._publish(self.session.report)
         self.state.minisam_views = {}
         self.state.upload = None
         self.state.save_name = "segmentation.seg.nrrd"
         self.state.change("upload")(self._on_upload)
         self.state.change("selected_segment")(self._on_segment_selected)
+        models = list(PACKAGED_MODELS)
+        if logic.model_spec not in models:  # a checkpoint given with --model
+            models.append(logic.model_spec)
+        self.state.model_choices = models
+        self.state.modality_choices = list(PRESET_CHOICES)
+        self.state.change("chosen_model", "chosen_adapter", "chosen_modality")(self._on_choice)
         self._build_ui()
         for view in self.slicer.view_manager.get_slice_views():  # created by the layout grid
             view.set_visible_in_3d(True)
@@ -70,6 +78,17 @@ class MiniSAMWebApp:
         with self.state:
             self.state.minisam = asdict(report)
             self.state.selected_segment = report.segment_id
+            self.state.chosen_model = report.model
+            self.state.chosen_adapter = report.adapter
+            self.state.chosen_modality = report.modality
+            self.state.adapter_choices = ["auto", "none", *report.adapters]
+
+    def _on_choice(self, chosen_model=None, chosen_adapter=None, chosen_modality=None, **_) -> None:
+        report = self.session.report
+        wanted = (chosen_model, chosen_adapter, chosen_modality)
+        if not all(wanted) or wanted == (report.model, report.adapter, report.modality):
+            return
+        self.session.spawn(self.session.choose(*wanted))
 
     def _publish_views(self, *_) -> None:
         """Each slice view's size and display-to-RAS matrix, so a client (a test) can aim at a voxel."""
@@ -123,6 +142,9 @@ class MiniSAMWebApp:
     def propagate(self) -> None:
         self.session.spawn(self.session.propagate())
 
+    def next_candidate(self) -> None:
+        self.session.spawn(self.session.next_candidate())
+
     def save(self) -> None:
         self._guarded(self.session.save, self.state.save_name)
 
@@ -160,6 +182,10 @@ class MiniSAMWebApp:
                         "drag: box",
                         classes="text-caption",
                     )
+                    v3.VBtn(
+                        "Next mask (C)", click=self.next_candidate, id="minisam-next-candidate",
+                        disabled=("minisam.busy !== ''",),
+                    )  # fmt: skip
                     with html.Div(classes="d-flex ga-2"):
                         v3.VBtn(
                             "Undo", click=self.session.undo, disabled=("!minisam.can_undo",),
@@ -185,6 +211,16 @@ class MiniSAMWebApp:
                         indeterminate=("minisam.busy !== '' && !minisam.progress[1]",),
                         active=("minisam.busy !== ''",),
                     )
+                    for name, items, label in (
+                        ("chosen_model", "model_choices", "Model"),
+                        ("chosen_adapter", "adapter_choices", "Adapter"),
+                        ("chosen_modality", "modality_choices", "Intensities (modality)"),
+                    ):
+                        v3.VSelect(
+                            v_model=(name, ""), items=(items, []), label=label, density="compact",
+                            id=f"minisam-{name.replace('_', '-')}",
+                            disabled=("minisam.busy !== ''",),
+                        )  # fmt: skip
                     v3.VTextField(
                         v_model=("save_name",), label="Save as (.seg.nrrd, .nii.gz)",
                         density="compact", id="minisam-save-name",

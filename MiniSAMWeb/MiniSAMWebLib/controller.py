@@ -72,6 +72,12 @@ class SessionReport:
     can_undo: bool = False
     can_redo: bool = False
     saved: str = ""  # path of the last saved file
+    model: str = ""  # what segments: the model spec, the adapter choice, the intensity preset
+    adapter: str = ""
+    modality: str = ""
+    adapters: list[str] = field(
+        default_factory=list
+    )  # the adapter library's adapters for the model
     actions: int = 0  # finished actions, successful or not (tests wait for it to move)
 
 
@@ -96,6 +102,7 @@ class WebSegmentation:
         self.logic = logic
         self.output_dir = Path(output_dir)
         self.report = SessionReport()
+        self._show_choice()
         self._publish = publish or (lambda report: None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minisam-model")
         self._tasks: set[asyncio.Task] = set()
@@ -108,6 +115,8 @@ class WebSegmentation:
         self.undo_stack.index_changed.connect(lambda *_: self._changed())
         self.effect = self.editor.get_effect(MiniSAMEffect)
         self.effect.set_prompt_handler(self.on_gesture)
+        self.effect.set_shortcut_handler(self.on_shortcut)
+        self._last_edit: SliceEdit | None = None  # the latest prompt's edit (its other candidates)
         # No logic.observe_scene here: trame-slicer's undo restores a segmentation by DeepCopy, which
         # removes and re-adds its segments, and the logic would take that for a deleted segment and
         # forget its prompts. The app never deletes segments or volumes, so nothing is left stale.
@@ -170,6 +179,28 @@ class WebSegmentation:
         """One gesture -> the slice's new mask in the selected segment, as one undo step."""
         return await self._action("segmenting a slice", self._prompt(slice_node, action, ras))
 
+    def on_shortcut(self, action: str) -> None:
+        """The effect's key handler: C = SAM's next candidate mask, P = propagate."""
+        if action == "next candidate":
+            self.spawn(self.next_candidate())
+        elif action == "propagate":
+            self.spawn(self.propagate())
+
+    async def next_candidate(self) -> SliceEdit | None:
+        """Replace the latest single click's mask with SAM's next candidate (one more undo step)."""
+        return await self._action("switching to the next candidate mask", self._next_candidate())
+
+    async def _next_candidate(self) -> SliceEdit:
+        volume, segmentation, segment_id = self._targets()
+        if self._last_edit is None:
+            raise PromptError("click on a structure first: a single click gets SAM's three masks")
+        with self.editor.active_segment_modifier.group_undo_commands("MiniSAM next candidate"):
+            edit = self.logic.apply_next_candidate(
+                self._segment_editor(), volume, segmentation, segment_id, self._last_edit
+            )
+        self._show_edit(edit)
+        return edit
+
     async def _prompt(self, slice_node, action: Gesture, ras: np.ndarray) -> SliceEdit:
         volume, segmentation, segment_id = self._targets()
         normal = [slice_node.GetSliceToRAS().GetElement(row, 2) for row in range(3)]
@@ -184,8 +215,10 @@ class WebSegmentation:
         edit = self.logic.prompt_slice(  # the decoder only now (the embedding is cached)
             volume, normal, segmentation_node=segmentation, segment_id=segment_id, **prompt_ijk
         )
+        self._last_edit = None
         with self.editor.active_segment_modifier.group_undo_commands("MiniSAM prompt"):
             self.logic.apply_edit(self._segment_editor(), volume, segmentation, segment_id, edit)
+        self._last_edit = edit
         self.report.prompt = asdict(
             PromptReport(
                 kind=action.kind,
@@ -197,11 +230,51 @@ class WebSegmentation:
                 voxels=int(edit.mask.sum()),
             )
         )
-        self.report.status = (
-            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels "
-            f"({self.logic.describe()})."
-        )
+        self._show_edit(edit)
         return edit
+
+    def _show_edit(self, edit: SliceEdit) -> None:
+        count = 0 if edit.candidates is None else len(edit.candidates)
+        choice = f"; mask {edit.choice + 1} of {count}, C for the next" if count > 1 else ""
+        if self.report.prompt is not None:
+            self.report.prompt.update(score=round(edit.score, 4), voxels=int(edit.mask.sum()))
+        self.report.status = (
+            f"Slice {edit.index}: predicted IoU {edit.score:.2f}, {int(edit.mask.sum())} voxels"
+            f"{choice} ({self.logic.describe()})."
+        )
+
+    async def choose(
+        self, model: str | None = None, adapter: str | None = None, modality: str | None = None
+    ) -> None:
+        """Segment with another model, adapter choice or intensity preset from the next prompt on (the
+        model is loaded now, off the event loop; a bad choice leaves the previous one)."""
+        await self._action("loading the model", self._choose(model, adapter, modality))
+
+    async def _choose(self, model: str | None, adapter: str | None, modality: str | None) -> None:
+        from minisam.modality import check_preset
+
+        logic = self.logic
+        before = logic.model_spec, logic.adapter, logic.modality
+        try:
+            if modality is not None:
+                logic.modality = modality if modality == "auto" else check_preset(modality)
+            logic.model_spec = model or logic.model_spec
+            logic.adapter = adapter or logic.adapter
+            await self.run(logic.load)
+            self.report.adapters = await self.run(logic.available_adapters)
+            if self.volume_node is not None:
+                logic.session(self.volume_node)  # resolves the adapter now: a bad one fails here
+        except BaseException:
+            logic.model_spec, logic.adapter, logic.modality = before
+            raise
+        finally:
+            self._show_choice()
+        self.report.status = f"Segmenting with {logic.describe()}."
+
+    def _show_choice(self) -> None:
+        self.report.model = self.logic.model_spec
+        self.report.adapter = self.logic.adapter
+        self.report.modality = self.logic.modality
 
     async def propagate(self, settings: PropagationSettings | None = None):
         """Propagate the selected segment's prompts through the volume (progress in the report,

@@ -2,8 +2,9 @@
 
 Built the trame-slicer way: a ``SegmentationEffect`` registered in the ``SegmentationEditor`` and a
 ``SegmentationEffectPipeline`` per slice view that receives the view's interaction events. Left click =
-positive point, Shift + left click or right click = negative point, left drag = box (its four corners), as in
-the Slicer effect (``MiniSAMSegmentLib.view_gestures`` decides which). What a gesture means for the segment
+positive point, Shift + left click or right click = negative point, left drag = box (its four corners), and
+the keys C (SAM's next candidate mask) and P (propagate), as in the Slicer effect
+(``MiniSAMSegmentLib.view_gestures`` decides which). What a gesture means for the segment
 is decided by whoever :meth:`MiniSAMEffect.set_prompt_handler` was given (the app's controller).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from MiniSAMSegmentLib.view_gestures import Gesture, gesture
+from MiniSAMSegmentLib.view_gestures import Gesture, gesture, shortcut
 from slicer import (
     vtkMRMLAbstractViewNode,
     vtkMRMLInteractionEventData,
@@ -22,12 +23,20 @@ from slicer import (
 from trame_slicer.segmentation import SegmentationEffect, SegmentationEffectPipeline
 from vtkmodules.vtkCommonCore import vtkCommand
 
-__all__ = ["MiniSAMEffect", "MiniSAMSlicePipeline", "PromptHandler", "xy_to_ras"]
+__all__ = [
+    "MiniSAMEffect",
+    "MiniSAMSlicePipeline",
+    "PromptHandler",
+    "ShortcutHandler",
+    "xy_to_ras",
+]
 
-SHIFT = 1  # vtkEvent::ShiftModifier
+SHIFT, CTRL, ALT = 1, 2, 4  # vtkEvent modifiers
 
 PromptHandler = Callable[[vtkMRMLSliceNode, Gesture, np.ndarray], None]
 """Called with the slice node of the view, the gesture and its points in world RAS ((1, 3) or (4, 3))."""
+ShortcutHandler = Callable[[str], None]
+"""Called with the action of a key pressed over a slice view (``view_gestures.SHORTCUTS``)."""
 
 
 def xy_to_ras(slice_node: vtkMRMLSliceNode, points_xy: Sequence[Sequence[float]]) -> np.ndarray:
@@ -42,9 +51,18 @@ class MiniSAMEffect(SegmentationEffect):
     def __init__(self) -> None:
         super().__init__()
         self._handler: PromptHandler | None = None
+        self._shortcut_handler: ShortcutHandler | None = None
 
     def set_prompt_handler(self, handler: PromptHandler | None) -> None:
         self._handler = handler
+
+    def set_shortcut_handler(self, handler: ShortcutHandler | None) -> None:
+        self._shortcut_handler = handler
+
+    def shortcut(self, action: str) -> None:
+        """Hand a key's action (e.g. "next candidate", "propagate") to the shortcut handler."""
+        if self._shortcut_handler is not None:
+            self._shortcut_handler(action)
 
     def prompt(self, slice_node: vtkMRMLSliceNode, action: Gesture) -> None:
         """Hand a finished gesture of a slice view to the handler, its points in world RAS."""
@@ -67,6 +85,7 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
         int(vtkCommand.RightButtonPressEvent),
         int(vtkCommand.RightButtonReleaseEvent),
         int(vtkCommand.MouseMoveEvent),
+        int(vtkCommand.KeyPressEvent),
     )
 
     def __init__(self) -> None:
@@ -82,7 +101,14 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
             return False, 0.0
         if event_data.GetType() == int(vtkCommand.MouseMoveEvent):
             return self._press is not None, 0.0  # only while a button is down (the drag of a box)
+        if event_data.GetType() == int(vtkCommand.KeyPressEvent):
+            return self._key_action(event_data) is not None, 0.0  # other keys stay Slicer's
         return True, 0.0
+
+    @staticmethod
+    def _key_action(event_data: vtkMRMLInteractionEventData) -> str | None:
+        modified = bool(event_data.GetModifiers() & (CTRL | ALT))
+        return shortcut(event_data.GetKeySym(), modified)
 
     def ProcessInteractionEvent(self, event_data: vtkMRMLInteractionEventData) -> bool:
         kind = event_data.GetType()
@@ -92,6 +118,11 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
             return True
         if kind == int(vtkCommand.MouseMoveEvent):
             return self._press is not None
+        if kind == int(vtkCommand.KeyPressEvent):
+            action = self._key_action(event_data)
+            if action is not None and self._effect is not None:
+                self._effect.shortcut(action)
+            return action is not None
         if self._press is None:
             return False
         button, start, shift = self._press

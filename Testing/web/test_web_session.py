@@ -277,3 +277,47 @@ def test_bad_save_name_is_one_line(loaded: Views, tmp_path) -> None:
         loaded.session.save(tmp_path / "mask.png")
     with pytest.raises(OutputError, match="does not exist"):
         loaded.session.save(tmp_path / "missing" / "mask.seg.nrrd")
+
+
+def press_key(view, key: str) -> None:
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    interactor = view.interactor()
+    interactor.SetKeySym(key)
+    interactor.SetKeyCode(key)
+    interactor.InvokeEvent(vtkCommand.KeyPressEvent)
+
+
+def test_key_c_cycles_the_single_clicks_candidates_as_undo_steps(
+    loaded: Views, reference_labels
+) -> None:
+    session = loaded.session
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    first = session.segment_labels()
+    assert "mask 1 of 3" in session.report.status
+
+    async def key_c():
+        press_key(loaded.views["Axial"], "c")
+        await session.idle()
+
+    run(key_c())
+    assert session.report.error == "" and "mask 2 of 3" in session.report.status
+    second = session.segment_labels()
+    assert set(np.nonzero(second)[0]) <= {AXIAL_SLICE}
+    assert session.report.prompt["voxels"] == second.sum()
+    session.undo()  # back to the first candidate, the click still remembered
+    assert np.array_equal(session.segment_labels(), first)
+    assert not np.array_equal(first, second)  # SAM's second mask is another one
+
+
+def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: Views) -> None:
+    session = loaded.session
+    run(session.choose(modality="ct-abdomen", adapter="none"))
+    assert session.report.error == ""
+    assert (session.report.modality, session.report.adapter) == ("ct-abdomen", "none")
+    run(session.choose(modality="no-such-preset"))
+    assert "no-such-preset" in session.report.error and "\n" not in session.report.error
+    assert session.logic.modality == session.report.modality == "ct-abdomen"
+    run(session.choose(adapter="no_such_adapter"))
+    assert session.report.error and session.logic.adapter == "none"
+    run(session.choose(modality="auto"))
