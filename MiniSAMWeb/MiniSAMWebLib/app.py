@@ -67,6 +67,7 @@ class MiniSAMWebApp:
         self.state.model_choices = models
         self.state.modality_choices = list(PRESET_CHOICES)
         self.state.change("chosen_model", "chosen_adapter", "chosen_modality")(self._on_choice)
+        self.server.controller.trigger("minisam_download")(self.download)
         self._build_ui()
         for view in self.slicer.view_manager.get_slice_views():  # created by the layout grid
             view.set_visible_in_3d(True)
@@ -148,6 +149,18 @@ class MiniSAMWebApp:
     def save(self) -> None:
         self._guarded(self.session.save, self.state.save_name)
 
+    def download(self):
+        """The segmentation as the file named in "Save as", sent to the browser (an attachment)."""
+        name = Path(self.state.save_name or "segmentation.seg.nrrd").name
+        with tempfile.TemporaryDirectory(prefix="minisam-download-") as folder:
+            target = Path(folder) / name
+            try:
+                self.session.write(target)
+            except MiniSAMError as error:
+                self.session._fail(str(error))
+                return None
+            return self.server.protocol.addAttachment(target.read_bytes())
+
     # -- page ------------------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
@@ -222,10 +235,17 @@ class MiniSAMWebApp:
                             disabled=("minisam.busy !== ''",),
                         )  # fmt: skip
                     v3.VTextField(
-                        v_model=("save_name",), label="Save as (.seg.nrrd, .nii.gz)",
+                        v_model=("save_name",), label="File name (.seg.nrrd, .nii.gz)",
                         density="compact", id="minisam-save-name",
                     )  # fmt: skip
-                    v3.VBtn("Save", click=self.save, id="minisam-save")
+                    with html.Div(classes="d-flex ga-2"):
+                        v3.VBtn("Save", click=self.save, id="minisam-save")
+                        v3.VBtn(
+                            "Download",
+                            click="utils.download(save_name, trigger('minisam_download'), "
+                            "'application/octet-stream')",
+                            id="minisam-download",
+                        )
                     html.Div(
                         "{{ minisam.status }}", classes="text-body-2", id="minisam-status",
                         style="overflow-wrap: anywhere;",

@@ -334,12 +334,20 @@ class WebSegmentation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the segmentation: ``.seg.nrrd`` (all segments, Slicer's format), or a label map
-        (``.nii.gz``, ``.nii``, ``.nrrd``) on the volume's grid."""
-        if self.segmentation_node is None:
-            raise InputError("load a volume first")
+        (``.nii.gz``, ``.nii``, ``.nrrd``) on the volume's grid; a relative path goes into
+        :attr:`output_dir`."""
         target = Path(path)
         if not target.is_absolute():
             target = self.output_dir / target
+        self.write(target)
+        self.report.saved = str(target)
+        self._finish(f"Saved {target.name}.")
+        return target
+
+    def write(self, target: Path) -> None:
+        """:meth:`save` without the report (also what a browser download sends)."""
+        if self.segmentation_node is None:
+            raise InputError("load a volume first")
         if not target.parent.is_dir():
             raise OutputError(f"folder {target.parent} does not exist")
         name = target.name.lower()
@@ -349,9 +357,6 @@ class WebSegmentation:
             self.editor.export_segmentation_to_file(self.segmentation_node, str(target))
         else:
             raise OutputError(f"save as .seg.nrrd or a label map ({', '.join(LABEL_SUFFIXES)})")
-        self.report.saved = str(target)
-        self._finish(f"Saved {target.name}.")
-        return target
 
     # -- running ---------------------------------------------------------------------------------------
 

@@ -97,7 +97,9 @@ def page(server):
 
     url, _ = server
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
@@ -217,6 +219,11 @@ def test_upload_click_box_propagate_undo_save_in_chromium(
     saved = after_action(page, lambda: page.click("#minisam-save"), "saving the segmentation")
     assert saved["saved"] == str(output / "e2e.seg.nrrd"), saved["error"]
     compare_saved(output, saved)
+    with page.expect_download(timeout=TIMEOUT * 1000) as download:
+        page.click("#minisam-download")
+    sent = download.value.path()
+    assert Path(sent).read_bytes() == (output / "e2e.seg.nrrd").read_bytes()  # the same file
+    assert download.value.suggested_filename == "e2e.seg.nrrd"
     print(f"click to server-reported mask: {click_seconds:.2f} s")
 
 

@@ -321,3 +321,13 @@ def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: V
     run(session.choose(adapter="no_such_adapter"))
     assert session.report.error and session.logic.adapter == "none"
     run(session.choose(modality="auto"))
+
+
+def test_a_dicom_series_folder_loads_and_segments(views: Views, shared_data: Path) -> None:
+    session = views.session
+    node = views.load(shared_data / "totalsegmentator_example" / "example_ct_dicom")
+    assert node.GetAttribute("DICOM.Modality") == "CT"
+    dims = node.GetImageData().GetDimensions()
+    views.click("Axial", ((dims[0] - 1) / 2, (dims[1] - 1) / 2, (dims[2] - 1) // 2))
+    assert session.report.error == "" and session.report.prompt["axis"] == 0
+    assert session.report.segment_voxels == session.report.prompt["voxels"]
