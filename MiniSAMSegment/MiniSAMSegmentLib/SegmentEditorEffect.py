@@ -24,6 +24,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # minisam.runtime.RUNTIMES (not imported here: it needs torch, which may not be installed yet)
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 ADAPTER_CHOICES = ("auto", "none")  # then the library's adapters for the loaded model
+# Slicer keeps the GIL on the GUI thread while Qt idles: while background embeddings are pending, every
+# BACKGROUND_TICK_MS the GUI thread waits up to BACKGROUND_WAIT_S without it so the worker runs.
+BACKGROUND_TICK_MS = 40
+BACKGROUND_WAIT_S = 0.02
 PARAMETER_DEFAULTS = {
     "Model": "default",
     "Adapter": "auto",
@@ -52,6 +56,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._lastEdit = None  # (SliceEdit, volume, segmentation, segment ID) of the latest prompt
         self._markupObservations = []  # (markups node, observer tag) of the shown prompts
         self._bands = {}  # view widget -> (points, actor) of the box being dragged
+        self._backgroundTimer = None  # qt.QTimer: time for the background worker (_runBackground)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -236,6 +241,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def cleanup(self):
         """Release the sessions, embeddings, prompts and models (Slicer calls this when the effect goes)."""
         self._unobserveMarkups()
+        if self._backgroundTimer is not None:
+            self._backgroundTimer.stop()
         if self.logic is not None:
             self.logic.release()
             self.logic = None
@@ -290,9 +297,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if parameterSetNode is None:
             return
         try:
-            self.logic.focus_view(parameterSetNode.GetSourceVolumeNode(), callerViewNode)
+            if self.logic.focus_view(parameterSetNode.GetSourceVolumeNode(), callerViewNode):
+                self._runBackground()
         except Exception:  # a convenience: the next click embeds its slice anyway
             logging.debug("MiniSAM: slice not queued for the background", exc_info=True)
+
+    def _runBackground(self):
+        """While background embeddings are pending, give the worker thread time on a timer."""
+        if self._backgroundTimer is None:
+            self._backgroundTimer = qt.QTimer()
+            self._backgroundTimer.setInterval(BACKGROUND_TICK_MS)
+            self._backgroundTimer.connect("timeout()", self._onBackgroundTick)
+        if not self._backgroundTimer.isActive():
+            self._backgroundTimer.start()
+
+    def _onBackgroundTick(self):
+        if self.logic is None or self.logic.wait_for_background(BACKGROUND_WAIT_S):
+            self._backgroundTimer.stop()
 
     def _showBand(self, viewWidget, start, end):
         if viewWidget not in self._bands:
@@ -445,6 +466,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._showEdit(edit, logic)
         self._showPrompts(volumeNode, segmentationNode, segmentId)
         self._refreshAdapters(logic)
+        self._runBackground()  # the neighbours the click queued
 
     def _showPrompts(self, volumeNode, segmentationNode, segmentId):
         """The segment's prompts as markups; moving one segments its slice again."""

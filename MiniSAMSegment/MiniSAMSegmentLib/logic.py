@@ -386,6 +386,18 @@ class MiniSAMSegmentLogic:
         except (BusyError, InputError, PromptError):
             return None
 
+    def wait_for_background(self, timeout: float) -> bool:
+        """Let the sessions' background workers run for up to ``timeout`` seconds while this thread
+        waits (without the GIL); True when none has work left.
+
+        Slicer keeps the GIL on its GUI thread while the Qt event loop idles, so a Python worker thread
+        hardly advances there; the effect calls this from a timer while background work is pending.
+        """
+        for _, session in list(self._sessions.values()):
+            if session.precompute is not None and not session.precompute.wait_idle(timeout):
+                return False
+        return True
+
     def focus_view(self, volume_node, slice_node):
         """:meth:`focus_slice` for the slice a ``vtkMRMLSliceNode`` shows (its SliceToRAS normal and
         origin); the effect calls it whenever a slice view moves."""

@@ -5,6 +5,7 @@ the worker awaited on its idle event, never timed."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,27 @@ def test_a_shown_slice_and_its_neighbours_are_embedded_ahead_of_the_click(
     assert logic.focus_view(ct_volume, view) == (0, 5)
     assert session.precompute.wait_idle(WAIT) and len(calls) == 12
     assert (session.key, 0, 5) in logic.cache
+
+
+def test_the_gui_thread_lends_the_worker_time_until_it_is_idle(
+    context, ct_volume, logic, monkeypatch
+) -> None:
+    logic.load()
+    embed, entered, release = logic.engine.embed, threading.Event(), threading.Event()
+
+    def held(rgb):  # the worker's first encoder call waits for the test
+        entered.set()
+        assert release.wait(WAIT)
+        return embed(rgb)
+
+    monkeypatch.setattr(logic.engine, "embed", held)
+    assert logic.wait_for_background(0)  # nothing queued
+    logic.focus_view(ct_volume, _axial_view(context, ct_volume, LIVER_SLICE))
+    assert entered.wait(WAIT)
+    assert not logic.wait_for_background(0)  # the effect's timer keeps ticking
+    release.set()
+    assert logic.wait_for_background(WAIT)  # all five embedded: the timer stops
+    assert len(logic.cache) == 5
 
 
 def test_nothing_is_queued_while_busy_or_for_a_slice_off_the_volume(
