@@ -27,6 +27,7 @@ from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 from minisam.errors import MiniSAMError  # noqa: E402
 from minisam.modality import PRESET_CHOICES  # noqa: E402
 from minisam.model_loader import PACKAGED_MODELS  # noqa: E402
+from minisam.runtime import RUNTIMES  # noqa: E402
 
 from .controller import SessionReport, WebSegmentation  # noqa: E402
 
@@ -66,12 +67,14 @@ class MiniSAMWebApp:
             models.append(logic.model_spec)
         self.state.model_choices = models
         self.state.modality_choices = list(PRESET_CHOICES)
-        self.state.change("chosen_model", "chosen_adapter", "chosen_modality")(self._on_choice)
+        self.state.runtime_choices = list(RUNTIMES)
+        choices = ("chosen_model", "chosen_adapter", "chosen_modality", "chosen_runtime")
+        self.state.change(*choices)(self._on_choice)
         self.server.controller.trigger("minisam_download")(self.download)
         self._build_ui()
         for view in self.slicer.view_manager.get_slice_views():  # created by the layout grid
             view.set_visible_in_3d(True)
-            view.get_view_node().AddObserver("ModifiedEvent", self._publish_views)
+            view.get_view_node().AddObserver("ModifiedEvent", self._on_view_moved)
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -82,14 +85,27 @@ class MiniSAMWebApp:
             self.state.chosen_model = report.model
             self.state.chosen_adapter = report.adapter
             self.state.chosen_modality = report.modality
+            self.state.chosen_runtime = report.runtime
             self.state.adapter_choices = ["auto", "none", *report.adapters]
 
-    def _on_choice(self, chosen_model=None, chosen_adapter=None, chosen_modality=None, **_) -> None:
+    def _on_choice(
+        self, chosen_model=None, chosen_adapter=None, chosen_modality=None, chosen_runtime=None, **_
+    ) -> None:
         report = self.session.report
-        wanted = (chosen_model, chosen_adapter, chosen_modality)
-        if not all(wanted) or wanted == (report.model, report.adapter, report.modality):
+        wanted = (chosen_model, chosen_adapter, chosen_modality, chosen_runtime)
+        if not all(wanted) or wanted == (
+            report.model,
+            report.adapter,
+            report.modality,
+            report.runtime,
+        ):
             return
         self.session.spawn(self.session.choose(*wanted))
+
+    def _on_view_moved(self, slice_node, _event=None) -> None:
+        """A slice view moved: embed its slice ahead of a click; publish the views' geometry."""
+        self.session.focus(slice_node)
+        self._publish_views()
 
     def _publish_views(self, *_) -> None:
         """Each slice view's size and display-to-RAS matrix, so a client (a test) can aim at a voxel."""
@@ -228,6 +244,7 @@ class MiniSAMWebApp:
                         ("chosen_model", "model_choices", "Model"),
                         ("chosen_adapter", "adapter_choices", "Adapter"),
                         ("chosen_modality", "modality_choices", "Intensities (modality)"),
+                        ("chosen_runtime", "runtime_choices", "Encoder runtime"),
                     ):
                         v3.VSelect(
                             v_model=(name, ""), items=(items, []), label=label, density="compact",

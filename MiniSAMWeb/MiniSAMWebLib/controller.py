@@ -72,9 +72,10 @@ class SessionReport:
     can_undo: bool = False
     can_redo: bool = False
     saved: str = ""  # path of the last saved file
-    model: str = ""  # what segments: the model spec, the adapter choice, the intensity preset
-    adapter: str = ""
+    model: str = ""  # what segments: the model spec, the adapter choice, the intensity preset, and
+    adapter: str = ""  # where the image encoder runs
     modality: str = ""
+    runtime: str = ""
     adapters: list[str] = field(
         default_factory=list
     )  # the adapter library's adapters for the model
@@ -244,20 +245,28 @@ class WebSegmentation:
         )
 
     async def choose(
-        self, model: str | None = None, adapter: str | None = None, modality: str | None = None
+        self,
+        model: str | None = None,
+        adapter: str | None = None,
+        modality: str | None = None,
+        runtime: str | None = None,
     ) -> None:
-        """Segment with another model, adapter choice or intensity preset from the next prompt on (the
-        model is loaded now, off the event loop; a bad choice leaves the previous one)."""
-        await self._action("loading the model", self._choose(model, adapter, modality))
+        """Segment with another model, adapter choice, intensity preset or encoder runtime from the next
+        prompt on (the model and its runtime are made ready now, off the event loop; a bad choice leaves
+        the previous one)."""
+        await self._action("loading the model", self._choose(model, adapter, modality, runtime))
 
-    async def _choose(self, model: str | None, adapter: str | None, modality: str | None) -> None:
+    async def _choose(self, model, adapter, modality, runtime) -> None:
         from minisam.modality import check_preset
+        from minisam.runtime import check_runtime
 
         logic = self.logic
-        before = logic.model_spec, logic.adapter, logic.modality
+        before = logic.model_spec, logic.adapter, logic.modality, logic.runtime
         try:
             if modality is not None:
                 logic.modality = modality if modality == "auto" else check_preset(modality)
+            if runtime is not None:
+                logic.runtime = check_runtime(runtime, "runtime")
             logic.model_spec = model or logic.model_spec
             logic.adapter = adapter or logic.adapter
             await self.run(logic.load)
@@ -265,7 +274,7 @@ class WebSegmentation:
             if self.volume_node is not None:
                 logic.session(self.volume_node)  # resolves the adapter now: a bad one fails here
         except BaseException:
-            logic.model_spec, logic.adapter, logic.modality = before
+            logic.model_spec, logic.adapter, logic.modality, logic.runtime = before
             raise
         finally:
             self._show_choice()
@@ -275,6 +284,17 @@ class WebSegmentation:
         self.report.model = self.logic.model_spec
         self.report.adapter = self.logic.adapter
         self.report.modality = self.logic.modality
+        self.report.runtime = self.logic.runtime
+
+    def focus(self, slice_node) -> None:
+        """A slice view shows another slice: the logic embeds it and its neighbours in the background
+        (only once the model is ready, never while an action runs; never an error)."""
+        if self.volume_node is None or self.report.busy:
+            return
+        try:
+            self.logic.focus_view(self.volume_node, slice_node)
+        except MiniSAMError:
+            pass  # an oblique view or a slice off the volume: nothing to prepare
 
     async def propagate(self, settings: PropagationSettings | None = None):
         """Propagate the selected segment's prompts through the volume (progress in the report,

@@ -65,7 +65,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     log = output / "server.log"
     command = [
         sys.executable, "-m", "minisam.cli.main", "web", "--model", SMALL_MODEL,
-        "--adapter", "none", "--port", str(port), "--output-dir", str(output),
+        "--adapter", "none", "--runtime", "torch", "--port", str(port), "--output-dir", str(output),
     ]  # fmt: skip
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)

@@ -42,7 +42,7 @@ class Views:
             view = self.app.view_manager.create_view(definition)
             view.render_window().SetSize(*SIZE)
             self.views[view.get_view_node().GetOrientation()] = view
-        logic = MiniSAMSegmentLogic(model_spec=SMALL_MODEL, adapter="none")
+        logic = MiniSAMSegmentLogic(model_spec=SMALL_MODEL, adapter="none", runtime="torch")
         self.published = []
         self.session = WebSegmentation(self.app, logic, self.published.append)
 
@@ -320,6 +320,8 @@ def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: V
     assert session.logic.modality == session.report.modality == "ct-abdomen"
     run(session.choose(adapter="no_such_adapter"))
     assert session.report.error and session.logic.adapter == "none"
+    run(session.choose(runtime="tpu"))
+    assert "tpu" in session.report.error and session.report.runtime == "torch"
     run(session.choose(modality="auto"))
 
 

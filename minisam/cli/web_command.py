@@ -39,6 +39,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
+        "--runtime", default="auto",
+        help="image encoder runtime, as for minisam segment: auto (OpenVINO on CPU, torch on CUDA), "
+        "torch, openvino, onnxruntime",
+    )  # fmt: skip
+    parser.add_argument(
         "--output-dir", type=Path, default=Path("."),
         help="folder where Save writes (default: the current folder)",
     )  # fmt: skip
@@ -76,8 +81,14 @@ def run(args: argparse.Namespace) -> int:
     from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
     from MiniSAMWebLib.app import MiniSAMWebApp
 
+    from minisam.runtime import check_runtime
+
     logic = MiniSAMSegmentLogic(
-        model_spec=args.model, device=args.device, modality=args.modality, adapter=args.adapter
+        model_spec=args.model,
+        device=args.device,
+        modality=args.modality,
+        adapter=args.adapter,
+        runtime=check_runtime(args.runtime, "--runtime"),
     )
     logic.load()  # an unknown model or a bad checkpoint is refused now, not at the first click
     app = MiniSAMWebApp(logic, output_dir=args.output_dir)
