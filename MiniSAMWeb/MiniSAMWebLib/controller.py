@@ -118,6 +118,7 @@ class WebSegmentation:
         self.effect.set_prompt_handler(self.on_gesture)
         self.effect.set_shortcut_handler(self.on_shortcut)
         self._last_edit: SliceEdit | None = None  # the latest prompt's edit (its other candidates)
+        self._markup_observations: list[tuple[object, int]] = []
         # No logic.observe_scene here: trame-slicer's undo restores a segmentation by DeepCopy, which
         # removes and re-adds its segments, and the logic would take that for a deleted segment and
         # forget its prompts. The app never deletes segments or volumes, so nothing is left stale.
@@ -126,9 +127,13 @@ class WebSegmentation:
 
     def load_volume(self, path: str | os.PathLike[str], name: str | None = None):
         """Read a volume file or DICOM folder (as ``minisam segment`` reads it), show it in the slice views
-        and start an empty segmentation with one segment, the MiniSAM effect active."""
+        and start an empty segmentation with one segment, the MiniSAM effect active; the previous
+        volume's prompts are forgotten."""
         context = MRMLContext(scene=self.app.scene, volumes_logic=self.app.volumes_logic)
         node = context.load_volume(path, name)
+        # the page edits one volume at a time: the previous one's prompts (and their markups) go
+        self.logic.clear_prompts(self.app.scene)
+        self._last_edit = None
         self.volume_node = node
         self.app.display_manager.show_volume_in_slice_background(node)
         self.app.display_manager.show_volume_in_slice_foreground(None)
@@ -434,7 +439,47 @@ class WebSegmentation:
     def _finish(self, status: str) -> None:
         self.report.status = status
         self.report.actions += 1
+        self._show_prompts()
         self._changed()
+
+    def _show_prompts(self) -> None:
+        """The selected segment's prompts as markups in the views (the shared ``show_prompts``: points,
+        the box as an ROI; prompts taken back by Undo disappear); moving one segments its slice again."""
+        segment_id = self.editor.active_segment_id
+        if self.volume_node is None or not segment_id or self.report.busy:
+            return
+        from MiniSAMSegmentLib import prompt_markups
+        from MiniSAMSegmentLib.prompt_book import Owner
+
+        volume, segmentation = self.volume_node, self.segmentation_node
+        self.logic.show_prompts(volume, segmentation, segment_id)
+        for node, tag in self._markup_observations:
+            node.RemoveObserver(tag)
+        self._markup_observations = []
+        owner = Owner(volume.GetID(), segmentation.GetID(), segment_id)
+        for axis in range(3):
+            points, boxes = prompt_markups.nodes_of(self.app.scene, owner, axis)
+            for node in ([points] if points is not None else []) + list(boxes.values()):
+
+                def moved(caller, event, axis=axis) -> None:
+                    self.spawn(self.reprompt(axis))
+
+                tag = node.AddObserver(node.PointEndInteractionEvent, moved)
+                self._markup_observations.append((node, tag))
+
+    async def reprompt(self, axis: int) -> None:
+        """Segment again the slices whose prompt markups were moved (each one undo step)."""
+        await self._action("segmenting a slice again after a prompt moved", self._reprompt(axis))
+
+    async def _reprompt(self, axis: int) -> None:
+        volume, segmentation, segment_id = self._targets()
+        for index in self.logic.moved_prompts(volume, segmentation, segment_id, axis):
+            with self.editor.active_segment_modifier.group_undo_commands("MiniSAM moved prompt"):
+                edit = self.logic.reprompt_from_markups(
+                    self._segment_editor(), volume, segmentation, segment_id, axis, index
+                )
+            self._last_edit = edit
+            self._show_edit(edit)
 
     def _changed(self) -> None:
         report = self.report

@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 SHIFT, CTRL, ALT = 1, 2, 4  # vtkEvent modifiers
+YIELD_DISTANCE2 = 1e5
+"""Squared display distance the pipeline claims a button press at: a widget under the mouse claims a smaller
+one (a prompt markup picked within its tolerance), so prompt points can be dragged; elsewhere the press is
+MiniSAM's."""
 
 PromptHandler = Callable[[vtkMRMLSliceNode, Gesture, np.ndarray], None]
 """Called with the slice node of the view, the gesture and its points in world RAS ((1, 3) or (4, 3))."""
@@ -103,7 +107,7 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
             return self._press is not None, 0.0  # only while a button is down (the drag of a box)
         if event_data.GetType() == int(vtkCommand.KeyPressEvent):
             return self._key_action(event_data) is not None, 0.0  # other keys stay Slicer's
-        return True, 0.0
+        return True, YIELD_DISTANCE2
 
     @staticmethod
     def _key_action(event_data: vtkMRMLInteractionEventData) -> str | None:

@@ -85,12 +85,14 @@ class Views:
 
 
 def press_release(view, start, end=None, button="Left", shift=False) -> None:
-    """Inject a press at ``start`` and a release at ``end`` (a drag through the midpoint between)."""
+    """Inject the mouse arriving at ``start``, a press there and a release at ``end`` (a drag through the
+    midpoint between), as a browser sends them."""
     from vtkmodules.vtkCommonCore import vtkCommand
 
     interactor = view.interactor()
     end = end or start
     interactor.SetEventInformation(int(start[0]), int(start[1]), 0, int(shift))
+    interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
     interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonPressEvent"))
     if end != start:
         middle = ((start[0] + end[0]) // 2, (start[1] + end[1]) // 2)
@@ -333,3 +335,33 @@ def test_a_dicom_series_folder_loads_and_segments(views: Views, shared_data: Pat
     views.click("Axial", ((dims[0] - 1) / 2, (dims[1] - 1) / 2, (dims[2] - 1) // 2))
     assert session.report.error == "" and session.report.prompt["axis"] == 0
     assert session.report.segment_voxels == session.report.prompt["voxels"]
+
+
+def test_prompts_show_as_markups_and_dragging_one_segments_again(
+    loaded: Views, reference_labels
+) -> None:
+    session = loaded.session
+    target = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    loaded.click("Axial", target)
+    scene = loaded.app.scene
+    points = scene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
+    assert points is not None and points.GetNumberOfControlPoints() == 1
+    before = session.segment_labels()
+    view, ras = loaded.show("Axial", target)
+    start = loaded.xy(view, ras)
+    actions = session.report.actions
+
+    async def drag_the_point():
+        view.render()
+        press_release(view, start, (start[0] + 12, start[1] + 6))
+        await session.idle()
+
+    run(drag_the_point())
+    assert session.report.actions == actions + 1 and session.report.error == ""
+    moved = np.array(points.GetNthControlPointPosition(0))
+    assert np.linalg.norm(moved - ras) > 5  # the point went with the mouse: it is not a box
+    assert session.report.prompt["kind"] == "positive"
+    after = session.segment_labels()
+    assert set(np.nonzero(after)[0]) <= {AXIAL_SLICE} and not np.array_equal(after, before)
+    session.undo()  # the re-segmentation is one undo step
+    assert np.array_equal(session.segment_labels(), before)
