@@ -22,6 +22,9 @@ from slicer import (
 )
 from trame_slicer.segmentation import SegmentationEffect, SegmentationEffectPipeline
 from vtkmodules.vtkCommonCore import vtkCommand
+from vtkmodules.vtkRenderingCore import vtkRenderer
+
+from .drag_feedback import DragRectangle
 
 __all__ = [
     "MiniSAMEffect",
@@ -94,9 +97,14 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._press: tuple[int, tuple[float, float], bool] | None = (
-            None  # (button event, xy, shift)
-        )
+        self._press: tuple[int, tuple[float, float], bool] | None = None  # button event, xy, shift
+        self._rectangle = DragRectangle()
+
+    def OnRendererAdded(self, renderer: vtkRenderer | None) -> None:
+        self._rectangle.set_renderer(renderer)
+
+    def OnRendererRemoved(self, _renderer: vtkRenderer) -> None:
+        self._rectangle.set_renderer(None)
 
     def CanProcessInteractionEvent(
         self, event_data: vtkMRMLInteractionEventData
@@ -121,7 +129,13 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
             self._press = (kind, xy, bool(event_data.GetModifiers() & SHIFT))
             return True
         if kind == int(vtkCommand.MouseMoveEvent):
-            return self._press is not None
+            if self._press is None:
+                return False
+            button, start, _ = self._press
+            if button == int(vtkCommand.LeftButtonPressEvent) and gesture(start, xy).kind == "box":
+                self._rectangle.show(start, xy)
+                self.RequestRender()
+            return True
         if kind == int(vtkCommand.KeyPressEvent):
             action = self._key_action(event_data)
             if action is not None and self._effect is not None:
@@ -131,6 +145,8 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
             return False
         button, start, shift = self._press
         self._press = None
+        self._rectangle.hide()
+        self.RequestRender()
         if button == int(vtkCommand.RightButtonPressEvent):
             # a right click is a negative point wherever the button is released
             action = gesture(start, start, negative=True)
@@ -144,3 +160,4 @@ class MiniSAMSlicePipeline(SegmentationEffectPipeline[MiniSAMEffect]):
     def LoseFocus(self, event_data: vtkMRMLInteractionEventData | None) -> None:
         super().LoseFocus(event_data)
         self._press = None
+        self._rectangle.hide()

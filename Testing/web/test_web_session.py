@@ -365,3 +365,32 @@ def test_prompts_show_as_markups_and_dragging_one_segments_again(
     assert set(np.nonzero(after)[0]) <= {AXIAL_SLICE} and not np.array_equal(after, before)
     session.undo()  # the re-segmentation is one undo step
     assert np.array_equal(session.segment_labels(), before)
+
+
+def test_a_box_drag_shows_its_rectangle_until_release(loaded: Views) -> None:
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    view = loaded.views["Axial"]
+    view.render()
+    pipelines = [ref() for ref in loaded.session.effect.pipelines if ref() is not None]
+    shown = [p for p in pipelines if p.GetViewNode() is view.get_view_node()]
+    assert len(shown) == 1
+    rectangle = shown[0]._rectangle.actor
+    interactor = view.interactor()
+
+    async def drag() -> list[int]:
+        seen = []
+        interactor.SetEventInformation(120, 120, 0, 0)
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        interactor.InvokeEvent(vtkCommand.LeftButtonPressEvent)
+        seen.append(rectangle.GetVisibility())
+        interactor.SetEventInformation(200, 180, 0, 0)
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        seen.append(rectangle.GetVisibility())
+        interactor.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
+        seen.append(rectangle.GetVisibility())
+        await loaded.session.idle()
+        return seen
+
+    assert run(drag()) == [0, 1, 0]
+    assert loaded.session.report.prompt["kind"] == "box"
