@@ -171,7 +171,8 @@ class Precompute:
             if self._pinned is not None:
                 self.cache.unpin(self._pinned)
                 self._pinned = None
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        # The drain loop, if submitted, still runs once and sees the flag (so the idle event is set).
+        self._executor.shutdown(wait=wait)
 
     def _drop_queue(self) -> None:
         for key in self._queue:

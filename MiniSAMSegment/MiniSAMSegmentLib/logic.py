@@ -310,12 +310,15 @@ class MiniSAMSegmentLogic:
         wanted = None if chosen is None else (str(chosen.folder.resolve()), chosen.created)
         if wanted == self._adapter_in_use.get(self.model_spec):
             return switcher.use(chosen)
-        # What the encoder computes changes: no queued background embedding may run under the new
-        # adapter with an old session's key, and the one in flight ends before the switch.
-        for _, held in self._sessions.values():
-            if held.precompute is not None:
-                held.precompute.cancel()
-        with self.engine.encoder_lock:
+        # What the encoder computes changes: no background embedding may run under the new adapter
+        # with a session key of the old one. Queued ones are dropped, and the one a worker has taken
+        # (running, or about to take the encoder lock) ends first: the switch waits up to one encoder call.
+        workers = [held.precompute for _, held in self._sessions.values() if held.precompute]
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
+            worker.wait_idle()
+        with self.engine.encoder_lock:  # an encoder call made in another thread meanwhile
             state = switcher.use(chosen)
         self._adapter_in_use[self.model_spec] = wanted
         return state

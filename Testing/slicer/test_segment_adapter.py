@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,37 @@ def test_auto_on_ct_uses_no_adapter(us_case, ct_volume) -> None:
     assert logic.adapter_for(ct_volume) is None
     assert logic.session(ct_volume).key[-1] == "base"  # the session activates the base model
     assert logic.active_adapter is None and logic.describe() == "model default"
+
+
+def test_an_adapter_switch_never_lets_queued_embeddings_run_under_the_new_adapter(
+    us_case, ct_volume, monkeypatch
+) -> None:
+    """CT slices queued in the background (base model) while the ultrasound volume switches the model to
+    us_hc18: each CT embedding is computed by the base model, none under the adapter."""
+    logic = us_case["logic"]
+    logic.adapter = "auto"
+    ct = logic.session(ct_volume)
+    assert logic.active_adapter is None
+    engine, switcher = logic.engine, logic._switchers[logic.model_spec]
+    embed, entered, release, calls = engine.embed, threading.Event(), threading.Event(), []
+
+    def recording(rgb):  # the first call (a CT slice on the worker) is held until released
+        calls.append((rgb.shape[:2], switcher.active))
+        entered.set()
+        assert release.wait(300)
+        return embed(rgb)
+
+    monkeypatch.setattr(engine, "embed", recording)
+    ct.focus(0, 10)
+    assert entered.wait(300) and len(ct.precompute.queued) == 4
+    with ThreadPoolExecutor(1) as other:
+        switched = other.submit(logic.session, us_case["volume"])  # activates us_hc18
+        release.set()
+        us = switched.result(300)
+    assert logic.active_adapter == "us_hc18" and us.key[-1] != "base"
+    ct_calls = [active for shape, active in calls if shape == ct.slice_shape(0)]
+    assert ct_calls and set(ct_calls) == {None}  # every CT slice by the base model
+    assert ct.precompute.queued == ()
 
 
 def _install_copy(logic, name: str, **metadata) -> Path:
