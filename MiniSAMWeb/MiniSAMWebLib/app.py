@@ -29,7 +29,8 @@ from minisam.modality import PRESET_CHOICES  # noqa: E402
 from minisam.model_loader import PACKAGED_MODELS  # noqa: E402
 from minisam.runtime import RUNTIMES  # noqa: E402
 
-from .controller import SessionReport, WebSegmentation  # noqa: E402
+from .controller import WebSegmentation  # noqa: E402
+from .report import SessionReport  # noqa: E402
 
 __all__ = ["MiniSAMWebApp"]
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,54 +32,13 @@ from minisam.propagation import PropagationSettings
 
 from .editor_bridge import TrameSegmentEditor
 from .effect import MiniSAMEffect
+from .report import PromptReport, SessionReport
 
-__all__ = ["PromptReport", "SessionReport", "WebSegmentation"]
+__all__ = ["WebSegmentation"]
 
 T = TypeVar("T")
 LOG = logging.getLogger("minisam.web")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
-
-
-@dataclass
-class PromptReport:
-    """Where the last prompt landed and what it gave, as the server saw it."""
-
-    kind: str  # "positive", "negative" or "box"
-    ras: list[list[float]]  # the gesture's points in world RAS
-    ijk: list[list[float]]  # ... as continuous voxel indices of the volume
-    axis: int  # numpy axis of the (Z, Y, X) array the slice is taken along
-    slice: int  # the slice index along it
-    score: float  # predicted IoU of the mask written
-    voxels: int  # voxels of the mask on that slice
-
-
-@dataclass
-class SessionReport:
-    """What the UI shows and the end-to-end tests poll."""
-
-    volume: str = ""
-    ijk_to_ras: list[list[float]] = field(
-        default_factory=list
-    )  # the volume's voxel-to-world matrix
-    segments: list[dict] = field(default_factory=list)  # [{"id", "name", "color", "voxels"}]
-    segment_id: str = ""
-    busy: str = ""  # what runs now ("" when idle)
-    status: str = "Load a volume."
-    error: str = ""  # the last action's one-line error ("" when it succeeded)
-    prompt: dict | None = None  # asdict(PromptReport) of the last prompt
-    progress: list[int] = field(default_factory=lambda: [0, 0])  # propagation (done, total)
-    segment_voxels: int = 0  # voxels in the selected segment
-    can_undo: bool = False
-    can_redo: bool = False
-    saved: str = ""  # path of the last saved file
-    model: str = ""  # what segments: the model spec, the adapter choice, the intensity preset, and
-    adapter: str = ""  # where the image encoder runs
-    modality: str = ""
-    runtime: str = ""
-    adapters: list[str] = field(
-        default_factory=list
-    )  # the adapter library's adapters for the model
-    actions: int = 0  # finished actions, successful or not (tests wait for it to move)
 
 
 class WebSegmentation:
@@ -134,6 +93,7 @@ class WebSegmentation:
         # the page edits one volume at a time: the previous one's prompts (and their markups) go
         self.logic.clear_prompts(self.app.scene)
         self._last_edit = None
+        previous = self.volume_node, self.segmentation_node
         self.volume_node = node
         self.app.display_manager.show_volume_in_slice_background(node)
         self.app.display_manager.show_volume_in_slice_foreground(None)
@@ -143,6 +103,7 @@ class WebSegmentation:
         self.editor.set_active_segmentation(self.segmentation_node, node)
         self.add_segment()
         self.undo_stack.clear()  # adding the first segment is not an edit to undo
+        self._release(*previous)
         self.report.volume = node.GetName()
         matrix = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(matrix)
@@ -150,6 +111,14 @@ class WebSegmentation:
         self.report.prompt = None
         self._finish(f"Loaded {node.GetName()}: click on a structure or drag a box.")
         return node
+
+    def _release(self, volume_node, segmentation_node) -> None:
+        """Remove a volume that is not edited any more and its segmentation (and the logic's copy)."""
+        if volume_node is not None:
+            self.logic.forget(volume_node)
+        for node in (segmentation_node, volume_node):
+            if node is not None and node.GetScene() is self.app.scene:
+                self.app.scene.RemoveNode(node)
 
     def add_segment(self, name: str = "") -> str:
         """A new empty segment, selected, with the MiniSAM effect active."""

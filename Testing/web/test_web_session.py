@@ -331,6 +331,10 @@ def test_a_dicom_series_folder_loads_and_segments(views: Views, shared_data: Pat
     session = views.session
     node = views.load(shared_data / "totalsegmentator_example" / "example_ct_dicom")
     assert node.GetAttribute("DICOM.Modality") == "CT"
+    scene = views.app.scene  # the volumes loaded before (and their segmentations) were released
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert set(session.logic.held_volume_ids()) <= {node.GetID()}
     dims = node.GetImageData().GetDimensions()
     views.click("Axial", ((dims[0] - 1) / 2, (dims[1] - 1) / 2, (dims[2] - 1) // 2))
     assert session.report.error == "" and session.report.prompt["axis"] == 0
