@@ -63,6 +63,7 @@ class MiniSAMWebApp:
         self.state.save_name = "segmentation.seg.nrrd"
         self.state.change("upload")(self._on_upload)
         self.state.change("selected_segment")(self._on_segment_selected)
+        self.state.change("selected_volume")(self._on_volume_selected)
         models = list(PACKAGED_MODELS)
         if logic.model_spec not in models:  # a checkpoint given with --model
             models.append(logic.model_spec)
@@ -83,6 +84,7 @@ class MiniSAMWebApp:
         with self.state:
             self.state.minisam = asdict(report)
             self.state.selected_segment = report.segment_id
+            self.state.selected_volume = report.volume_id
             self.state.chosen_model = report.model
             self.state.chosen_adapter = report.adapter
             self.state.chosen_modality = report.modality
@@ -154,6 +156,10 @@ class MiniSAMWebApp:
         if selected_segment and selected_segment != self.session.report.segment_id:
             self._guarded(self.session.select_segment, selected_segment)
 
+    def _on_volume_selected(self, selected_volume=None, **_) -> None:
+        if selected_volume and selected_volume != self.session.report.volume_id:
+            self._guarded(self.session.show_volume, selected_volume)
+
     def add_segment(self) -> None:
         self._guarded(self.session.add_segment)
 
@@ -196,6 +202,15 @@ class MiniSAMWebApp:
                         multiple=True,
                         density="compact",
                         id="minisam-upload",
+                    )
+                    v3.VSelect(
+                        v_model=("selected_volume", ""),
+                        items=("minisam.volumes",),
+                        item_title="name",
+                        item_value="id",
+                        label="Volume",
+                        density="compact",
+                        id="minisam-volume-select",
                     )
                     v3.VSelect(
                         v_model=("selected_segment", ""),

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 import vtk
+from MiniSAMSegmentLib import prompt_markups
 from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic, SliceEdit
 from MiniSAMSegmentLib.mrml_context import MRMLContext
 from MiniSAMSegmentLib.segment_io import segment_array, write_segmentation
@@ -78,6 +79,8 @@ class WebSegmentation:
         self.effect.set_shortcut_handler(self.on_shortcut)
         self._last_edit: SliceEdit | None = None  # the latest prompt's edit (its other candidates)
         self._markup_observations: list[tuple[object, int]] = []
+        # volume node ID -> (volume node, its segmentation node), in the order they were opened
+        self.open_volumes: dict[str, tuple[object, object]] = {}
         # No logic.observe_scene here: trame-slicer's undo restores a segmentation by DeepCopy, which
         # removes and re-adds its segments, and the logic would take that for a deleted segment and
         # forget its prompts. The app never deletes segments or volumes, so nothing is left stale.
@@ -85,40 +88,42 @@ class WebSegmentation:
     # -- volume and segments ---------------------------------------------------------------------------
 
     def load_volume(self, path: str | os.PathLike[str], name: str | None = None):
-        """Read a volume file or DICOM folder (as ``minisam segment`` reads it), show it in the slice views
-        and start an empty segmentation with one segment, the MiniSAM effect active; the previous
-        volume's prompts are forgotten."""
+        """Read a volume file or DICOM folder (as ``minisam segment`` reads it) with an empty
+        segmentation of one segment, and show it (:meth:`show_volume`)."""
         context = MRMLContext(scene=self.app.scene, volumes_logic=self.app.volumes_logic)
         node = context.load_volume(path, name)
-        # the page edits one volume at a time: the previous one's prompts (and their markups) go
-        self.logic.clear_prompts(self.app.scene)
+        segmentation = self.editor.create_empty_segmentation_node()
+        segmentation.SetName(f"{node.GetName()} MiniSAM")
+        self.open_volumes[node.GetID()] = (node, segmentation)
+        self.show_volume(node.GetID())
+        self.add_segment()
+        self.undo_stack.clear()  # adding the first segment is not an edit to undo
+        self._finish(f"Loaded {node.GetName()}: click on a structure or drag a box.")
+        return node
+
+    def show_volume(self, volume_id: str) -> None:
+        """Edit another open volume: the slice views show it, its segmentation and segments are the
+        editor's (undo starts afresh; each volume keeps its prompts, shown while it is)."""
+        if volume_id not in self.open_volumes:
+            raise InputError(f"volume {volume_id!r} is not open")
+        node, segmentation = self.open_volumes[volume_id]
+        prompt_markups.remove(self.app.scene)  # the markups of the volume shown until now
         self._last_edit = None
-        previous = self.volume_node, self.segmentation_node
-        self.volume_node = node
+        self.volume_node, self.segmentation_node = node, segmentation
         self.app.display_manager.show_volume_in_slice_background(node)
         self.app.display_manager.show_volume_in_slice_foreground(None)
         self.app.display_manager.reset_views()
-        self.segmentation_node = self.editor.create_empty_segmentation_node()
-        self.segmentation_node.SetName(f"{node.GetName()} MiniSAM")
-        self.editor.set_active_segmentation(self.segmentation_node, node)
-        self.add_segment()
-        self.undo_stack.clear()  # adding the first segment is not an edit to undo
-        self._release(*previous)
+        self.editor.set_active_segmentation(segmentation, node)
         self.report.volume = node.GetName()
         matrix = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(matrix)
         self.report.ijk_to_ras = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
         self.report.prompt = None
-        self._finish(f"Loaded {node.GetName()}: click on a structure or drag a box.")
-        return node
-
-    def _release(self, volume_node, segmentation_node) -> None:
-        """Remove a volume that is not edited any more and its segmentation (and the logic's copy)."""
-        if volume_node is not None:
-            self.logic.forget(volume_node)
-        for node in (segmentation_node, volume_node):
-            if node is not None and node.GetScene() is self.app.scene:
-                self.app.scene.RemoveNode(node)
+        if self.editor.n_segments:
+            self.select_segment(self.editor.get_nth_segment_id(0))
+        self.report.status = f"Showing {node.GetName()}."
+        self._show_prompts()
+        self._changed()
 
     def add_segment(self, name: str = "") -> str:
         """A new empty segment, selected, with the MiniSAM effect active."""
@@ -417,7 +422,6 @@ class WebSegmentation:
         segment_id = self.editor.active_segment_id
         if self.volume_node is None or not segment_id or self.report.busy:
             return
-        from MiniSAMSegmentLib import prompt_markups
         from MiniSAMSegmentLib.prompt_book import Owner
 
         volume, segmentation = self.volume_node, self.segmentation_node
@@ -455,6 +459,11 @@ class WebSegmentation:
         report.can_undo = self.undo_stack.can_undo()
         report.can_redo = self.undo_stack.can_redo()
         report.segment_id = self.editor.active_segment_id or ""
+        report.volumes = [
+            {"id": volume_id, "name": volume.GetName()}
+            for volume_id, (volume, _) in self.open_volumes.items()
+        ]
+        report.volume_id = self.volume_node.GetID() if self.volume_node is not None else ""
         counting = self.volume_node is not None and not report.busy
         report.segments = [
             {

@@ -24,7 +24,9 @@ class PromptReport:
 class SessionReport:
     """The session's state: volume, segments, the last prompt, what runs, the choices made."""
 
-    volume: str = ""
+    volume: str = ""  # the name of the volume shown and edited
+    volume_id: str = ""  # ... its node ID
+    volumes: list[dict] = field(default_factory=list)  # the open volumes: [{"id", "name"}]
     # the volume's voxel-to-world matrix
     ijk_to_ras: list[list[float]] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)  # [{"id", "name", "color", "voxels"}]

@@ -327,18 +327,34 @@ def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: V
     run(session.choose(modality="auto"))
 
 
-def test_a_dicom_series_folder_loads_and_segments(views: Views, shared_data: Path) -> None:
-    session = views.session
-    node = views.load(shared_data / "totalsegmentator_example" / "example_ct_dicom")
+def test_a_dicom_series_opens_beside_the_ct_and_each_keeps_its_segments(
+    loaded: Views, reference_labels, shared_data: Path
+) -> None:
+    session = loaded.session
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    ct = session.volume_node
+    ct_labels = session.segment_labels()
+    node = loaded.load(shared_data / "totalsegmentator_example" / "example_ct_dicom")
     assert node.GetAttribute("DICOM.Modality") == "CT"
-    scene = views.app.scene  # the volumes loaded before (and their segmentations) were released
-    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
-    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
-    assert set(session.logic.held_volume_ids()) <= {node.GetID()}
+    assert session.report.volume_id == node.GetID() and session.report.segment_voxels == 0
     dims = node.GetImageData().GetDimensions()
-    views.click("Axial", ((dims[0] - 1) / 2, (dims[1] - 1) / 2, (dims[2] - 1) // 2))
+    loaded.click("Axial", ((dims[0] - 1) / 2, (dims[1] - 1) / 2, (dims[2] - 1) // 2))
     assert session.report.error == "" and session.report.prompt["axis"] == 0
-    assert session.report.segment_voxels == session.report.prompt["voxels"]
+    assert session.report.segment_voxels == session.report.prompt["voxels"] > 0
+    opened = [v["id"] for v in session.report.volumes]
+    assert opened[-2:] == [ct.GetID(), node.GetID()]
+
+    session.show_volume(ct.GetID())  # back to the CT: its segment and its prompt markups
+    assert session.report.volume == ct.GetName() and session.report.volume_id == ct.GetID()
+    assert np.array_equal(session.segment_labels(), ct_labels)
+    from MiniSAMSegmentLib.prompt_markups import OWNER_ATTRIBUTE
+
+    points = loaded.app.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")
+    owners = {
+        points.GetItemAsObject(i).GetAttribute(OWNER_ATTRIBUTE)
+        for i in range(points.GetNumberOfItems())
+    }
+    assert len(owners) == 1 and next(iter(owners)).startswith(ct.GetID() + "|")
 
 
 def test_prompts_show_as_markups_and_dragging_one_segments_again(
