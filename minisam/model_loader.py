@@ -12,11 +12,13 @@ from minisam.errors import ModelError
 from minisam.model_config import PRESETS, build_sam
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "pretrained"
-DEFAULT_MODEL = PACKAGE_WEIGHTS / "minisam_default.safetensors"
+# The embedded default: LiteMedSAM with its prompt path taught clicks (pretrained/MODEL_CARD.md says
+# why it, and not a distilled student, is the default).
+DEFAULT_MODEL = PACKAGE_WEIGHTS / "litemedsam_clicks.safetensors"
 # Models shipped inside the package, by name: they load offline, without a download.
 PACKAGED_MODELS = {
     "default": DEFAULT_MODEL,
-    "litemedsam-clicks": PACKAGE_WEIGHTS / "litemedsam_clicks.safetensors",
+    "litemedsam-clicks": DEFAULT_MODEL,
 }
 RANDOM_PREFIX = "random:"
 

@@ -16,10 +16,11 @@ Tasks (train and evaluation subjects disjoint):
 
 Configurations (``--config``, repeatable; all decoder-only: LoRA on the mask decoder's transformer
 trained on the frozen encoder's embeddings, computed once per slice, ``--targets none
---include-decoder``): ``lora`` on the fp32 base (the default), ``lora-int8`` / ``qlora`` on the INT8 /
-NF4 base, ``adalora-qat`` = AdaLoRA then its INT8 quantization-aware stage. Each picks its best epoch
-by the mean of box and one-click validation Dice and trains with box and click sessions (2
-corrective clicks).
+--include-decoder``): ``lora`` on the fp32 base (the default), ``lora-heads`` the same plus
+the decoder's output heads (hypernetwork MLPs and IoU head, ``--decoder-targets ...,heads``),
+``lora-int8`` / ``qlora`` on the INT8 / NF4 base, ``adalora-qat`` = AdaLoRA then its INT8
+quantization-aware stage. Each picks its best epoch by the mean of box and one-click validation Dice
+and trains with box and click sessions (2 corrective clicks).
 
 Scores: Dice at model-input resolution, exact bounding box (one mask) and one positive click at the
 most interior pixel (SAM's three masks, the best-rated kept: what a user gets), for the base model at
@@ -58,12 +59,14 @@ from minisam.training.manifest import (
 )
 from minisam.training.model_inputs import to_model_inputs
 
+HEADS = "q_proj,k_proj,v_proj,out_proj,heads"  # the attention and the output heads
 CONFIGS = {
     "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8"],
+    "lora-heads": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", HEADS],
     "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8"],
     "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8"],
     "adalora-qat": ["--method", "adalora-qat", "--rank", "8"],
-}
+}  # fmt: skip
 COMMON = [
     "--targets", "none", "--include-decoder", "--validate-with", "both",
     "--correction-clicks", "2", "--lr", "1e-3", "--patience", "5", "--quiet",
@@ -164,6 +167,9 @@ def main() -> None:
     parser.add_argument("--config", action="append", choices=tuple(CONFIGS))
     parser.add_argument("--max-slices", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--box-probability", default="0.6", help="train-adapter's share of box-started sessions"
+    )
     parser.add_argument("--ship", type=Path, help="ship the first configuration's adapter here")
     args = parser.parse_args()
     configs = args.config or ["lora"]
@@ -184,7 +190,7 @@ def main() -> None:
             "--modality", args.task.split("_")[0].upper() if args.task != "brats" else "MR",
             "--name", adapter, "--model", args.model, "--out", str(out),
             "--overwrite", "--max-slices", str(args.max_slices), "--epochs", str(args.epochs),
-            *CONFIGS[name], *COMMON,
+            "--box-probability", args.box_probability, *CONFIGS[name], *COMMON,
         ]  # fmt: skip
         print(" ".join(command[2:]), flush=True)
         started = time.monotonic()
@@ -226,7 +232,8 @@ def main() -> None:
                 training_data=record,
                 metrics={
                     "heldout_eval": {
-                        k: {"box": v["box"], "click": v["click"]} for k, v in results.items()
+                        k: {"box": round(v["box"], 4), "click": round(v["click"], 4)}
+                        for k, v in results.items()
                     }
                 },
             )

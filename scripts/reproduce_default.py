@@ -1,9 +1,13 @@
-"""Reproduce the embedded default (v3) end to end, in miniature, on the project's data:
+"""Reproduce MiniSAM v3 end to end, in miniature, on the project's data: the 2 M-parameter model that
+was the embedded default until LiteMedSAM taught clicks replaced it, now the tests' small model
+(Testing/data/models, README there).
 
-    OMP_NUM_THREADS=2 python scripts/reproduce_default.py --data ../shared/data --work /tmp/minisam_v3
+    git show 4a90b78:minisam/pretrained/minisam_teacher_v1.safetensors > /tmp/teacher_v1.safetensors
+    OMP_NUM_THREADS=2 python scripts/reproduce_default.py --data ../shared/data --work /tmp/minisam_v3 \
+        --teacher /tmp/teacher_v1.safetensors
 
-1. teacher: v1, a 'small' SAM trained on every modality but ultrasound
-   (``minisam/pretrained/minisam_teacher_v1.safetensors``; ``--train-teacher`` retrains it with
+1. teacher: v1, a 'small' SAM trained on every modality but ultrasound (``--teacher``: it left the
+   package with v3 and is in the git history; ``--train-teacher`` retrains it with
    scripts/train_default.py: v0 from scratch, then v1 continued from it, about 75 min on 2 CPU cores);
 2. student: ``distill`` the teacher's encoder into the ``student`` preset (embedding MSE + cosine on
    the training images and ``--distill-views`` augmented views of each, teacher embeddings cached);
@@ -16,7 +20,7 @@
 5. the table: ``minisam evaluate`` of teacher, student, NF4 student, student + adapters on the
    committed manifests in docs/eval, written to docs/training/ (``--table-out``).
 
-``--install`` copies the student and the two QLoRA adapters into minisam/pretrained/. About
+``--install`` copies the student and the two QLoRA adapters into Testing/data/models/. About
 35 minutes on 2 CPU cores without --train-teacher (the script runs everything on the CPU).
 """
 
@@ -33,7 +37,6 @@ from pathlib import Path
 import torch
 
 from minisam.adapters.adapter_io import ship_adapter
-from minisam.model_loader import PACKAGE_WEIGHTS
 from minisam.training.base_trainer import TrainSettings, train_base
 from minisam.training.default_recipe import (
     LICENCES,
@@ -52,7 +55,7 @@ from minisam.training.manifest import write_manifest
 from minisam.training.model_inputs import to_model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v1.safetensors"
+INSTALL = ROOT / "Testing" / "data" / "models"
 EVAL_MANIFESTS = ("cxr_heldout.csv", "us_hc18.csv", "volumes.csv")
 
 
@@ -136,7 +139,7 @@ def main() -> None:
         help="distil on every axial slice of the training volumes, not only the labelled ones",
     )
     parser.add_argument(
-        "--teacher", type=Path, default=TEACHER, help="the teacher checkpoint (default: shipped)"
+        "--teacher", type=Path, help="the teacher checkpoint (see above; or --train-teacher)"
     )
     parser.add_argument("--name", default="minisam-default-v3", help="the student's card name")
     parser.add_argument(
@@ -144,9 +147,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-teacher", action="store_true")
-    parser.add_argument("--install", action="store_true", help="ship into minisam/pretrained/")
+    parser.add_argument("--install", action="store_true", help="install into Testing/data/models/")
     parser.add_argument("--table-out", type=Path, default=ROOT / "docs" / "training")
     args = parser.parse_args()
+    if args.teacher is None and not args.train_teacher:
+        parser.error("give --teacher FILE (see the docstring) or --train-teacher")
     args.data = args.data.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -170,20 +175,21 @@ def main() -> None:
     for method, name in (("lora", "us_hc18"), ("adalora-qat", "us_hc18_qat")):
         work = args.work / name
         shipped = args.install and method == "lora"  # the QAT adapter is for the table only
-        ship = ["--ship", str(PACKAGE_WEIGHTS / "adapters" / name)] if shipped else []
+        ship = ["--ship", str(INSTALL / "adapters" / name)] if shipped else []
         run([python, "scripts/train_us_adapter.py", "--data", str(args.data), "--work", str(work),
              "--model", str(student), "--method", method, "--name", name, "--include-decoder",
+             "--base-name", "minisam_v3",
              "--epochs", "40", *ship])  # fmt: skip
         adapters[name] = work / name
         times[f"{name}_minutes"] = json.loads((work / "results.json").read_text())["train_minutes"]
     adapters["xray_cxr"], times["xray_cxr_minutes"] = train_xray_adapter(args, student)
     (args.work / "times.json").write_text(json.dumps(times, indent=1))
     if args.install:
-        shutil.copy(student, PACKAGE_WEIGHTS / "minisam_default.safetensors")
+        shutil.copy(student, INSTALL / "minisam_v3.safetensors")
         ship_adapter(
             adapters["xray_cxr"],
-            PACKAGE_WEIGHTS / "adapters" / "xray_cxr",
-            "default",
+            INSTALL / "adapters" / "xray_cxr",
+            "minisam_v3",
             training_data={
                 "dataset": "Montgomery County chest X-rays, lungs (77 training cases)",
                 "licence": LICENCES["cxr_montgomery"],

@@ -7,7 +7,8 @@
         --name minisam-teacher-v1 --epochs 6 --lr 1e-4 --max-minutes 45 --out teacher_v1.safetensors
 
 CPU (2 cores): about 50 and 25 minutes. With ``--init`` the checkpoint is only written when it
-validates better than the starting weights. See minisam/pretrained/MODEL_CARD.md.
+validates better than the starting weights. See Testing/data/models/README.md (MiniSAM v3, the
+default until LiteMedSAM taught clicks replaced it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument(
-        "--out", type=Path, default=Path("minisam/pretrained/minisam_default.safetensors")
+        "--out", type=Path, required=True, help="checkpoint to write"
     )
     parser.add_argument("--arch", default="small")
     parser.add_argument("--epochs", type=int, default=20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,30 @@ def test_default_targets_are_the_encoder_attention_only() -> None:
     with_decoder = target_module_names(sam, LORA_DECODER)
     decoder = [n for n in with_decoder if n.startswith("mask_decoder.")]
     assert with_decoder[:4] == expected and len(decoder) == 16  # 4 attention blocks x q/k/v/out
+
+
+def test_decoder_heads_target_the_output_hypernetworks_and_iou_head_and_change_the_mask() -> None:
+    sam = _base()
+    heads = AdapterSpec(
+        rank=2, alpha=4, target_modules=(), include_decoder=True, decoder_target_modules=("heads",)
+    )
+    names = target_module_names(sam, heads)
+    layers = sam.mask_decoder.num_mask_tokens * 3 + sam.mask_decoder.iou_prediction_head.num_layers
+    assert len(names) == layers and all(
+        n.startswith(
+            ("mask_decoder.output_hypernetworks_mlps.", "mask_decoder.iou_prediction_head.")
+        )
+        for n in names
+    )
+    both = replace(heads, decoder_target_modules=("q_proj", "heads"))
+    assert set(names) < set(target_module_names(sam, both))
+    before = _outputs(sam)
+    model = _adapter(heads, "us", seed=1)
+    after = _outputs(model)
+    with torch.inference_mode():
+        size = sam.image_encoder(torch.zeros(1, 3, TINY.image_size, TINY.image_size)).numel()
+    assert torch.equal(before[:size], after[:size])  # the encoder is untouched
+    assert not torch.allclose(before[size:], after[size:])  # the mask and IoU change
 
 
 @pytest.mark.parametrize("spec", [LORA, LORA_DECODER, ADALORA], ids=["lora", "lora+dec", "adalora"])
@@ -465,8 +490,8 @@ def test_shipped_adapter_readme_is_our_model_card() -> None:
     meta = read_metadata(BUILTIN_ROOT / "us_hc18")
     assert "[More Information Needed]" not in card and meta.base_hash in card
     assert meta.base_hash == load_model("default").base_hash()  # made for the shipped default
-    held_out = meta.metrics["heldout_eval"]["mean_dice"]["adapter on nf4 base"]
-    assert "HC18" in card and "CC BY 4.0" in card and f"adapter on nf4 base {held_out}" in card
+    click = meta.metrics["heldout_eval"]["lora-heads on fp32 base"]["click"]
+    assert "HC18" in card and "CC BY 4.0" in card and f"click {click}" in card
 
 
 def test_bad_names_and_specs_are_refused() -> None:

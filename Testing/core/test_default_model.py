@@ -1,31 +1,33 @@
-"""The embedded default model: it loads, says what trained it, segments held-out chest X-rays, and the
-README's main job works exactly as written."""
+"""The embedded default model (LiteMedSAM taught clicks): it loads offline, says what trained it,
+segments held-out images from a box and from one click, and the README's main job works as written."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from minisam.checkpoints import weights_hash
+from minisam.cli.main import main
 from minisam.engine import SamEngine
 from minisam.imageio import read_image
 from minisam.intensity import normalize_intensity, to_rgb
 from minisam.metrics import dice
-from minisam.model_config import count_parameters
-from minisam.model_loader import DEFAULT_MODEL, PACKAGE_WEIGHTS, load_model
-from minisam.prompts import Prompt, mask_bounding_box
+from minisam.model_loader import DEFAULT_MODEL, PACKAGE_WEIGHTS, PACKAGED_MODELS, load_model
+from minisam.prompts import Prompt, interior_point, mask_bounding_box
 from minisam.training.default_recipe import VALIDATION_CXR_EVERY
 from minisam.training.slice_samples import read_mask_2d
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+MODEL_CARD = PACKAGE_WEIGHTS / "MODEL_CARD.md"
 CXR = "cxr_lung_montgomery_shenzhen"
-TEACHER = PACKAGE_WEIGHTS / "minisam_teacher_v1.safetensors"
+# The first case of docs/eval/us_hc18.csv: a subject no training run of the package saw.
+HELD_OUT_HEAD = "022_HC"
 
 
 def _held_out_cxr(shared_data: Path) -> list[Path]:
@@ -33,40 +35,81 @@ def _held_out_cxr(shared_data: Path) -> list[Path]:
     return images[::VALIDATION_CXR_EVERY]
 
 
-def test_default_model_card_names_data_and_licences() -> None:
-    loaded = load_model("default")
+@cache
+def _engine(model: str) -> SamEngine:
+    loaded = load_model(model)
+    return SamEngine(loaded.sam, loaded.config)
+
+
+def test_default_is_litemedsam_taught_clicks_and_its_card_names_data_and_licences() -> None:
+    assert PACKAGED_MODELS["default"] == PACKAGED_MODELS["litemedsam-clicks"] == DEFAULT_MODEL
     assert DEFAULT_MODEL.stat().st_size < 60e6
-    card = loaded.card
-    assert card["trained"] is True and card["name"].startswith("minisam-default")
-    assert "cxr_montgomery" in card["datasets"]
-    # Non-commercial sets and the held-out modality stay out of the shipped weights.
+    card = load_model("default").card
+    assert "lite_medsam.pth" in card["derived_from"] and "Apache-2.0" in card["derived_from"]
+    assert "scripts/train_click_decoder.py" in MODEL_CARD.read_text()
+    licences = card["data_licences"]
+    assert {"cxr_montgomery", "hc18_fetal_head_us"} <= set(licences)
+    assert all(len(text) > 20 for text in licences.values())
+    # Non-commercial and research-only sets stay out of the shipped weights.
     assert not any(
-        word in str(card["datasets"]).lower() for word in ("shenzhen", "ham10000", "hc18")
+        word in str(licences).lower() for word in ("shenzhen", "ham10000", "brats", "kvasir")
     )
-    assert all(len(text) > 20 for text in card["datasets"].values())
-    assert "scripts/reproduce_default.py" in card["command"]
 
 
-def test_default_is_a_student_distilled_from_the_shipped_teacher() -> None:
-    student, teacher = load_model("default"), load_model(str(TEACHER))
-    assert student.card["teacher_hash"] == weights_hash(teacher.sam)
-    assert "scripts/train_default.py" in teacher.card["command"]
-    assert count_parameters(student.sam.image_encoder) < 0.5 * count_parameters(
-        teacher.sam.image_encoder
-    )
-    # It keeps the teacher's prompt encoder and mask decoder (distillation trains the encoder only).
-    for part in ("prompt_encoder", "mask_decoder"):
-        mine, theirs = (
-            getattr(student.sam, part).state_dict(),
-            getattr(teacher.sam, part).state_dict(),
+def test_the_default_keeps_litemedsams_encoder() -> None:
+    tuned = load_model("default")
+    upstream = load_model("litemedsam")
+    assert tuned.config == upstream.config
+    for key, value in upstream.sam.image_encoder.state_dict().items():
+        assert torch.equal(tuned.sam.image_encoder.state_dict()[key], value), key
+    changed = [
+        k
+        for k, v in upstream.sam.mask_decoder.state_dict().items()
+        if not torch.equal(v, tuned.sam.mask_decoder.state_dict()[k])
+    ]
+    assert changed  # the prompt path is the tuned one
+
+
+def test_one_click_segments_a_held_out_fetal_head(shared_data: Path) -> None:
+    root = shared_data / "hc18_fetal_head_us"
+    image = read_image(root / "images" / f"{HELD_OUT_HEAD}.png")
+    truth = read_mask_2d(root / "masks_filled" / f"{HELD_OUT_HEAD}_mask.png")
+    rgb = to_rgb(normalize_intensity(image.array, "us"))
+    click = Prompt(points=interior_point(truth)[None], labels=np.array([1]))
+    box = Prompt(box=mask_bounding_box(truth).astype(np.float64))
+    scores = {}
+    for model in ("litemedsam", "default"):
+        engine = _engine(model)
+        embedding = engine.embed(rgb)
+        scores[model] = (
+            dice(engine.predict(embedding, click).mask, truth),
+            dice(engine.predict(embedding, box).mask, truth),
         )
-        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    # LiteMedSAM was trained with boxes only: a click finds nothing. Measured on this head (one of
+    # the harder ones of the 20 held-out, docs/eval/clicks_one_click): 0.003 -> 0.51.
+    assert scores["litemedsam"][0] < 0.05, scores
+    assert scores["default"][0] > 0.45, scores
+    # boxes still work (on this head 0.899 -> 0.883; over the 20 held-out heads 0.948 -> 0.960)
+    assert scores["default"][1] > 0.85, scores
 
 
-def test_student_keeps_95_percent_of_the_teachers_lung_dice(shared_data: Path) -> None:
-    teacher = np.mean(_held_out_lung_dice(load_model(str(TEACHER)), shared_data))
-    student = np.mean(_held_out_lung_dice(load_model("default"), shared_data))
-    assert student >= 0.95 * teacher, (student, teacher)
+def test_segment_offline_with_an_empty_cache(
+    shared_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MINISAM_CACHE", str(tmp_path / "empty-cache"))  # nothing to fetch from
+    image = shared_data / "hc18_fetal_head_us" / "images" / f"{HELD_OUT_HEAD}.png"
+    truth = read_mask_2d(
+        shared_data / "hc18_fetal_head_us" / "masks_filled" / f"{HELD_OUT_HEAD}_mask.png"
+    )
+    x, y = (str(int(v)) for v in interior_point(truth))
+    out = tmp_path / "head.png"
+    # --runtime torch: an OpenVINO export into the empty cache would add ~30 s here; the runtimes
+    # have their own tests (test_encoder_runtime.py)
+    args = ["segment", str(image), "--point", x, y, "--output", str(out), "--quiet",
+            "--runtime", "torch"]  # fmt: skip
+    assert main(args) == 0
+    assert dice(read_mask_2d(out, threshold=0), truth) > 0.45
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
 
 
 def _held_out_lung_dice(loaded, shared_data: Path) -> list[float]:
@@ -87,8 +130,9 @@ def _held_out_lung_dice(loaded, shared_data: Path) -> list[float]:
 def test_default_model_segments_held_out_lungs_from_a_box(shared_data: Path) -> None:
     scores = _held_out_lung_dice(load_model("default"), shared_data)
     assert len(scores) >= 20
-    assert np.mean(scores) > 0.85, scores
-    assert np.min(scores) > 0.6, scores
+    # measured (the 3-epoch click tuning): mean 0.95 over the 22 lungs
+    assert np.mean(scores) > 0.9, scores
+    assert np.min(scores) > 0.75, scores
 
 
 def _readme_main_job() -> list[str]:
@@ -146,8 +190,6 @@ def test_default_model_propagates_the_liver_from_one_box(shared_data: Path, tmp_
 
 
 def test_quantized_default_agrees_with_fp32(shared_data: Path, tmp_path: Path, capsys) -> None:
-    from minisam.cli.main import main
-
     image = str(_held_out_cxr(shared_data)[0])
     box = ["--box", "85", "55", "260", "370"]
     masks = {}
@@ -156,8 +198,10 @@ def test_quantized_default_agrees_with_fp32(shared_data: Path, tmp_path: Path, c
         assert main(["segment", image, *box, "--quant", quant, "--output", str(out)]) == 0
         masks[quant] = read_image(out).array > 127
     assert "(nf4)" in capsys.readouterr().out
-    assert dice(masks["nf4"], masks["fp32"]) > 0.95
+    # INT8 keeps LiteMedSAM's TinyViT encoder; NF4 damages it (here 0.83 agreement with fp32; box Dice
+    # on held-out HC18 0.952 -> 0.842, docs/eval), so the shipped adapters train on the fp32 base
     assert dice(masks["int8"], masks["fp32"]) > 0.95
+    assert 0.7 < dice(masks["nf4"], masks["fp32"]) < dice(masks["int8"], masks["fp32"])
     bad = tmp_path / "bad.png"
     assert main(["segment", image, *box, "--quant", "int3", "--output", str(bad)]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,6 +1,8 @@
 """Encoder runtimes (minisam.runtime): numerics against torch, the export cache, adapters, choices.
 
-openvino, onnx and onnxruntime are installed with the test extra, so nothing here is skipped.
+openvino, onnx and onnxruntime are installed with the test extra, so nothing here is skipped. The
+mechanics run on the small test model (exports in seconds); the embedded default's own export is checked
+against torch once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_files import SMALL_MODEL
 from PIL import Image
 
 from minisam.adapters import AdapterSwitcher
@@ -40,7 +43,7 @@ def cache(exports: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model("default")
+    return load_model(SMALL_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,16 @@ def test_runtime_matches_torch(cache, model, image, runtime, precision, toleranc
     prompt = Prompt(box=box)
     a, b = reference.predict(expected, prompt).mask, engine.predict(got, prompt).mask
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
+
+
+def test_the_defaults_openvino_export_matches_torch(cache, image) -> None:
+    """What ``--runtime auto`` runs on a CPU for the embedded default: f32, exact to 1e-4."""
+    default = load_model("default")
+    reference = SamEngine(default.sam, default.config)
+    engine = SamEngine(default.sam, default.config, runtime="auto")
+    assert engine.encoder.describe() == "openvino (f32)"
+    expected, got = reference.embed(image), engine.embed(image)
+    assert _relative_error(got.features, expected.features) < 1e-4
 
 
 def test_export_is_cached_and_a_corrupt_one_rebuilt(cache, model, image, monkeypatch) -> None:
@@ -129,8 +142,24 @@ def test_onnxruntime_export_is_cached(cache, model, monkeypatch) -> None:
     assert len(calls) <= 1
 
 
-def test_encoder_adapter_runs_in_torch(cache, image) -> None:
-    loaded = load_model("default")
+def _encoder_adapter(folder: Path) -> Path:
+    """An encoder LoRA adapter for the small model, with non-zero weights (peft starts B at 0)."""
+    from minisam.adapters import AdapterSpec, attach_adapter, save_adapter
+    from minisam.adapters.lora import adapter_parameters
+
+    loaded = load_model(SMALL_MODEL)
+    base_hash = loaded.base_hash()
+    peft_model = attach_adapter(loaded.sam, AdapterSpec(rank=2, alpha=4), "enc")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in adapter_parameters(peft_model, "enc").values():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    metadata = {"modality": "CT", "base_hash": base_hash, "base_model": SMALL_MODEL}
+    return save_adapter(peft_model, "enc", folder, metadata)
+
+
+def test_encoder_adapter_runs_in_torch(cache, image, tmp_path: Path) -> None:
+    loaded = load_model(SMALL_MODEL)
     base_hash = encoder_hash(loaded.sam.image_encoder)
     switcher = AdapterSwitcher(loaded)
     engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
@@ -138,7 +167,8 @@ def test_encoder_adapter_runs_in_torch(cache, image) -> None:
     base = engine.embed(image).features
     assert engine.encoder.torch_calls == 0
 
-    switcher.use(resolve_adapter("us_hc18", loaded.base_hash()))  # LoRA on the encoder
+    folder = _encoder_adapter(tmp_path / "enc")
+    switcher.use(resolve_adapter(str(folder), loaded.base_hash()))  # LoRA on the encoder
     assert encoder_hash(loaded.sam.image_encoder) == base_hash  # adapters are not in the key
     adapted = engine.embed(image).features
     assert engine.encoder.torch_calls == 1
@@ -153,7 +183,7 @@ def test_encoder_adapter_runs_in_torch(cache, image) -> None:
 def test_decoder_only_adapter_keeps_the_export(cache, image) -> None:
     from minisam.adapters import AdapterSpec, attach_adapter
 
-    loaded = load_model("default")
+    loaded = load_model(SMALL_MODEL)
     attach_adapter(loaded.sam, AdapterSpec(target_modules=(), include_decoder=True), "decoder")
     engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
     engine.embed(image)

@@ -26,6 +26,10 @@ METHODS = ("lora", "adalora")
 # The encoder's attention projections, SAM's usual LoRA target (SAMed, MedSA, ...), in every family.
 ENCODER_TARGETS = vit.LORA_TARGETS
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Not a leaf name: the mask decoder's output heads (the hypernetwork MLPs that turn each output token into
+# mask weights, and the IoU head) — what maps a prompt's tokens to a mask, which a click-trained adapter needs.
+DECODER_HEADS = "heads"
+_HEADS_REGEX = r"mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.\d+"
 # Adapter names become nn.ModuleDict keys inside peft's layers (no dots) and folder names on disk.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # peft finds an adapter's tensors by this prefix; a name contained in it ("lora", "l") confuses loading.
@@ -57,7 +61,8 @@ class AdapterSpec:
         neck (also named ``proj``) are left alone; empty for a decoder-only adapter (then
         ``include_decoder`` must be set), which leaves the encoder's embeddings unchanged.
       include_decoder: also adapt the mask decoder transformer's attention projections.
-      decoder_target_modules: leaf names matched inside ``mask_decoder.transformer``.
+      decoder_target_modules: leaf names matched inside ``mask_decoder.transformer``, and
+        ``"heads"`` (:data:`DECODER_HEADS`) for the decoder's output hypernetworks and IoU head.
       init_r, target_r, tinit, tfinal, deltaT, total_step, orth_reg_weight: AdaLoRA's schedule, see
         ``peft.AdaLoraConfig``; ``total_step`` (the number of optimiser steps) is required for AdaLoRA.
       encoder_family: the base model's encoder family (:mod:`minisam.encoders`); set from the model by
@@ -116,9 +121,12 @@ class AdapterSpec:
         )
         if not self.include_decoder:
             return encoder
-        decoder = r"mask_decoder\.transformer\.(?:\w+\.)*(?:{})".format(
-            "|".join(map(re.escape, self.decoder_target_modules))
-        )
+        leaves = [n for n in self.decoder_target_modules if n != DECODER_HEADS]
+        transformer = r"mask_decoder\.transformer\.(?:\w+\.)*(?:{})"
+        parts = [transformer.format("|".join(map(re.escape, leaves)))] if leaves else []
+        if DECODER_HEADS in self.decoder_target_modules:
+            parts.append(_HEADS_REGEX)
+        decoder = "|".join(f"(?:{part})" for part in parts)
         if not self.target_modules:  # a decoder-only adapter: the encoder stays as it is
             return decoder
         return f"(?:{encoder})|(?:{decoder})"
@@ -329,7 +337,14 @@ def check_targets_exist(model: torch.nn.Module, spec: AdapterSpec) -> None:
     """ModelError unless every target leaf name of ``spec`` matches at least one linear of ``model``."""
     adapted = target_module_names(model, spec)
     leaves = spec.target_modules + (spec.decoder_target_modules if spec.include_decoder else ())
-    missing = [leaf for leaf in leaves if not any(n.endswith("." + leaf) for n in adapted)]
+    missing = [
+        leaf
+        for leaf in leaves
+        if not any(
+            "output_hypernetworks_mlps" in n if leaf == DECODER_HEADS else n.endswith("." + leaf)
+            for n in adapted
+        )
+    ]
     if missing:
         raise ModelError(
             f"adapter target(s) {', '.join(missing)} match no linear layer of this "

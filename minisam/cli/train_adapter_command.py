@@ -26,7 +26,7 @@ from minisam.modality import AUTO, family_for_dicom, preset_for_family
 # Attention (qkv, proj) and MLP linears: lin1/lin2 in a ViT, fc1/fc2 in a TinyViT (a name the model's
 # family lacks is refused when the adapter is attached).
 ENCODER_CHOICES = ("qkv", "proj", "lin1", "lin2", "fc1", "fc2")
-DECODER_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj", "lin1", "lin2")
+DECODER_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj", "lin1", "lin2", "heads")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -82,7 +82,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--decoder-targets",
         default=",".join(DECODER_CHOICES[:4]),
         help="with --include-decoder: mask-decoder transformer linears, comma-separated from "
-        f"{','.join(DECODER_CHOICES)} (default: %(default)s, the attention)",
+        f"{','.join(DECODER_CHOICES)} (default: %(default)s, the attention; heads = the output "
+        "hypernetworks and IoU head, which turn a click's tokens into a mask)",
     )
     add_optimisation_arguments(parser, epochs=20, batch_size=4, lr=1e-3, patience=4)
     parser.add_argument("--name", help="adapter name (default: <modality>_adapter)")

@@ -41,9 +41,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--modality", default="auto", help="intensity normalisation when a row has none"
     )
-    parser.add_argument(
-        "--box-probability", type=float, default=0.6, help="share of box prompts (else points)"
-    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_optimisation_arguments(parser, epochs=10, batch_size=8, lr=3e-4, patience=None)
     parser.add_argument("--out", required=True, metavar="FILE", help="checkpoint .safetensors")
@@ -53,8 +50,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
-    if not 0.0 <= args.box_probability <= 1.0:
-        raise InputError(f"--box-probability must be in [0, 1], not {args.box_probability}")
     check_checkpoint_out(args)
 
 
@@ -103,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
     loaded = _start_model(args)
     loaded.sam.to(device)
-    settings = settings_from_args(TrainSettings, args, box_probability=args.box_probability)
+    settings = settings_from_args(TrainSettings, args)
     card = {
         "name": out.stem,
         "start": args.init or f"random:{args.arch}",

@@ -78,6 +78,12 @@ def add_optimisation_arguments(
         help="corrective clicks per sample after its first prompt, as in SAM (default: 1)",
     )
     group.add_argument(
+        "--box-probability",
+        type=float,
+        default=0.6,
+        help="share of training sessions that start from a box (else from clicks; default: 0.6)",
+    )
+    group.add_argument(
         "--geometric-aug",
         type=float,
         default=0.5,
@@ -96,6 +102,8 @@ def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
         raise InputError(f"--correction-clicks must be >= 0, not {args.correction_clicks}")
     if not 0.0 <= args.geometric_aug <= 1.0:
         raise InputError(f"--geometric-aug must be in [0, 1], not {args.geometric_aug}")
+    if not 0.0 <= args.box_probability <= 1.0:
+        raise InputError(f"--box-probability must be in [0, 1], not {args.box_probability}")
     return settings_class(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -105,6 +113,7 @@ def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
         max_minutes=args.max_minutes,
         correction_clicks=args.correction_clicks,
         geometric_augmentation=args.geometric_aug,
+        box_probability=args.box_probability,
         **more,
     )
 

@@ -14,8 +14,9 @@ def split_cases(
 ) -> tuple[list, list]:
     """(train, val) by case: cases shuffled with ``seed``, at most ``max_slices`` slices in all.
 
-    A case's slices never land on both sides; a volume's slices are taken in random order so that
-    K slices spread over it.
+    A case's slices never land on both sides. The ``max_slices`` are dealt round-robin over the
+    shuffled cases (each volume's slices in random order), so K slices spread over as many cases as
+    there are, not over the first volume that has K annotated slices.
     """
     cases = sorted({s.case for s in samples})
     if len(cases) < 2:
@@ -30,13 +31,14 @@ def split_cases(
     for case in cases:
         group = [s for s in samples if s.case == case]
         by_case[case] = [group[i] for i in rng.permutation(len(group))]
-    chosen, count = [], 0
-    for case in order:
-        if max_slices is not None and count >= max_slices:
-            break
-        room = by_case[case] if max_slices is None else by_case[case][: max_slices - count]
-        chosen.append((case, room))
-        count += len(room)
+    taken = dict.fromkeys(order, 0)
+    budget = len(samples) if max_slices is None else max_slices
+    while budget:
+        for case in order:
+            if budget and taken[case] < len(by_case[case]):
+                taken[case] += 1
+                budget -= 1
+    chosen = [(case, by_case[case][: taken[case]]) for case in order if taken[case]]
     if len(chosen) < 2:
         raise InputError(
             f"--max-slices {max_slices} fits in one case; training and validation need two cases"
