@@ -341,7 +341,7 @@ def check_targets_exist(model: torch.nn.Module, spec: AdapterSpec) -> None:
         leaf
         for leaf in leaves
         if not any(
-            "output_hypernetworks_mlps" in n if leaf == DECODER_HEADS else n.endswith("." + leaf)
+            re.fullmatch(_HEADS_REGEX, n) if leaf == DECODER_HEADS else n.endswith("." + leaf)
             for n in adapted
         )
     ]
