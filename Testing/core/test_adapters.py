@@ -210,6 +210,36 @@ def test_adalora_after_rank_allocation_round_trips(tmp_path: Path) -> None:
     torch.testing.assert_close(_outputs(ours), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:The following rank_pattern keys:RuntimeWarning"
+)  # peft's own load
+def test_adalora_with_a_rank_0_layer_saves_quietly_and_round_trips(tmp_path: Path) -> None:
+    """AdaLoRA may prune a layer to rank 0; peft then warns of unsynchronised ZeRO-3 / FSDP shards (its
+    check of empty lora_A / lora_B), which is wrong here: the save must be silent and still load back."""
+    import warnings
+
+    model = _adapter(ADALORA, "mr", seed=5)
+    pattern = model.peft_config["mr"].rank_pattern = {}
+    for module_name, module in model.base_model.model.named_modules():
+        if hasattr(module, "lora_E") and "mr" in module.lora_E:
+            key = f"{module_name}.lora_E.mr"  # as AdaLoRA's budget names them
+            ranks = module.lora_E["mr"].shape[0]
+            pattern[key] = [False] * ranks if not pattern else [True] * ranks
+            if not any(pattern[key]):
+                with torch.no_grad():
+                    module.lora_E["mr"].zero_()  # what AdaLoRA's budget does to pruned ranks
+    assert any(not any(mask) for mask in pattern.values())
+    expected = _outputs(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = _save(model, "mr", tmp_path / "mr", modality="MR")
+    noise = [str(w.message) for w in caught if "invalid shape" in str(w.message)]
+    assert noise == []
+    assert 0 in {rank for _, _, rank in read_adapter(folder).layers.values()}
+    loaded = load_adapter(_base(), folder, BASE_HASH)
+    torch.testing.assert_close(_outputs(loaded), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("spec", [LORA_DECODER, ADALORA], ids=["lora+dec", "adalora"])
 def test_peft_loads_our_folder_with_its_own_api(spec: AdapterSpec, tmp_path: Path) -> None:
     folder = _save(_adapter(spec, "ct", seed=3), "ct", tmp_path / "ct")

@@ -10,11 +10,12 @@ import copy
 import json
 import os
 import shutil
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, PeftType
 
 from minisam.adapters.lora import AdapterSpec, check_adapter_name
 from minisam.adapters.metadata import (
@@ -32,6 +33,11 @@ from minisam.errors import ModelError, OutputError
 from minisam.modality import FAMILIES, family_for_dicom
 
 __all__ = ["save_adapter", "ship_adapter"]
+
+# peft (0.18+) warns at save when a lora_A / lora_B tensor is empty, blaming unsynchronised DeepSpeed
+# ZeRO-3 / FSDP shards; an AdaLoRA layer whose budget pruned every rank is legitimately empty, so for
+# AdaLoRA that one warning (a UserWarning subclass, PeftWarning) is silenced while saving.
+_EMPTY_RANK_WARNING = r"Adapter .*: \d+ LoRA tensor\(s\) have invalid shape"
 
 
 def save_adapter(
@@ -90,7 +96,10 @@ def _save_peft_files(model: PeftModel, name: str, tmp: Path) -> None:
     # AdaLoRA's state-dict hook rewrites config.rank_pattern in place; keep the live config intact.
     saved_pattern = copy.deepcopy(getattr(model.peft_config[name], "rank_pattern", None))
     try:
-        model.save_pretrained(str(staging), selected_adapters=[name])
+        with warnings.catch_warnings():
+            if model.peft_config[name].peft_type == PeftType.ADALORA:
+                warnings.filterwarnings("ignore", _EMPTY_RANK_WARNING, UserWarning)
+            model.save_pretrained(str(staging), selected_adapters=[name])
     finally:
         if hasattr(model.peft_config[name], "rank_pattern"):
             model.peft_config[name].rank_pattern = saved_pattern
