@@ -13,7 +13,6 @@ Two routes:
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from minisam.atomic import atomic_output
 from minisam.errors import InputError, OutputError
 
 from .volume_node import node_label, volume_arrays
@@ -373,7 +373,13 @@ def write_mask_to_segment(
 
 
 def write_segmentation(segmentation_node, path: str | os.PathLike[str]) -> Path:
-    """Write a ``.seg.nrrd`` through the segmentation storage node, atomically (temporary name, rename)."""
+    """Write a ``.seg.nrrd`` through the segmentation storage node, atomically
+    (:func:`minisam.atomic.atomic_output`: an existing file stays as it was unless the new one is
+    complete, and a failed write leaves no temporary file).
+
+    Raises:
+      OutputError: not a ``.seg.nrrd`` path, or the file cannot be written (one line).
+    """
     target = Path(path)
     if not target.name.lower().endswith(".seg.nrrd"):
         raise OutputError(f"segmentation output {target} must end with .seg.nrrd")
@@ -383,15 +389,19 @@ def write_segmentation(segmentation_node, path: str | os.PathLike[str]) -> Path:
         storage = segmentation_node.CreateDefaultStorageNode()
         scene.AddNode(storage)
         segmentation_node.SetAndObserveStorageNodeID(storage.GetID())
-    temporary = target.with_name(
-        f".{target.name[: -len('.seg.nrrd')]}.tmp-{secrets.token_hex(4)}.seg.nrrd"
-    )
-    storage.SetFileName(str(temporary))
+    previous = storage.GetFileName()
     try:
-        if not storage.WriteData(segmentation_node) or not temporary.is_file():
-            raise OutputError(f"the segmentation cannot be written to {target}")
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+        with atomic_output(target) as temporary:
+            storage.SetFileName(str(temporary))
+            if not storage.WriteData(segmentation_node) or temporary.stat().st_size == 0:
+                raise OutputError(f"the segmentation cannot be written to {target}")
+    except OSError as exc:
+        storage.SetFileName(previous)
+        raise OutputError(
+            f"the segmentation cannot be written to {target} ({exc.strerror or exc})"
+        ) from None
+    except BaseException:
+        storage.SetFileName(previous)
+        raise
     storage.SetFileName(str(target))
     return target

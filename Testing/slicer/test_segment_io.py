@@ -157,6 +157,30 @@ def test_write_segmentation_round_trip(context, segmentation, ct_volume, tmp_pat
         write_segmentation(segmentation, tmp_path / "out.nrrd")
 
 
+def test_write_segmentation_is_all_or_nothing(
+    segmentation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure at the final rename (a full disk) leaves the existing file as it was and no temporary,
+    through minisam.atomic's one implementation; the error is one line."""
+    import os
+
+    out = tmp_path / "out.seg.nrrd"
+    out.write_bytes(b"the user's earlier segmentation")
+    real_replace = os.replace
+
+    def full_disk(source, destination) -> None:
+        if Path(destination) == out and ".tmp-" in Path(source).name:
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr("minisam.atomic.os.replace", full_disk)
+    with pytest.raises(OutputError) as err:
+        write_segmentation(segmentation, out)
+    assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.seg.nrrd"]
+    assert out.read_bytes() == b"the user's earlier segmentation"
+
+
 def test_reads_and_writes_leave_no_nodes_behind(context, segmentation, ct_volume) -> None:
     """Each export / import goes through a temporary labelmap node, whose display and colour table nodes
     must go with it (MiniSAMTrain reads segments many times)."""
