@@ -11,6 +11,7 @@ array from SimpleITK is (Z, Y, X), so index axis i is array axis 2, j is 1 and k
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import permutations
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ __all__ = [
     "GRID_TOLERANCE",
     "MIN_ALIGNMENT",
     "VIEW_WORLD_AXIS",
+    "VoxelGrid",
     "grid_mismatch",
     "index_to_physical",
     "lps_to_ras",
@@ -253,18 +255,54 @@ def slice_axis_for(image: sitk.Image | MedicalImage, view: str | int | ArrayLike
     return slice_axis_from_direction(direction, view, space="LPS")
 
 
+@dataclass(frozen=True)
+class VoxelGrid:
+    """A voxel grid without voxels, for :func:`grid_mismatch` where there is no SimpleITK image (a
+    Slicer node, whose IJK-to-RAS matrix holds spacing, origin and direction in one).
+
+    Attributes:
+      size: voxels per index axis, x first.
+      spacing, origin: per index axis / per physical axis.
+      direction: the direction matrix, row-major (columns are the index axes' unit vectors).
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def from_matrix(cls, index_to_physical: ArrayLike, size: tuple[int, ...]) -> VoxelGrid:
+        """The grid of ``size`` voxels whose index ``ijk`` lies at ``index_to_physical @ (ijk, 1)``
+        (a 4x4 homogeneous matrix, e.g. Slicer's IJK-to-RAS)."""
+        matrix = np.asarray(index_to_physical, dtype=np.float64)
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        direction = matrix[:3, :3] / np.where(spacing > 0, spacing, 1.0)
+        return cls(
+            tuple(int(n) for n in size),
+            tuple(float(v) for v in spacing),
+            tuple(float(v) for v in matrix[:3, 3]),
+            tuple(float(v) for v in direction.ravel()),
+        )
+
+
 def _grid(item) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """Size, spacing, origin and direction of an image, a MedicalImage or a header-read file reader.
+    """Size, spacing, origin and direction of an image, a MedicalImage, a header-read file reader or
+    a :class:`VoxelGrid`.
 
     Trailing dimensions of size 1 are dropped (as :func:`minisam.imageio.read_image` does), so a
     one-slice volume compares equal to the 2D image it is read as.
     """
     ref = getattr(item, "image", item)
-    size = tuple(int(n) for n in ref.GetSize())
+    if isinstance(ref, VoxelGrid):
+        size, spacing, origin, direction = ref.size, ref.spacing, ref.origin, ref.direction
+    else:
+        size = tuple(int(n) for n in ref.GetSize())
+        spacing, origin, direction = ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection()
     dim = len(size)
-    spacing = np.asarray(ref.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(ref.GetOrigin(), dtype=np.float64)
-    direction = np.asarray(ref.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    origin = np.asarray(origin, dtype=np.float64)
+    direction = np.asarray(direction, dtype=np.float64).reshape(dim, dim)
     while dim > 2 and size[-1] == 1:
         dim -= 1
         size, spacing, origin = size[:dim], spacing[:dim], origin[:dim]
@@ -277,11 +315,12 @@ def grid_mismatch(reference, other, tolerance: float = GRID_TOLERANCE) -> str | 
 
     The one label-grid rule of ``train-adapter``, ``evaluate`` and MiniSAMTrain: a label map must lie
     on its image's grid (size, spacing, origin and direction within ``tolerance``), not merely have
-    its shape, or its voxels would label other anatomy.
+    its shape, or its voxels would label other anatomy. The commands refuse a mismatch; MiniSAMTrain
+    resamples such a segment onto the volume by physical position (as Slicer shows it) and says so.
 
     Arguments:
-      reference: the image; a ``sitk.Image``, a MedicalImage or a ``sitk.ImageFileReader`` after
-        ``ReadImageInformation`` (header only).
+      reference: the image; a ``sitk.Image``, a MedicalImage, a ``sitk.ImageFileReader`` after
+        ``ReadImageInformation`` (header only) or a :class:`VoxelGrid`.
       other: the label map, as any of those.
       tolerance: absolute and relative tolerance (:data:`GRID_TOLERANCE`).
 

@@ -34,6 +34,7 @@ from MiniSAMSegmentLib.volume_node import (
 )
 
 from minisam.errors import InputError
+from minisam.geometry import VoxelGrid, grid_mismatch
 from minisam.intensity import normalize_intensity
 from minisam.modality import (
     AUTO,
@@ -91,12 +92,15 @@ class AnnotatedSlices:
     """Where segments are drawn: for each segment ID, the slice indices along ``axis`` with foreground.
 
     Each (slice, segment) pair is one training sample; slices where a segment is not drawn are
-    unlabelled (the user did not annotate them), never negatives.
+    unlabelled (the user did not annotate them), never negatives. ``resampled``: segment ID -> how its
+    grid differs from the volume's (``minisam.geometry.grid_mismatch``), for the segments that were
+    resampled onto the volume's voxels.
     """
 
     axis: int
     by_segment: dict[str, tuple[int, ...]]
     names: dict[str, str] = field(default_factory=dict)
+    resampled: dict[str, str] = field(default_factory=dict)
 
     @property
     def slices(self) -> tuple[int, ...]:
@@ -112,17 +116,27 @@ class AnnotatedSlices:
         return len(self.slices)
 
     def describe(self) -> str:
-        """One line for the panel, e.g. '8 annotated K slices (9 samples: edema 8, core 1)'."""
+        """One line for the panel, e.g. '8 annotated K slices (9 samples: edema 8, core 1)', saying
+        which segments were resampled onto the volume's grid and why."""
         parts = ", ".join(f"{self.names.get(s, s)} {len(i)}" for s, i in self.by_segment.items())
         plural = "" if len(self) == 1 else "s"
-        return f"{len(self)} annotated {AXIS_NAMES[self.axis]} slice{plural} ({self.samples} samples: {parts})"
+        text = f"{len(self)} annotated {AXIS_NAMES[self.axis]} slice{plural} ({self.samples} samples: {parts})"
+        if self.resampled:
+            moved = ", ".join(f"'{self.names.get(s, s)}'" for s in self.resampled)
+            reason = next(iter(self.resampled.values()))
+            text += f"; {moved} resampled onto the volume's voxels (grid {reason})"
+        return text
 
 
 def annotated_slices(volumeNode, segmentationNode, segmentIds: Sequence[str], axis: int = 0):
     """The slices of ``volumeNode`` along numpy ``axis`` on which each segment is drawn.
 
-    The segments are resampled onto the volume's voxel grid (``segment_io.segment_array``), so a
-    segmentation on another grid of the same orientation works; the user's segmentation is only read.
+    Label grid rule: a segment whose voxel grid is the volume's (spacing, origin and direction within
+    ``minisam.geometry.GRID_TOLERANCE``, compared by ``grid_mismatch`` as ``train-adapter`` does) is
+    taken voxel for voxel; one on another grid (oversampled, drawn on another series, moved) is
+    resampled nearest-neighbour onto the volume by physical position, where Slicer shows it, and listed
+    in ``resampled`` with the difference (the panel and the adapter's source info say so). Oblique
+    slices and drawings outside the volume are refused. The user's segmentation is only read.
 
     Raises:
       InputError: no volume, a 4D or vector volume, no segmentation or segment, a segment drawn
@@ -173,49 +187,77 @@ def _read_segments(volume_node, segmentation_node, segment_ids, axis):
         raise InputError(
             f"select at least one segment of {node_label(segmentation_node)} to train on"
         )
-    masks, by_segment, names = {}, {}, {}
+    masks, by_segment, names, resampled = {}, {}, {}, {}
     for segment_id in ids:
         segment = segmentation.GetSegment(segment_id)
         if segment is None:
             raise InputError(f"segment {segment_id!r} is not in {node_label(segmentation_node)}")
         names[segment_id] = segment.GetName() or segment_id
         mask = segment_array(segmentation_node, segment_id, volume_node)
-        _check_geometry(volume_node, segmentation_node, segment_id, names[segment_id], axis, mask)
+        mismatch = _check_geometry(
+            volume_node, segmentation_node, segment_id, names[segment_id], axis, mask
+        )
+        if mismatch is not None:
+            resampled[segment_id] = mismatch
         masks[segment_id] = mask
         other = tuple(a for a in range(3) if a != axis)
         by_segment[segment_id] = tuple(int(i) for i in np.flatnonzero(mask.any(axis=other)))
-    return AnnotatedSlices(axis, by_segment, names), masks
+    return AnnotatedSlices(axis, by_segment, names, resampled), masks
 
 
-def _check_geometry(volume_node, segmentation_node, segment_id, name, axis, mask) -> None:
-    """A segment drawn on its own grid must land inside the volume, on slices parallel to its slices."""
+def _check_geometry(volume_node, segmentation_node, segment_id, name, axis, mask) -> str | None:
+    """A segment drawn on its own grid must land inside the volume, on slices parallel to its slices.
+
+    Returns:
+      how the segment's grid differs from the volume's (it was resampled), or None when it lies on it.
+    """
     grid = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
     if grid is None or grid.IsEmpty():
-        return  # nothing drawn, or a surface-only segment (no slices of its own)
+        return None  # nothing drawn, or a surface-only segment (no slices of its own)
     label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     drawn = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation_node, segment_id)
     if not (drawn == label).any():
-        return
+        return None
     where = f"segment '{name}' of {node_label(segmentation_node)}"
     if not mask.any():
         raise InputError(
             f"{where} lies outside volume {node_label(volume_node)}: the segmentation was drawn on "
             "another image; select the volume it was drawn on"
         )
-    segment_matrix = vtk.vtkMatrix4x4()
-    grid.GetImageToWorldMatrix(segment_matrix)
+    matrix = vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(matrix)
+    segment_matrix = slicer.util.arrayFromVTKMatrix(matrix)
     plane = np.zeros([n for a, n in enumerate(mask.shape) if a != axis], np.uint8)
     volume_image = labelmap_oriented_image(volume_node, plane, axis, 0, segmentation_node)
-    volume_matrix = vtk.vtkMatrix4x4()
-    volume_image.GetImageToWorldMatrix(volume_matrix)
-    normal = _plane_normals(slicer.util.arrayFromVTKMatrix(volume_matrix))[2 - axis]
-    cosines = np.abs(_plane_normals(slicer.util.arrayFromVTKMatrix(segment_matrix)) @ normal)
+    # the volume's grid in the segmentation's coordinates (their parent transforms)
+    volume_image.GetImageToWorldMatrix(matrix)
+    volume_matrix = slicer.util.arrayFromVTKMatrix(matrix)
+    normal = _plane_normals(volume_matrix)[2 - axis]
+    cosines = np.abs(_plane_normals(segment_matrix) @ normal)
     if cosines.max() < 1 - _ALIGNED:
         raise InputError(
             f"{where} is drawn on a grid that is not parallel to the {AXIS_NAMES[axis]} slices of "
             f"{node_label(volume_node)}: its slices would be cut obliquely; set the segmentation's "
             "geometry to the volume (Segment Editor, Specify geometry) or choose another slice axis"
         )
+    return _lattice_mismatch(volume_matrix, segment_matrix, grid.GetExtent())
+
+
+def _lattice_mismatch(volume_matrix: np.ndarray, segment_matrix: np.ndarray, extent) -> str | None:
+    """How the segment's voxel grid differs from the volume's (:func:`grid_mismatch`), or None.
+
+    A segment's labelmap covers only the drawn part of its grid (``extent``), so the grids are
+    compared there: the segment's first voxel against the volume voxel nearest to it, with the
+    segment's size; None means every segment voxel is a volume voxel.
+    """
+    start = np.array([extent[0], extent[2], extent[4], 1.0])
+    size = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
+    first = segment_matrix @ start
+    nearest = np.round(np.linalg.inv(volume_matrix) @ first)
+    segment, volume = segment_matrix.copy(), volume_matrix.copy()
+    segment[:3, 3] = first[:3]
+    volume[:3, 3] = (volume_matrix @ nearest)[:3]
+    return grid_mismatch(VoxelGrid.from_matrix(volume, size), VoxelGrid.from_matrix(segment, size))
 
 
 def _plane_normals(ijk_to_ras: np.ndarray) -> np.ndarray:
@@ -386,6 +428,7 @@ class MiniSAMTrainLogic:
             "annotated_slices": list(found.slices),
             "blocks": [block.name for block in blocks],
             "normalisation": norm,
+            "resampled": {found.names[s]: reason for s, reason in found.resampled.items()},
         }
         return TrainingPlan(
             name, family, model, quant, method, int(rank), bool(qat), int(epochs), int(batch_size),

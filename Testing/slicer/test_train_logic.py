@@ -398,6 +398,53 @@ def test_segmentation_on_another_geometry_is_refused_or_resampled(context, flair
     assert len(annotated_slices(flair, fine, [fine_id])) > 0
 
 
+def test_label_grid_is_compared_and_a_segment_on_another_grid_resampled_by_position(
+    context, flair, edema, tmp_path: Path
+) -> None:
+    """The label-grid rule of train-adapter (minisam.geometry.grid_mismatch): a segment of the same
+    shape on another origin, direction or spacing is not taken voxel for voxel but resampled onto the
+    volume where Slicer shows it, and the panel line and the adapter's source info say so."""
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    flair.GetIJKToRASMatrix(ijk_to_ras)
+    matrix = slicer.util.arrayFromVTKMatrix(ijk_to_ras)
+    labels = segment_array(edema, edema.edema_id, flair)
+
+    same = annotated_slices(flair, edema, [edema.edema_id])
+    assert same.slices == KEPT and same.resampled == {} and "resampled" not in same.describe()
+
+    def on_grid(grid: np.ndarray, voxels: np.ndarray, name: str):
+        volume = _other_grid(context, flair, grid)
+        segmentation = context.new_segmentation(volume, name)
+        return segmentation, write_mask_to_segment(segmentation, "", volume, voxels, mode="replace")
+
+    # Same shape, K axis reversed: the same anatomy, so the same slices (voxel for voxel: mirrored).
+    flipped = matrix.copy()
+    flipped[:3, 2] *= -1
+    flipped[:3, 3] = (matrix @ np.r_[0, 0, labels.shape[0] - 1, 1.0])[:3]
+    node, segment_id = on_grid(flipped, labels[::-1].copy(), "flipped")
+    found = annotated_slices(flair, node, [segment_id])
+    assert found.slices == KEPT
+    assert "direction" in found.resampled[segment_id]
+    assert "'MiniSAM' resampled onto the volume's voxels (grid direction" in found.describe()
+
+    # Same shape and voxels, origin 2.4 slices further along K: the drawing lies 2 slices higher.
+    moved = matrix.copy()
+    moved[:3, 3] += 2.4 * matrix[:3, 2]
+    node, segment_id = on_grid(moved, labels, "moved")
+    found = annotated_slices(flair, node, [segment_id])
+    assert found.slices == tuple(k + 2 for k in KEPT)
+    assert found.resampled[segment_id].startswith("origin (")
+    plan = MiniSAMTrainLogic().prepare(
+        flair, node, [segment_id], "MR", library_root=tmp_path, **TINY
+    )
+    assert plan.summary["resampled"] == {"MiniSAM": found.resampled[segment_id]}
+
+    finer = matrix.copy()
+    finer[:3, :3] /= 2  # the segmentation's grid oversampled by 2, as Segment Editor can
+    node, segment_id = on_grid(finer, labels, "finer")
+    assert annotated_slices(flair, node, [segment_id]).resampled[segment_id].startswith("spacing")
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
