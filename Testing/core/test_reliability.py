@@ -217,6 +217,19 @@ def test_a_short_payload_is_refused(capfd, tmp_path: Path, name: str) -> None:
     assert "truncated" in line or "cannot read" in line
 
 
+def test_a_short_bzip2_nrrd_payload_is_refused(capfd, tmp_path: Path) -> None:
+    """bzip2 data is decompressed as a stream and counted, as gzip is (README, Bad input)."""
+    import bz2
+
+    voxels = np.random.default_rng(2).integers(0, 30000, (12, 40, 40)).astype("<i2").tobytes()
+    header = "NRRD0004\ntype: short\ndimension: 3\nsizes: 40 40 12\nendian: little\n"
+    path = tmp_path / "short.nrrd"
+    path.write_bytes(f"{header}encoding: bzip2\n\n".encode() + bz2.compress(voxels[:20000]))
+    argv = ["segment", str(path), "--slice", "3", *BOX, "--output", str(tmp_path / "m.nii.gz")]
+    line = _refused(capfd, [*argv, *TINY], "short.nrrd", tmp_path)
+    assert "truncated" in line and "holds 20000" in line
+
+
 def test_a_short_detached_data_file_is_refused(capfd, tmp_path: Path) -> None:
     header = _volume(tmp_path / "v.mhd")
     _cut(tmp_path / "v.raw", 0.5)
@@ -224,7 +237,10 @@ def test_a_short_detached_data_file_is_refused(capfd, tmp_path: Path) -> None:
     _refused(capfd, [*argv, *TINY], "v.raw", tmp_path)
 
 
-def _dicom_series(folder: Path, count: int = 6, skip: int | None = None) -> Path:
+def _dicom_series(
+    folder: Path, count: int = 6, skip: int | None = None, smaller: int | None = None
+) -> Path:
+    """A CT series of ``count`` 40 x 40 slices; ``skip`` leaves one out, ``smaller`` crops one."""
     folder.mkdir()
     rng = np.random.default_rng(3)
     volume = sitk.GetImageFromArray(rng.integers(0, 1000, (count, 40, 40)).astype(np.int16))
@@ -234,7 +250,7 @@ def _dicom_series(folder: Path, count: int = 6, skip: int | None = None) -> Path
     for k in range(count):
         if k == skip:
             continue
-        plane = volume[:, :, k]
+        plane = volume[:, :, k] if k != smaller else volume[:30, :30, k]
         position = "\\".join(str(v) for v in volume.TransformIndexToPhysicalPoint((0, 0, k)))
         for tag, value in {
             "0008|0060": "CT",
@@ -263,6 +279,12 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(capfd, tmp_path: Path) -
     series = _dicom_series(tmp_path / "series", skip=3)
     argv = ["segment", str(series), "--slice", "2", *BOX, "--output", str(tmp_path / "m.nii.gz")]
     _refused(capfd, [*argv, *TINY], "missing slice", tmp_path)
+
+
+def test_a_dicom_series_with_a_slice_of_another_size_is_refused(capfd, tmp_path: Path) -> None:
+    series = _dicom_series(tmp_path / "series", smaller=4)
+    argv = ["segment", str(series), "--slice", "2", *BOX, "--output", str(tmp_path / "m.nii.gz")]
+    _refused(capfd, [*argv, *TINY], "slices of different sizes", tmp_path)
 
 
 def test_a_complete_dicom_series_still_reads(tmp_path: Path) -> None:
@@ -380,6 +402,39 @@ def test_train_adapter_refuses_labels_on_another_grid(capfd, tmp_path: Path, cha
     argv = ["train-adapter", "--manifest", str(manifest), "--modality", "CT", "--quiet"]
     line = _refused(capfd, [*argv, "--out", str(tmp_path / "adapter")], "not on the grid", tmp_path)
     assert next(iter(change)) in line
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"spacing": (1.0, 1.0, 3.0)},
+        {"origin": (0.0, 5.0, 0.0)},
+        {"direction": (0, 1, 0, 1, 0, 0, 0, 0, 1)},
+    ],
+)
+def test_evaluate_fails_a_case_whose_labels_are_on_another_grid(
+    capfd, tmp_path: Path, change: dict
+) -> None:
+    """evaluate goes on with the other cases: the case is not scored but listed as failed with the
+    reason (one line each on stderr, exit 1), as any unreadable case is."""
+    _volume(tmp_path / "img.nii.gz")
+    label = np.zeros((12, 40, 40), np.uint8)
+    label[:, 10:30, 10:30] = 1
+    image = sitk.GetImageFromArray(label)
+    for name, value in change.items():
+        getattr(image, f"Set{name.capitalize()}")(value)
+    sitk.WriteImage(image, str(tmp_path / "lab.nii.gz"), True)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
+    out = tmp_path / "report"
+    assert _run(["evaluate", "--manifest", str(manifest), "--out", str(out), *TINY]) == 1
+    err = capfd.readouterr().err
+    reason = f"label lab.nii.gz is not on the grid of image img.nii.gz: {next(iter(change))} ("
+    assert (
+        err.startswith(f"minisam evaluate: cases/img failed: {reason}") and "Traceback" not in err
+    )
+    (failed,) = json.loads((out / "summary.json").read_text())["failed"]
+    assert failed["error"].startswith(reason)
 
 
 def test_grid_mismatch_tolerance_is_stated_and_applied() -> None:
