@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from minisam.atomic import new_folders
+from minisam.atomic import atomic_output, new_folders
 from minisam.errors import ModelError
 
 # Seconds urlopen waits for a connection or for the next block of data: a dead mirror fails with a
@@ -229,18 +229,11 @@ def _write_sidecar(path: Path, sha256: str) -> None:
 
     Best effort: in a read-only shared cache the file is simply verified again next time.
     """
-    sidecar = _sidecar(path)
     try:
         text = _sidecar_text(sha256, path.stat())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sidecar.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(text)
+        with atomic_output(_sidecar(path)) as tmp:
+            tmp.write_text(text, encoding="ascii")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, sidecar)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     except OSError:
         pass
 
@@ -334,66 +327,53 @@ def _store_verified(
 ) -> None:
     """Stream ``read`` into a temporary file next to ``target``, check it, then rename it.
 
-    The temporary file lives in the cache folder so that ``os.replace`` is an atomic rename on one
-    file system: readers see either no file or the complete, verified one. ``what`` names the source
-    in messages ("downloaded", "extracted").
+    The temporary file (:func:`minisam.atomic.atomic_output`) lives in the cache folder, so the rename
+    is atomic on one file system: readers see either no file or the complete, verified one, and any
+    failure (also Ctrl-C) leaves neither a partial file nor anything under the final name. ``what``
+    names the source in messages ("downloaded", "extracted").
     """
     directory = target.parent
-    with new_folders(directory):  # a failed fetch leaves no new empty cache folder
-        tmp: Path | None = None
-        try:
-            fd, tmp_name = tempfile.mkstemp(
-                dir=directory, prefix=f".{target.name}.", suffix=".part"
+    # a failed fetch leaves no new empty cache folder
+    with new_folders(directory), atomic_output(target) as tmp:
+        digest = hashlib.sha256()
+        received = 0
+        with (
+            open(tmp, "wb") as out,
+            tqdm(
+                total=length,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=entry.name,
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        # urllib returns b"" on a dropped connection instead of raising: compare counts.
+        if length is not None and received != length:
+            raise ModelError(
+                f"cannot fetch {entry.name} (stream ended after {received} of {length} bytes): "
+                f"{_put_hint(entry, directory)}"
             )
-            tmp = Path(tmp_name)
-            digest = hashlib.sha256()
-            received = 0
-            with (
-                os.fdopen(fd, "wb") as out,
-                tqdm(
-                    total=length,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=entry.name,
-                    file=sys.stderr,
-                    disable=not progress,
-                ) as bar,
-            ):
-                while chunk := read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-            # urllib returns b"" on a dropped connection instead of raising: compare counts.
-            if length is not None and received != length:
-                raise ModelError(
-                    f"cannot fetch {entry.name} (stream ended after {received} of {length} bytes): "
-                    f"{_put_hint(entry, directory)}"
-                )
-            actual = digest.hexdigest()
-            if entry.sha256 is not None and actual != entry.sha256.lower():
-                raise ModelError(
-                    f"{what} {entry.name} has sha256 {actual}, "
-                    f"expected {entry.sha256.lower()}: the file was discarded"
-                )
-            # A stale sidecar must not vouch for the new file, even by a size/mtime coincidence.
-            _sidecar(target).unlink(missing_ok=True)
-            # mkstemp creates mode 0600; a checkpoint in a shared cache should be readable by all.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-            tmp = None
-        finally:
-            # Any failure (also Ctrl-C): leave neither a partial file nor anything under the final name.
-            if tmp is not None:
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
-        if entry.sha256 is not None:
-            _write_sidecar(target, actual)
+        actual = digest.hexdigest()
+        if entry.sha256 is not None and actual != entry.sha256.lower():
+            raise ModelError(
+                f"{what} {entry.name} has sha256 {actual}, "
+                f"expected {entry.sha256.lower()}: the file was discarded"
+            )
+        # A stale sidecar must not vouch for the new file, even by a size/mtime coincidence.
+        _sidecar(target).unlink(missing_ok=True)
+        # a checkpoint in a shared cache should be readable by all, whatever the umask
+        os.chmod(tmp, 0o644)
+    if entry.sha256 is not None:
+        _write_sidecar(target, actual)
 
 
 def _download(entry: OfficialWeights, url: str, target: Path, progress: bool) -> None:
