@@ -2,7 +2,8 @@
 
 A reader of the target path therefore sees either the old file (or folder) or the complete new one,
 never a partial write, and a failed write leaves nothing behind. Files: :func:`atomic_output`,
-several files as one: :func:`atomic_outputs`; folders: :func:`atomic_folder`; missing parent folders
+several files as one: :func:`atomic_outputs`; folders: :func:`atomic_folder` (replaced whole) and
+:func:`atomic_files_into` (new entries added to what is there); missing parent folders
 that vanish again when the work fails: :func:`new_folders`. :func:`refuse_overwriting_inputs` keeps
 an output from landing on one of the run's own input files.
 """
@@ -219,6 +220,29 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
                     os.replace(old, target)
                     raise
                 _remove_quietly(old)
+            else:
+                os.replace(tmp, target)
+        finally:
+            _remove_quietly(tmp)
+
+
+@contextmanager
+def atomic_files_into(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder to fill; on success its entries join ``target``.
+
+    Unlike :func:`atomic_folder`, an existing ``target`` is kept with whatever else it holds (a
+    report folder with the user's notes): the new entries are renamed in all or none (replacing
+    those of the same names). A new ``target`` is the renamed temporary folder. If the block or a
+    rename fails, ``target`` is as it was and parents created for it are removed.
+    """
+    target = Path(target)
+    with new_folders(target.parent):
+        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            if target.is_dir():
+                _commit([(entry, target / entry.name) for entry in sorted(tmp.iterdir())])
             else:
                 os.replace(tmp, target)
         finally:

@@ -146,6 +146,30 @@ def test_several_outputs_are_renamed_all_or_none(tmp_path: Path, monkeypatch) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
 
 
+def test_files_into_an_existing_folder_join_it_all_or_none(tmp_path: Path, monkeypatch) -> None:
+    """quant-report's --out: new files join an existing folder, never half of them."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "b.json").write_text("old b")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == out / "b.json" and ".tmp-" in Path(src).parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError), atomic.atomic_files_into(out) as staging:
+        (staging / "a.png").write_text("new a")
+        (staging / "b.json").write_text("new b")
+    assert _snapshot(tmp_path) == {"report/b.json": b"old b", "report/notes.txt": b"mine"}
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    with atomic.atomic_files_into(out) as staging:
+        (staging / "b.json").write_text("new b")
+    assert _snapshot(tmp_path) == {"report/b.json": b"new b", "report/notes.txt": b"mine"}
+
+
 def test_evaluate_out_holding_the_manifest_is_refused(capfd, tmp_path: Path) -> None:
     image = _png(tmp_path / "img.png")
     manifest = tmp_path / "cases.csv"  # the name of evaluate's own results file

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,42 +75,6 @@ def check_output_folder(path: Path) -> Path:
     return target
 
 
-@contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Yield a hidden temporary folder next to ``target``; on success it becomes ``target``.
-
-    A new ``target`` is the renamed temporary folder; into an existing one the files are moved one
-    by one (each an atomic replace). On error the temporary folder and any parent folders created
-    for it are removed.
-    """
-    from minisam.atomic import _remove_quietly, new_folders
-
-    with new_folders(target.parent):
-        staging: Path | None = None
-        try:
-            for _ in range(100):
-                candidate = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-                try:
-                    candidate.mkdir()
-                except FileExistsError:
-                    continue
-                staging = candidate
-                break
-            if staging is None:
-                raise FileExistsError(f"could not create a temporary folder in {target.parent}")
-            yield staging
-            try:
-                os.rename(staging, target)  # fails when target exists and is not empty
-            except OSError:
-                if not target.is_dir():
-                    raise
-                for produced in sorted(staging.iterdir()):
-                    os.replace(produced, target / produced.name)
-        finally:
-            if staging is not None and staging.exists():
-                _remove_quietly(staging)
-
-
 def report_payload(
     model: str, model_name: str, analysis: QuantErrorAnalysis, plots: list[str]
 ) -> dict:
@@ -132,6 +93,7 @@ def report_payload(
 def run(args: argparse.Namespace) -> int:
     from minisam.analysis.quant_error import analyze_model, markdown_table
     from minisam.analysis.quant_plots import PLOT_FILES, check_matplotlib, write_plots
+    from minisam.atomic import atomic_files_into
     from minisam.evaluation.outputs import write_json
     from minisam.model_loader import load_model
     from minisam.quantization import parse_scheme
@@ -146,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     analysis = analyze_model(model, scheme)
     try:
-        with staged_folder(target) as staging:
+        with atomic_files_into(target) as staging:
             plots = write_plots(analysis, staging, max_points=args.max_points)
             write_json(
                 staging / REPORT_FILE, report_payload(args.model, model.name, analysis, plots)
