@@ -189,6 +189,25 @@ def test_train_adapter_out_over_the_image_folder_is_refused(capfd, tmp_path: Pat
         _refused(capfd, [*argv, "--out", str(out), "--overwrite"], "input", tmp_path)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-base", "--init", "ck.safetensors"],
+        ["distill", "--student", "tiny", "--teacher", "ck.safetensors"],
+    ],
+    ids=["train-base", "distill"],
+)
+def test_a_checkpoint_out_over_the_model_it_reads_is_refused(
+    capfd, tmp_path: Path, monkeypatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.safetensors").write_bytes(b"the user's checkpoint")
+    _png(tmp_path / "a.png")
+    (tmp_path / "cases.csv").write_text("image,label\na.png,a.png\n")
+    argv = [*command, "--manifest", "cases.csv", "--out", "./ck.safetensors", "--overwrite"]
+    _refused(capfd, [*argv, "--quiet"], "is the input file", tmp_path)
+
+
 def test_installing_an_adapter_over_itself_is_refused(capfd, tmp_path: Path) -> None:
     import shutil
 
