@@ -232,6 +232,26 @@ def test_evaluate_with_an_unknown_model_leaves_no_new_folder(capfd, tmp_path: Pa
     assert not (tmp_path / "new").exists()
 
 
+def test_a_failed_export_leaves_no_cache_folder(tmp_path: Path, monkeypatch) -> None:
+    """An encoder export that fails half-way (a full disk) leaves neither the export nor the new
+    cache folders; a complete one is there whole."""
+    from minisam.runtime.export_cache import ExportKey, cached_export, exports_dir
+
+    monkeypatch.setenv("MINISAM_CACHE", str(tmp_path / "cache"))
+    key = ExportKey("openvino", "0" * 16, 64)
+
+    def half(folder: Path) -> None:
+        (folder / "encoder.xml").write_text("<net/>")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        cached_export(key, half)
+    assert list(tmp_path.iterdir()) == []
+    folder, built = cached_export(key, lambda f: (f / "encoder.xml").write_text("<net/>"))
+    assert built and folder.parent == exports_dir()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
 def test_new_folders_keeps_folders_that_existed_or_were_filled(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic.new_folders(tmp_path / "a" / "b" / "c"):
         (tmp_path / "a" / "kept.txt").write_text("x")
