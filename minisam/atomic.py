@@ -198,6 +198,19 @@ def new_folders(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
+def _sibling_folder(target: Path) -> Iterator[Path]:
+    """An empty hidden folder beside ``target`` (missing parents created), removed when the block
+    ends; parents created for it are removed again if the block raises."""
+    with new_folders(target.parent):
+        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            _remove_quietly(tmp)
+
+
+@contextmanager
 def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty hidden sibling folder to fill; on success it takes ``target``'s place.
 
@@ -206,24 +219,19 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     an instant, none), never a half-written one. If the block raises, nothing changes.
     """
     target = Path(target)
-    with new_folders(target.parent):
-        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            if target.exists() or target.is_symlink():
-                old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-                os.replace(target, old)
-                try:
-                    os.replace(tmp, target)
-                except BaseException:
-                    os.replace(old, target)
-                    raise
-                _remove_quietly(old)
-            else:
+    with _sibling_folder(target) as tmp:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+            os.replace(target, old)
+            try:
                 os.replace(tmp, target)
-        finally:
-            _remove_quietly(tmp)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            _remove_quietly(old)
+        else:
+            os.replace(tmp, target)
 
 
 @contextmanager
@@ -236,17 +244,12 @@ def atomic_files_into(target: str | os.PathLike[str]) -> Iterator[Path]:
     rename fails, ``target`` is as it was and parents created for it are removed.
     """
     target = Path(target)
-    with new_folders(target.parent):
-        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            if target.is_dir():
-                _commit([(entry, target / entry.name) for entry in sorted(tmp.iterdir())])
-            else:
-                os.replace(tmp, target)
-        finally:
-            _remove_quietly(tmp)
+    with _sibling_folder(target) as tmp:
+        yield tmp
+        if target.is_dir():
+            _commit([(entry, target / entry.name) for entry in sorted(tmp.iterdir())])
+        else:
+            os.replace(tmp, target)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

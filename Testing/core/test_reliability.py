@@ -444,22 +444,27 @@ def test_nan_in_a_float_nifti_is_refused_though_itk_reads_it_as_zero(capfd, tmp_
 # --------------------------------------------------------------------------------- label grids
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"spacing": (1.0, 1.0, 3.0)},
-        {"origin": (0.0, 5.0, 0.0)},
-        {"direction": (0, 1, 0, 1, 0, 0, 0, 0, 1)},
-    ],
-)
-def test_train_adapter_refuses_labels_on_another_grid(capfd, tmp_path: Path, change: dict) -> None:
-    _volume(tmp_path / "img.nii.gz")
+GRID_CHANGES = [
+    {"spacing": (1.0, 1.0, 3.0)},
+    {"origin": (0.0, 5.0, 0.0)},
+    {"direction": (0, 1, 0, 1, 0, 0, 0, 0, 1)},
+]
+
+
+def _image_and_labels_on_another_grid(folder: Path, change: dict) -> None:
+    """``img.nii.gz`` and ``lab.nii.gz`` of the same shape, the labels' grid changed by ``change``."""
+    _volume(folder / "img.nii.gz")
     label = np.zeros((12, 40, 40), np.uint8)
     label[:, 10:30, 10:30] = 1
     image = sitk.GetImageFromArray(label)
     for name, value in change.items():
         getattr(image, f"Set{name.capitalize()}")(value)
-    sitk.WriteImage(image, str(tmp_path / "lab.nii.gz"), True)
+    sitk.WriteImage(image, str(folder / "lab.nii.gz"), True)
+
+
+@pytest.mark.parametrize("change", GRID_CHANGES)
+def test_train_adapter_refuses_labels_on_another_grid(capfd, tmp_path: Path, change: dict) -> None:
+    _image_and_labels_on_another_grid(tmp_path, change)
     manifest = tmp_path / "train.csv"
     manifest.write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
     argv = ["train-adapter", "--manifest", str(manifest), "--modality", "CT", "--quiet"]
@@ -467,26 +472,13 @@ def test_train_adapter_refuses_labels_on_another_grid(capfd, tmp_path: Path, cha
     assert next(iter(change)) in line
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"spacing": (1.0, 1.0, 3.0)},
-        {"origin": (0.0, 5.0, 0.0)},
-        {"direction": (0, 1, 0, 1, 0, 0, 0, 0, 1)},
-    ],
-)
+@pytest.mark.parametrize("change", GRID_CHANGES)
 def test_evaluate_fails_a_case_whose_labels_are_on_another_grid(
     capfd, tmp_path: Path, change: dict
 ) -> None:
     """evaluate goes on with the other cases: the case is not scored but listed as failed with the
     reason (one line each on stderr, exit 1), as any unreadable case is."""
-    _volume(tmp_path / "img.nii.gz")
-    label = np.zeros((12, 40, 40), np.uint8)
-    label[:, 10:30, 10:30] = 1
-    image = sitk.GetImageFromArray(label)
-    for name, value in change.items():
-        getattr(image, f"Set{name.capitalize()}")(value)
-    sitk.WriteImage(image, str(tmp_path / "lab.nii.gz"), True)
+    _image_and_labels_on_another_grid(tmp_path, change)
     manifest = tmp_path / "cases.csv"
     manifest.write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
     out = tmp_path / "report"
