@@ -268,7 +268,9 @@ def _cut(path: Path, keep: float = 0.5) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["half.nii.gz", "short.nii", "short.nrrd", "short.mha", "gz.nrrd"])
+@pytest.mark.parametrize(
+    "name", ["half.nii.gz", "short.nii", "short.nrrd", "short.mha", "gz.nrrd", "gz.mha"]
+)
 def test_a_short_payload_is_refused(capfd, tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     rng = np.random.default_rng(2)
