@@ -450,7 +450,7 @@ class MiniSAMSegmentLogic:
 
         @vtk.calldata_type(vtk.VTK_OBJECT)
         def node_removed(caller, event, node) -> None:
-            self._node_removed(node)
+            self.forget_node(node)
 
         self._observe(scene, scene.NodeRemovedEvent, node_removed)
         self._observe(scene, scene.EndCloseEvent, lambda caller, event: self.release_data())
@@ -471,21 +471,30 @@ class MiniSAMSegmentLogic:
 
         @vtk.calldata_type(vtk.VTK_STRING)
         def segment_removed(caller, event, segment_id) -> None:
-            self.book.drop(segmentation_id=node_id, segment_id=segment_id)
-            if self._scene is not None:
-                prompt_markups.remove(self._scene, node_id, segment_id)
+            self.forget_segment(node_id, segment_id)
 
         self._observe(segmentation_node, slicer.vtkSegmentation.SegmentRemoved, segment_removed)
 
-    def _node_removed(self, node) -> None:
+    def forget_segment(self, segmentation_id: str, segment_id: str, scene=None) -> None:
+        """Drop a removed segment's prompts and their markups in ``scene`` (default: the observed one)."""
+        self.book.drop(segmentation_id=segmentation_id, segment_id=segment_id)
+        scene = scene if scene is not None else self._scene
+        if scene is not None:
+            prompt_markups.remove(scene, segmentation_id, segment_id)
+
+    def forget_node(self, node, scene=None) -> None:
+        """Release what belongs to a removed volume or segmentation node: its session (normalised copy,
+        background worker, cached embeddings), its prompts and their markups in ``scene`` (default: the
+        observed one)."""
         node_id = node.GetID()
         if node_id in self._sessions or node_id in self._presets:
             self.forget(node)
         self.book.drop(volume_id=node_id)
         self.book.drop(segmentation_id=node_id)
-        if self._scene is not None and not self._scene.IsClosing():
-            prompt_markups.remove(self._scene, volume_id=node_id)
-            prompt_markups.remove(self._scene, segmentation_id=node_id)
+        scene = scene if scene is not None else self._scene
+        if scene is not None and not scene.IsClosing():
+            prompt_markups.remove(scene, volume_id=node_id)
+            prompt_markups.remove(scene, segmentation_id=node_id)
         if node_id in self._segmentations:
             self._segmentations.discard(node_id)
             for subject, tag in [o for o in self._observations if o[0] is node]:

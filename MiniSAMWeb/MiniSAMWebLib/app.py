@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,8 +62,10 @@ class MiniSAMWebApp:
         self._publish(self.session.report)
         self.state.minisam_views = {}
         self.state.upload = None
+        self.state.upload_segmentation = None
         self.state.save_name = "segmentation.seg.nrrd"
         self.state.change("upload")(self._on_upload)
+        self.state.change("upload_segmentation")(self._on_segmentation_upload)
         self.state.change("selected_segment")(self._on_segment_selected)
         self.state.change("selected_volume")(self._on_volume_selected)
         models = list(PACKAGED_MODELS)
@@ -135,22 +139,21 @@ class MiniSAMWebApp:
         self._guarded(self.session.load_volume, path, name)
 
     def _on_upload(self, upload=None, **_) -> None:
-        files = upload if isinstance(upload, list) else [upload] if upload else []
-        files = [f for f in files if isinstance(f, dict) and f.get("content") is not None]
-        if not files:
-            return
-        with tempfile.TemporaryDirectory(prefix="minisam-upload-") as folder:
-            paths = []
-            for item in files:
-                target = Path(folder) / Path(item["name"]).name
-                content = item["content"]
-                target.write_bytes(b"".join(content) if isinstance(content, list) else content)
-                paths.append(target)
-            # one file: a volume file; several: the slices of one DICOM series
-            self.load(
-                paths[0] if len(paths) == 1 else folder, Path(files[0]["name"]).name.split(".")[0]
-            )
+        with uploaded(upload) as paths:
+            if paths:  # one file: a volume file; several: the slices of one DICOM series
+                folder = paths[0].parent
+                self.load(paths[0] if len(paths) == 1 else folder, paths[0].name.split(".")[0])
         self.state.upload = None
+
+    def _on_segmentation_upload(self, upload_segmentation=None, **_) -> None:
+        """A .seg.nrrd or label map uploaded for the volume shown replaces its segmentation."""
+        if uploaded_files(upload_segmentation):
+            self.session.spawn(self._open_segmentation(upload_segmentation))
+        self.state.upload_segmentation = None
+
+    async def _open_segmentation(self, upload) -> None:
+        with uploaded(upload) as paths:
+            await self.session.load_segmentation(paths[0])
 
     def _on_segment_selected(self, selected_segment=None, **_) -> None:
         if selected_segment and selected_segment != self.session.report.segment_id:
@@ -162,6 +165,12 @@ class MiniSAMWebApp:
 
     def add_segment(self) -> None:
         self._guarded(self.session.add_segment)
+
+    def delete_segment(self) -> None:
+        self.session.spawn(self.session.delete_segment())
+
+    def close_volume(self) -> None:
+        self.session.spawn(self.session.close_volume())
 
     def propagate(self) -> None:
         self.session.spawn(self.session.propagate())
@@ -212,6 +221,10 @@ class MiniSAMWebApp:
                         density="compact",
                         id="minisam-volume-select",
                     )
+                    v3.VBtn(
+                        "Close volume", click=self.close_volume, id="minisam-close-volume",
+                        disabled=("minisam.busy !== '' || !minisam.volume_id",),
+                    )  # fmt: skip
                     v3.VSelect(
                         v_model=("selected_segment", ""),
                         items=("minisam.segments",),
@@ -221,7 +234,13 @@ class MiniSAMWebApp:
                         density="compact",
                         id="minisam-segment",
                     )
-                    v3.VBtn("Add segment", click=self.add_segment, id="minisam-add-segment")
+                    with html.Div(classes="d-flex ga-2"):
+                        v3.VBtn("Add segment", click=self.add_segment, id="minisam-add-segment")
+                        v3.VBtn(
+                            "Delete segment", click=self.delete_segment,
+                            id="minisam-delete-segment",
+                            disabled=("minisam.busy !== '' || !minisam.segment_id",),
+                        )  # fmt: skip
                     html.Div(
                         "Left click: positive point · Shift+click or right click: negative point · "
                         "drag: box",
@@ -271,6 +290,12 @@ class MiniSAMWebApp:
                         v_model=("save_name",), label="File name (.seg.nrrd, .nii.gz)",
                         density="compact", id="minisam-save-name",
                     )  # fmt: skip
+                    v3.VFileInput(
+                        v_model=("upload_segmentation", None),
+                        label="Open a segmentation for this volume (.seg.nrrd, label map)",
+                        density="compact", id="minisam-upload-segmentation",
+                        disabled=("minisam.busy !== '' || !minisam.volume_id",),
+                    )  # fmt: skip
                     with html.Div(classes="d-flex ga-2"):
                         v3.VBtn("Save", click=self.save, id="minisam-save")
                         v3.VBtn(
@@ -301,3 +326,22 @@ class MiniSAMWebApp:
     def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
         """Serve until interrupted (no browser is opened)."""
         self.server.start(host=host, port=port, open_browser=False, **kwargs)
+
+
+def uploaded_files(upload) -> list[dict]:
+    """The files of a VFileInput's value (one file or a list), those with content."""
+    files = upload if isinstance(upload, list) else [upload] if upload else []
+    return [f for f in files if isinstance(f, dict) and f.get("content") is not None]
+
+
+@contextmanager
+def uploaded(upload) -> Iterator[list[Path]]:
+    """The uploaded files written into a temporary folder (removed afterwards), under their names."""
+    with tempfile.TemporaryDirectory(prefix="minisam-upload-") as folder:
+        paths = []
+        for item in uploaded_files(upload):
+            target = Path(folder) / Path(item["name"]).name
+            content = item["content"]
+            target.write_bytes(b"".join(content) if isinstance(content, list) else content)
+            paths.append(target)
+        yield paths

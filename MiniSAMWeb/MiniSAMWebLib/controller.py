@@ -83,7 +83,8 @@ class WebSegmentation:
         self.open_volumes: dict[str, tuple[object, object]] = {}
         # No logic.observe_scene here: trame-slicer's undo restores a segmentation by DeepCopy, which
         # removes and re-adds its segments, and the logic would take that for a deleted segment and
-        # forget its prompts. The app never deletes segments or volumes, so nothing is left stale.
+        # forget its prompts. Deleting a segment, closing a volume and replacing a segmentation call the
+        # logic's forget_segment / forget_node themselves (what its scene observers call in Slicer).
 
     # -- volume and segments ---------------------------------------------------------------------------
 
@@ -125,6 +126,70 @@ class WebSegmentation:
         self._show_prompts()
         self._changed()
 
+    async def close_volume(self, volume_id: str | None = None) -> None:
+        """Close an open volume (default: the one shown): its nodes leave the scene and the logic
+        releases its session (normalised copy, background worker, cached embeddings) and prompts; another
+        open volume is shown, or none."""
+        await self._action("closing a volume", self._close_volume(volume_id))
+
+    async def _close_volume(self, volume_id: str | None) -> None:
+        shown = self.volume_node.GetID() if self.volume_node is not None else ""
+        volume_id = volume_id or shown
+        if volume_id not in self.open_volumes:
+            raise InputError(
+                f"volume {volume_id!r} is not open" if volume_id else "no volume is open"
+            )
+        node, segmentation = self.open_volumes.pop(volume_id)
+        if volume_id == shown:
+            if self.open_volumes:
+                self.show_volume(list(self.open_volumes)[-1])
+            else:
+                self._show_no_volume()
+        self._release(segmentation, node)
+        self.report.status = f"Closed {node.GetName()}." + (
+            "" if self.open_volumes else " Load a volume."
+        )
+
+    def _show_no_volume(self) -> None:
+        self._unwatch_markups()
+        self._last_edit = None
+        self.volume_node = self.segmentation_node = None
+        self.editor.clear()  # no segmentation to edit; its undo steps are gone
+        self.app.display_manager.show_volume_in_slice_background(None)
+        self.report.volume, self.report.ijk_to_ras, self.report.prompt = "", [], None
+
+    def _release(self, *nodes) -> None:
+        """Remove nodes from the scene, the logic first releasing what it holds for them."""
+        for node in nodes:
+            self.logic.forget_node(node, self.app.scene)
+            self.app.scene.RemoveNode(node)
+
+    async def load_segmentation(self, path: str | os.PathLike[str]) -> None:
+        """Open a segmentation for the volume shown, in place of its segmentation (whose prompts are
+        forgotten): a ``.seg.nrrd`` or a label map (``.nii.gz``, ``.nii``, ``.nrrd``; a segment per
+        label value), read by Slicer's segmentation storage node (undo starts afresh)."""
+        await self._action("opening a segmentation", self._load_segmentation(Path(path)))
+
+    async def _load_segmentation(self, path: Path) -> None:
+        if self.volume_node is None:
+            raise InputError("load a volume first, then its segmentation")
+        if not path.name.lower().endswith((".seg.nrrd", *LABEL_SUFFIXES)):
+            raise InputError(
+                f"{path.name}: open a .seg.nrrd or a label map ({', '.join(LABEL_SUFFIXES)})"
+            )
+        node = self.editor.load_segmentation_from_file(str(path))
+        if node is None or node.GetSegmentation().GetNumberOfSegments() == 0:
+            if node is not None:
+                self.app.scene.RemoveNode(node)
+            raise InputError(f"{path.name} holds no segmentation")
+        volume, previous = self.volume_node, self.segmentation_node
+        node.SetName(previous.GetName())
+        self.open_volumes[volume.GetID()] = (volume, node)
+        self.show_volume(volume.GetID())
+        self._release(previous)
+        count = node.GetSegmentation().GetNumberOfSegments()
+        self.report.status = f"Opened {path.name}: {count} segment{'s' if count > 1 else ''}."
+
     def add_segment(self, name: str = "") -> str:
         """A new empty segment, selected, with the MiniSAM effect active."""
         if self.segmentation_node is None:
@@ -142,6 +207,30 @@ class WebSegmentation:
         self.editor.set_active_segment_id(segment_id)
         self.editor.set_active_effect_type(MiniSAMEffect)
         self._changed()
+
+    async def delete_segment(self, segment_id: str | None = None) -> None:
+        """Delete a segment (default: the selected one) as one undo step; the logic forgets its prompts
+        and their markups (Undo brings its voxels back, not its prompts)."""
+        await self._action("deleting a segment", self._delete_segment(segment_id))
+
+    async def _delete_segment(self, segment_id: str | None) -> None:
+        _, segmentation, selected = self._targets()
+        segment_id = segment_id or selected
+        segment = segmentation.GetSegmentation().GetSegment(segment_id)
+        if segment is None:
+            raise InputError(f"segment {segment_id!r} does not exist")
+        name, ids = segment.GetName(), self.editor.get_segment_ids()
+        self.editor.active_segmentation.remove_segment(segment_id)  # trame-slicer's undo command
+        self.logic.forget_segment(segmentation.GetID(), segment_id, self.app.scene)
+        last = self._last_edit  # C would write its next candidate into the deleted segment
+        if last is not None and (last.owner is None or last.owner.segment_id == segment_id):
+            self._last_edit = None
+        remaining = self.editor.get_segment_ids()
+        if segment_id == selected and remaining:
+            self.select_segment(remaining[max(ids.index(segment_id) - 1, 0)])
+        elif not remaining:
+            self.editor.set_active_segment_id("")  # nothing to edit until a segment is added
+        self.report.status = f"Deleted {name}." + ("" if remaining else " Add a segment.")
 
     def segment_labels(self, segment_id: str | None = None) -> np.ndarray:
         """The segment as (Z, Y, X) uint8 0/1 on the volume's grid."""
@@ -426,9 +515,7 @@ class WebSegmentation:
 
         volume, segmentation = self.volume_node, self.segmentation_node
         self.logic.show_prompts(volume, segmentation, segment_id)
-        for node, tag in self._markup_observations:
-            node.RemoveObserver(tag)
-        self._markup_observations = []
+        self._unwatch_markups()
         owner = Owner(volume.GetID(), segmentation.GetID(), segment_id)
         for axis in range(3):
             points, boxes = prompt_markups.nodes_of(self.app.scene, owner, axis)
@@ -439,6 +526,11 @@ class WebSegmentation:
 
                 tag = node.AddObserver(node.PointEndInteractionEvent, moved)
                 self._markup_observations.append((node, tag))
+
+    def _unwatch_markups(self) -> None:
+        for node, tag in self._markup_observations:
+            node.RemoveObserver(tag)
+        self._markup_observations = []
 
     async def reprompt(self, axis: int) -> None:
         """Segment again the slices whose prompt markups were moved (each one undo step)."""

@@ -25,3 +25,10 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_help_says_one_session_per_server(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["web", "--help"])
+    assert exited.value.code == 0
+    assert "One session per server" in " ".join(capsys.readouterr().out.split())

@@ -134,6 +134,9 @@ def test_click_lands_on_its_voxel_and_writes_that_slice(loaded: Views, reference
     assert labels.sum() == prompt["voxels"] > 0
     assert set(np.nonzero(labels)[0]) == {AXIAL_SLICE}  # only the clicked slice
     assert report.can_undo and "predicted IoU" in report.status
+    assert (
+        f"({loaded.session.logic.describe()})" in report.status
+    )  # what ran: the model (+ adapter)
 
 
 def test_drag_is_a_box_and_undo_redo_walk_the_edits(loaded: Views, reference_labels) -> None:
@@ -189,11 +192,17 @@ def test_shift_click_and_right_click_are_negative_points(loaded: Views, referenc
     assert owner_prompts[AXIAL_SLICE].labels.tolist() == [1, 0, 0]  # one slice, merged as in Slicer
 
 
-def test_coronal_view_prompts_along_its_own_axis(loaded: Views, reference_labels) -> None:
+@pytest.mark.parametrize(("orientation", "axis"), [("Coronal", 1), ("Sagittal", 2)])
+def test_coronal_and_sagittal_views_prompt_along_their_own_axis(
+    loaded: Views, reference_labels, orientation: str, axis: int
+) -> None:
     target = label_center(reference_labels, LIVER, AXIAL_SLICE)
-    loaded.click("Coronal", target)
-    prompt = loaded.session.report.prompt
-    assert prompt["axis"] == 1 and prompt["slice"] == round(target[1])  # numpy axis 1 = j
+    loaded.click(orientation, target)
+    report = loaded.session.report
+    assert report.error == "" and report.segment_voxels == report.prompt["voxels"] > 0
+    prompt = report.prompt
+    # numpy axis 1 = j (coronal), 2 = i (sagittal)
+    assert prompt["axis"] == axis and prompt["slice"] == round(target[2 - axis])
     assert np.allclose(prompt["ijk"][0], target, atol=0.6)
 
 
@@ -324,7 +333,27 @@ def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: V
     assert session.report.error and session.logic.adapter == "none"
     run(session.choose(runtime="tpu"))
     assert "tpu" in session.report.error and session.report.runtime == "torch"
+    model = session.report.model
+    run(session.choose(model="no_such_model"))
+    assert "no_such_model" in session.report.error and "\n" not in session.report.error
+    assert session.logic.model_spec == session.report.model == model
     run(session.choose(modality="auto"))
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_nrrd_and_mha_volumes_open_and_segment(
+    views: Views, ct_path: Path, reference_labels, tmp_path, suffix: str
+) -> None:
+    import SimpleITK as sitk
+
+    path = tmp_path / f"ct-{suffix[1:]}{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(ct_path)), str(path))
+    node = views.load(path)
+    assert views.session.report.volume == node.GetName() == f"ct-{suffix[1:]}"
+    views.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    report = views.session.report
+    assert report.error == "" and report.prompt["slice"] == AXIAL_SLICE
+    assert report.segment_voxels == report.prompt["voxels"] > 0
 
 
 def test_a_dicom_series_opens_beside_the_ct_and_each_keeps_its_segments(
@@ -414,3 +443,104 @@ def test_a_box_drag_shows_its_rectangle_until_release(loaded: Views) -> None:
 
     assert run(drag()) == [0, 1, 0]
     assert loaded.session.report.prompt["kind"] == "box"
+
+
+def owners(session) -> tuple[set, set]:
+    """(prompt book owners, owners of prompt markups in the scene) of the session's logic."""
+    from MiniSAMSegmentLib.prompt_markups import owners_in_scene
+
+    book = {owner for owner, _ in session.logic.book.pages}
+    return book, {owner for owner, _ in owners_in_scene(session.app.scene)}
+
+
+def test_delete_segment_forgets_its_prompts_and_undo_brings_back_its_voxels(
+    loaded: Views, reference_labels
+) -> None:
+    session = loaded.session
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    liver = session.report.segment_id
+    session.add_segment()
+    kidney = session.report.segment_id
+    loaded.click("Axial", label_center(reference_labels, KIDNEY_LEFT, AXIAL_SLICE))
+    kidney_labels = session.segment_labels()
+    assert kidney_labels.sum() > 0
+    assert {o.segment_id for o in owners(session)[0]} >= {liver, kidney}
+
+    session.report.busy = "propagating"  # as while a propagation runs: refused, nothing deleted
+    run(session.delete_segment())
+    session.report.busy = ""
+    assert "busy" in session.report.error and kidney in session.editor.get_segment_ids()
+
+    run(session.delete_segment())
+    report = session.report
+    assert report.error == "" and report.status.startswith("Deleted")
+    assert [s["id"] for s in report.segments] == [liver] and report.segment_id == liver
+    book, markups = owners(session)
+    assert kidney not in {o.segment_id for o in book | markups}  # released: prompts, markups
+    assert liver in {o.segment_id for o in book} and liver in {o.segment_id for o in markups}
+
+    session.undo()  # one undo step: the segment and its voxels come back, not its prompts
+    assert kidney in session.editor.get_segment_ids()
+    assert np.array_equal(session.segment_labels(kidney), kidney_labels)
+    assert kidney not in {o.segment_id for o in owners(session)[0]}
+
+
+def test_close_volume_releases_its_session_embeddings_and_prompts(
+    loaded: Views, reference_labels
+) -> None:
+    session, scene = loaded.session, loaded.app.scene
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    volume, segmentation = session.volume_node, session.segmentation_node
+    volume_id, segmentation_id = volume.GetID(), segmentation.GetID()
+    assert volume_id in session.logic.held_volume_ids()
+    assert any(key[0][0] == volume_id for key in session.logic.cache.keys())
+    others = [v for v in session.open_volumes if v != volume_id]
+
+    run(session.close_volume())
+    report = session.report
+    assert report.error == "" and report.status.startswith(f"Closed {volume.GetName()}")
+    assert volume_id not in session.open_volumes
+    assert scene.GetNodeByID(volume_id) is None and scene.GetNodeByID(segmentation_id) is None
+    assert volume_id not in session.logic.held_volume_ids()
+    assert not any(key[0][0] == volume_id for key in session.logic.cache.keys())
+    book, markups = owners(session)
+    assert volume_id not in {o.volume_id for o in book | markups}
+    assert report.volume_id == (others[-1] if others else "")
+
+    for other in [v for v in session.open_volumes if v != report.volume_id]:
+        run(session.close_volume(other))  # one not shown: the shown one stays
+        assert session.report.error == "" and session.report.volume_id == report.volume_id
+    run(session.close_volume())  # the last one: nothing shown, nothing held
+    assert session.report.error == "" and session.report.volume == ""
+    assert session.report.segments == [] and not session.report.can_undo
+    assert session.logic.held_volume_ids() == [] and owners(session) == (set(), set())
+    for kind in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
+        assert scene.GetNodesByClass(kind).GetNumberOfItems() == 0, kind
+    run(session.close_volume())
+    assert session.report.error == "no volume is open"
+
+
+def test_a_saved_segmentation_opens_again_equal(loaded: Views, reference_labels, tmp_path) -> None:
+    session = loaded.session
+    session.output_dir = tmp_path
+    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    session.add_segment()
+    loaded.click("Axial", label_center(reference_labels, KIDNEY_LEFT, AXIAL_SLICE))
+    before = {s["name"]: session.segment_labels(s["id"]) for s in session.report.segments}
+    previous = session.segmentation_node.GetID()
+    seg, nifti = session.save("both.seg.nrrd"), session.save("both.nii.gz")
+
+    run(session.load_segmentation(seg))
+    report = session.report
+    assert report.error == "" and report.status == "Opened both.seg.nrrd: 2 segments."
+    assert loaded.app.scene.GetNodeByID(previous) is None  # replaced, its prompts forgotten
+    assert previous not in {o.segmentation_id for o in owners(session)[0]}
+    after = {s["name"]: session.segment_labels(s["id"]) for s in report.segments}
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[name], before[name]) for name in before)
+
+    run(session.load_segmentation(nifti))  # a label map: a segment per label value
+    labels = sorted(s["voxels"] for s in session.report.segments)
+    assert session.report.error == "" and labels == sorted(int(m.sum()) for m in before.values())
+    run(session.load_segmentation(tmp_path / "mask.png"))
+    assert "open a .seg.nrrd or a label map" in session.report.error

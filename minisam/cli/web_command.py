@@ -18,7 +18,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "web",
         help="serve MiniSAM in the browser: slice views, click/box prompts, propagate, undo, save",
         description="Serve slice views of VOLUMEs with the MiniSAM effect (click = positive point, "
-        "Shift/right click = negative, drag = box) at http://HOST:PORT/. Needs the web extra: "
+        "Shift/right click = negative, drag = box) at http://HOST:PORT/. One session per server: "
+        "every browser tab on it shows and edits the same volumes and segments (trame's single-user "
+        "model); several users run one server each (another --port). Needs the web extra: "
         "pip install -e '.[web]'.",
     )
     parser.add_argument(
