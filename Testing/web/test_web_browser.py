@@ -1,10 +1,15 @@
 """End to end: ``minisam web`` on a free 127.0.0.1 port, driven by Playwright in headless Debian chromium.
 
 Upload the shared CT through the page, click in the liver, box the left kidney in a second segment,
-propagate, undo, save, and compare the saved files with what the server reports. The test waits by polling
-the server-reported state (the page's hidden JSON report), never for a fixed time, and aims at voxels through
-the slice view's display-to-RAS matrix that the server publishes; assertions are on the server-reported
-RAS/IJK. ``MINISAM_WEB_SCREENSHOT=PATH`` keeps a screenshot of the page with both masks.
+propagate, undo, save, compare the saved files with what the server reports, open the saved ``.seg.nrrd``
+again through the page and compare the labelmap, then delete a segment and close the volume from a second
+tab (one shared session). The test waits by polling the server-reported state (the page's hidden JSON
+report), never for a fixed time, and aims at voxels through the slice view's display-to-RAS matrix that the
+server publishes; assertions are on the server-reported RAS/IJK.
+
+``MINISAM_WEB_SCREENSHOT=PATH`` keeps a screenshot of the page with both masks; ``MINISAM_WEB_MODEL=default``
+serves that model with ``minisam web``'s default adapter and runtime instead of the small test model (the
+docs/web screenshot).
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1200, "height": 760}
-TIMEOUT = 60.0  # seconds any one awaited state may take on the 2-core CI machine
+MODEL = os.environ.get("MINISAM_WEB_MODEL", "")  # "": the small test model, torch, no adapter
+TIMEOUT = (
+    300.0 if MODEL else 60.0
+)  # seconds any one awaited state may take on the 2-core CI machine
 
 
 def free_port() -> int:
@@ -63,9 +71,14 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     output = tmp_path_factory.mktemp("web-output")
     port = free_port()
     log = output / "server.log"
+    choice = (
+        ["--model", MODEL]
+        if MODEL
+        else ["--model", SMALL_MODEL, "--adapter", "none", "--runtime", "torch"]
+    )
     command = [
-        sys.executable, "-m", "minisam.cli.main", "web", "--model", SMALL_MODEL,
-        "--adapter", "none", "--runtime", "torch", "--port", str(port), "--output-dir", str(output),
+        sys.executable, "-m", "minisam.cli.main", "web", *choice,
+        "--port", str(port), "--output-dir", str(output),
     ]  # fmt: skip
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
@@ -102,11 +115,16 @@ def page(server):
         )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-        page.goto(url)
-        page.wait_for_selector("#minisam-report", state="attached", timeout=TIMEOUT * 1000)
-        yield page
+        yield open_page(browser, url)
         browser.close()
+
+
+def open_page(browser, url: str):
+    """A new tab on the app, once the page shows the server's report."""
+    page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+    page.goto(url)
+    page.wait_for_selector("#minisam-report", state="attached", timeout=TIMEOUT * 1000)
+    return page
 
 
 def report(page) -> dict:
@@ -162,7 +180,7 @@ def test_upload_click_box_propagate_undo_save_in_chromium(
     _, output = server
     upload = after_action(
         page,
-        lambda: page.locator("input[type=file]").set_input_files(str(ct_path)),
+        lambda: page.locator("#minisam-upload").set_input_files(str(ct_path)),
         "the uploaded CT to load",
     )
     assert upload["volume"] == "example_ct_sm" and upload["error"] == ""
@@ -224,17 +242,49 @@ def test_upload_click_box_propagate_undo_save_in_chromium(
     sent = download.value.path()
     assert Path(sent).read_bytes() == (output / "e2e.seg.nrrd").read_bytes()  # the same file
     assert download.value.suggested_filename == "e2e.seg.nrrd"
+
+    # open the saved .seg.nrrd again through the page: the same segments, the same labelmap
+    reloaded = after_action(
+        page,
+        lambda: page.locator("#minisam-upload-segmentation").set_input_files(
+            str(output / "e2e.seg.nrrd")
+        ),
+        "the saved segmentation to open",
+    )
+    assert reloaded["status"] == "Opened e2e.seg.nrrd: 2 segments.", reloaded["status"]
+    voxels = {s["name"]: s["voxels"] for s in saved["segments"]}
+    assert {s["name"]: s["voxels"] for s in reloaded["segments"]} == voxels
+    page.fill("#minisam-save-name", "e2e-reloaded.nii.gz")
+    after_action(page, lambda: page.click("#minisam-save"), "saving the reopened segmentation")
+    assert np.array_equal(
+        read_labels(output / "e2e-reloaded.nii.gz"), read_labels(output / "e2e.nii.gz")
+    )
+
+    # a second tab shows the same session (one scene per server); what it does, the first one sees
+    second = open_page(page.context.browser, page.url)
+    wait_for("the second tab's report", lambda: (r := report(second))["volume_id"] and r)
+    assert report(second)["segments"] == report(page)["segments"]
+    deleted = after_action(page, lambda: second.click("#minisam-delete-segment"), "the deletion")
+    assert deleted["error"] == "" and len(deleted["segments"]) == 1, deleted["status"]
+    closed = after_action(page, lambda: second.click("#minisam-close-volume"), "closing the volume")
+    assert closed["error"] == "" and closed["volumes"] == [] and closed["volume"] == ""
+    second.close()
     print(f"click to server-reported mask: {click_seconds:.2f} s")
+
+
+def read_labels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def compare_saved(output: Path, state: dict) -> None:
     """The label map and the .seg.nrrd, read back, agree with each other and with the reported counts."""
-    import SimpleITK as sitk
     import slicer
     from MiniSAMSegmentLib.mrml_context import mrml_context
     from MiniSAMSegmentLib.segment_io import segment_array
 
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(output / "e2e.nii.gz")))
+    labels = read_labels(output / "e2e.nii.gz")
     counts = sorted(int((labels == value).sum()) for value in np.unique(labels) if value)
     assert counts == sorted(s["voxels"] for s in state["segments"])
     context = mrml_context()
