@@ -36,7 +36,7 @@ POLL_MSEC = 200  # how often the panel reads the training process's progress
 COUNT_DELAY_MSEC = 500  # recount annotated slices this long after the last segment edit
 PROGRESS_STEPS = 1000
 METHOD_CHOICES = (("LoRA", "lora"), ("AdaLoRA", "adalora"))
-QUANT_CHOICES = ("nf4", "int8", "fp32")
+QUANT_CHOICES = ("auto", "nf4", "int8", "fp32")
 AXIS_HINTS = {
     "K": "axial in most scans",
     "J": "coronal in most scans",

@@ -370,7 +370,7 @@ class MiniSAMTrainLogic:
         method: str = "lora",
         rank: int = 8,
         epochs: int = 20,
-        quant: str = "nf4",
+        quant: str = "auto",
         qat: bool = False,
         library_root=None,
         model: str = "default",
@@ -385,7 +385,8 @@ class MiniSAMTrainLogic:
           modality: the adapter's modality (a DICOM Modality code or family: CT, MR, US, XRAY, ...); it
             also chooses the intensity normalisation, as MiniSAMSegment does at inference.
           method: "lora" or "adalora"; ``qat`` (AdaLoRA only) trains through quantized layers.
-          quant: precision of the frozen base during training ("nf4", "int8", "fp32"); ignored by QAT.
+          quant: precision of the frozen base during training ("auto": by the encoder family, see
+            minisam.training.adapter_recipe; "nf4", "int8", "fp32"); ignored by QAT.
           library_root: adapter library folder (default ``minisam.adapters.library.default_root()``).
           name: adapter name (default ``<family>_<volume name>``, numbered if taken).
 

@@ -3,6 +3,7 @@ and the shipped adapters on the default."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -606,3 +607,42 @@ def test_cli_targets_none_needs_the_decoder(capsys, tmp_path: Path, hc18) -> Non
     assert code == 2
     assert "--targets none adapts nothing unless --include-decoder" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def _auto_args(**given) -> argparse.Namespace:
+    values = dict(
+        quant="auto", targets="auto", decoder_targets="auto", validate_with="auto",
+        include_decoder=False,
+    )  # fmt: skip
+    return argparse.Namespace(**{**values, **given})
+
+
+def test_auto_recipe_follows_the_encoder_family() -> None:
+    from minisam.training.adapter_recipe import resolve_auto
+
+    vit = _auto_args()
+    resolve_auto(vit, "vit")  # QLoRA in the encoder, as before
+    assert (vit.quant, vit.targets, vit.include_decoder, vit.validate_with) == (
+        "nf4", "qkv,proj", False, "box",
+    )  # fmt: skip
+    tiny = _auto_args()
+    chosen = resolve_auto(tiny, "tiny_vit")  # NF4 damages TinyViT: fp32, decoder only, with heads
+    assert (tiny.quant, tiny.targets, tiny.include_decoder, tiny.validate_with) == (
+        "fp32", "none", True, "both",
+    )  # fmt: skip
+    assert tiny.decoder_targets.endswith(",heads") and "--include-decoder" in chosen
+    given = _auto_args(quant="int8", targets="qkv", validate_with="click")
+    assert resolve_auto(given, "tiny_vit") == ["--decoder-targets " + tiny.decoder_targets]
+    assert (given.quant, given.targets, given.include_decoder, given.validate_with) == (
+        "int8", "qkv", False, "click",
+    )  # fmt: skip
+    assert load_model("default").config.family == "tiny_vit"
+
+
+def test_train_adapter_defaults_are_left_to_the_model() -> None:
+    from minisam.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["train-adapter", "--manifest", "m.csv", "--modality", "US", "--out", "x"]
+    )
+    assert {args.quant, args.targets, args.decoder_targets, args.validate_with} == {"auto"}

@@ -22,6 +22,7 @@ from minisam.cli.training_args import (
 )
 from minisam.errors import InputError, MiniSAMError
 from minisam.modality import AUTO, family_for_dicom, preset_for_family
+from minisam.training.adapter_recipe import AUTO as AUTO_RECIPE
 
 # Attention (qkv, proj) and MLP linears: lin1/lin2 in a ViT, fc1/fc2 in a TinyViT (a name the model's
 # family lacks is refused when the adapter is attached).
@@ -45,8 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="default", help="base model (default: default)")
     parser.add_argument(
         "--quant",
-        default="nf4",
-        help="frozen base precision: nf4 (QLoRA, default), int8, fp32 or a scheme (nf4:mlp+int8:attn)",
+        default="auto",
+        help="frozen base precision: auto (default: nf4 = QLoRA for ViT encoders, fp32 for TinyViT "
+        "ones such as the default, which NF4 damages), nf4, int8, fp32 or a scheme (nf4:mlp+int8:attn)",
     )
     parser.add_argument(
         "--method",
@@ -65,25 +67,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
     parser.add_argument(
         "--targets",
-        default=",".join(ENCODER_CHOICES[:2]),
-        help=f"encoder linears to adapt, comma-separated from {','.join(ENCODER_CHOICES)} "
-        "(default: %(default)s, the attention), or none with --include-decoder: a decoder-only "
-        "adapter, trained on the frozen encoder's embeddings computed once per slice",
+        default="auto",
+        help=f"encoder linears to adapt, comma-separated from {','.join(ENCODER_CHOICES)}, or none "
+        "with --include-decoder: a decoder-only adapter, trained on the frozen encoder's embeddings "
+        "computed once per slice (default auto: qkv,proj for ViT encoders; none, with the decoder, "
+        "for TinyViT ones such as the default)",
     )
     parser.add_argument("--include-decoder", action="store_true", help="also adapt the decoder")
     parser.add_argument(
         "--validate-with",
-        choices=("box", "click", "both"),
-        default="box",
+        choices=("auto", "box", "click", "both"),
+        default="auto",
         help="prompt that picks the best epoch: exact box, one interior click, or their mean "
-        "(default: box)",
+        "(default auto: box for ViT encoders, both for TinyViT ones)",
     )
     parser.add_argument(
         "--decoder-targets",
-        default=",".join(DECODER_CHOICES[:4]),
+        default="auto",
         help="with --include-decoder: mask-decoder transformer linears, comma-separated from "
-        f"{','.join(DECODER_CHOICES)} (default: %(default)s, the attention; heads = the output "
-        "hypernetworks and IoU head, which turn a click's tokens into a mask)",
+        f"{','.join(DECODER_CHOICES)} (default auto: the attention, and for TinyViT encoders also "
+        "heads = the output hypernetworks and IoU head, which turn a click's tokens into a mask)",
     )
     add_optimisation_arguments(parser, epochs=20, batch_size=4, lr=1e-3, patience=4)
     parser.add_argument("--name", help="adapter name (default: <modality>_adapter)")
@@ -116,12 +119,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--alpha must be > 0, not {args.alpha}")
     if not 0.0 <= args.dropout < 1.0:
         raise InputError(f"--dropout must be in [0, 1), not {args.dropout}")
-    encoder_targets(args)
-    target_names(args.decoder_targets, DECODER_CHOICES, "--decoder-targets")
-    from minisam.training.adapter_trainer import check_quant
-
-    check_quant(args.quant)
+    _check_layers_and_quant(args)
     if args.method == "adalora-qat":
+        from minisam.training.adapter_trainer import check_quant
+
         if not check_quant(args.qat_scheme).groups:
             raise InputError(f"--qat-scheme {args.qat_scheme!r} quantizes nothing (e.g. int8:attn)")
     if args.qat_epochs is not None and args.qat_epochs < 1:
@@ -140,6 +141,18 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.resume:
         _check_resumable(args)
     args.source_fields = _source_info(args.source_info)
+
+
+def _check_layers_and_quant(args: argparse.Namespace) -> None:
+    """The layer and precision options that are not ``auto`` (those are resolved with the model)."""
+    from minisam.training.adapter_trainer import check_quant
+
+    if args.targets != AUTO_RECIPE:
+        encoder_targets(args)
+    if args.decoder_targets != AUTO_RECIPE:
+        target_names(args.decoder_targets, DECODER_CHOICES, "--decoder-targets")
+    if args.quant != AUTO_RECIPE:
+        check_quant(args.quant)
 
 
 def _source_info(path: str | None) -> dict:
@@ -226,6 +239,7 @@ def _train(args: argparse.Namespace, lines: JsonLines | None) -> int:
     from minisam.adapters import AdapterLibrary, save_adapter
     from minisam.adapters.metadata import adapter_folder_size
     from minisam.model_loader import load_model
+    from minisam.training.adapter_recipe import resolve_auto
     from minisam.training.adapter_trainer import AdapterTrainSettings, adapter_spec, train_adapter
 
     family = family_for_dicom(args.modality)
@@ -233,8 +247,23 @@ def _train(args: argparse.Namespace, lines: JsonLines | None) -> int:
     phase("reading data")
     samples, source = load_samples(args, preset_for_family(family) or AUTO)
     train, val = split_cases(samples, args.max_slices, args.val_fraction, args.seed)
-    settings = settings_from_args(AdapterTrainSettings, args, validation_prompt=args.validate_with)
+    out = Path(args.out)
+    qat = args.method == "adalora-qat"
     steps = args.epochs * -(-len(train) // args.batch_size)
+    total = steps + (args.qat_epochs or max(1, args.epochs // 2)) * steps // args.epochs * qat
+    if lines is not None:
+        lines.emit(
+            "start", name=name, modality=family, total_steps=total, train_slices=len(train),
+            val_slices=len(val), train_cases=len({s.case for s in train}),
+            val_cases=sorted({Path(s.case).name for s in val}),
+        )  # fmt: skip
+    phase("loading model")
+    loaded = load_model(args.model)
+    chosen = resolve_auto(args, loaded.config.family)
+    _check_layers_and_quant(args)
+    if chosen and not args.quiet:
+        say(f"recipe for the {loaded.config.family} encoder of {args.model}: {' '.join(chosen)}")
+    settings = settings_from_args(AdapterTrainSettings, args, validation_prompt=args.validate_with)
     spec = adapter_spec(
         args.method,
         args.rank,
@@ -247,17 +276,6 @@ def _train(args: argparse.Namespace, lines: JsonLines | None) -> int:
             args.decoder_targets, DECODER_CHOICES, "--decoder-targets"
         ),
     )
-    out = Path(args.out)
-    qat = args.method == "adalora-qat"
-    total = steps + (args.qat_epochs or max(1, args.epochs // 2)) * steps // args.epochs * qat
-    if lines is not None:
-        lines.emit(
-            "start", name=name, modality=family, total_steps=total, train_slices=len(train),
-            val_slices=len(val), train_cases=len({s.case for s in train}),
-            val_cases=sorted({Path(s.case).name for s in val}),
-        )  # fmt: skip
-    phase("loading model")
-    loaded = load_model(args.model)
     phase("training")
     with training_progress(total, "train-adapter", not args.quiet, lines) as progress:
         with memory_hint(args.batch_size):
