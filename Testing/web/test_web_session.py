@@ -114,6 +114,17 @@ def loaded(views: Views, ct_path: Path) -> Views:
     return views
 
 
+@pytest.fixture(autouse=True)
+def nothing_left_open(views: Views):
+    """Each test closes what it opened (the app's Close volume), so none pays for another's volumes."""
+    yield
+    session = views.session
+    session.report.busy = ""
+    shown = session.report.volume_id
+    for volume_id in sorted(session.open_volumes, key=lambda v: v == shown):  # the shown one last
+        run(session.close_volume(volume_id))
+
+
 def run(coroutine):
     return asyncio.run(coroutine)
 
@@ -486,34 +497,39 @@ def test_delete_segment_forgets_its_prompts_and_undo_brings_back_its_voxels(
 
 
 def test_close_volume_releases_its_session_embeddings_and_prompts(
-    loaded: Views, reference_labels
+    loaded: Views, reference_labels, ct_path: Path
 ) -> None:
-    session, scene = loaded.session, loaded.app.scene
-    loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
+    session, scene, logic = loaded.session, loaded.app.scene, loaded.session.logic
+    liver = label_center(reference_labels, LIVER, AXIAL_SLICE)
+    loaded.click("Axial", liver)
+    first = session.volume_node.GetID()
+    loaded.load(ct_path)
+    loaded.click("Axial", liver)
     volume, segmentation = session.volume_node, session.segmentation_node
     volume_id, segmentation_id = volume.GetID(), segmentation.GetID()
-    assert volume_id in session.logic.held_volume_ids()
-    assert any(key[0][0] == volume_id for key in session.logic.cache.keys())
-    others = [v for v in session.open_volumes if v != volume_id]
+    assert set(logic.held_volume_ids()) == {first, volume_id}
+    assert any(key[0][0] == volume_id for key in logic.cache.keys())
 
-    run(session.close_volume())
+    run(session.close_volume())  # the one shown: the other open volume is shown
     report = session.report
-    assert report.error == "" and report.status.startswith(f"Closed {volume.GetName()}")
-    assert volume_id not in session.open_volumes
+    assert report.error == "" and report.status == f"Closed {volume.GetName()}."
+    assert list(session.open_volumes) == [first] and report.volume_id == first
     assert scene.GetNodeByID(volume_id) is None and scene.GetNodeByID(segmentation_id) is None
-    assert volume_id not in session.logic.held_volume_ids()
-    assert not any(key[0][0] == volume_id for key in session.logic.cache.keys())
+    assert logic.held_volume_ids() == [first]
+    assert not any(key[0][0] == volume_id for key in logic.cache.keys())
     book, markups = owners(session)
     assert volume_id not in {o.volume_id for o in book | markups}
-    assert report.volume_id == (others[-1] if others else "")
+    assert {o.volume_id for o in book} == {first}  # the other volume's prompts are kept
 
-    for other in [v for v in session.open_volumes if v != report.volume_id]:
-        run(session.close_volume(other))  # one not shown: the shown one stays
-        assert session.report.error == "" and session.report.volume_id == report.volume_id
+    third = loaded.load(ct_path).GetID()
+    run(session.close_volume(first))  # one not shown: the shown one stays
+    assert session.report.error == "" and session.report.volume_id == third
+    assert first not in logic.held_volume_ids() and owners(session)[0] == set()
     run(session.close_volume())  # the last one: nothing shown, nothing held
     assert session.report.error == "" and session.report.volume == ""
+    assert session.report.status.endswith(". Load a volume.") and session.report.volumes == []
     assert session.report.segments == [] and not session.report.can_undo
-    assert session.logic.held_volume_ids() == [] and owners(session) == (set(), set())
+    assert logic.held_volume_ids() == [] and owners(session) == (set(), set())
     for kind in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
         assert scene.GetNodesByClass(kind).GetNumberOfItems() == 0, kind
     run(session.close_volume())
