@@ -260,6 +260,14 @@ def test_upload_click_box_propagate_undo_save_in_chromium(
         read_labels(output / "e2e-reloaded.nii.gz"), read_labels(output / "e2e.nii.gz")
     )
 
+    # a choice in the page's menus reaches the logic (here the intensity preset)
+    def choose_preset() -> None:
+        page.locator(".v-field", has=page.locator("#minisam-chosen-modality")).click()
+        page.get_by_role("option", name="ct-abdomen", exact=True).click()
+
+    chosen = after_action(page, choose_preset, "the intensity preset to apply")
+    assert chosen["error"] == "" and chosen["modality"] == "ct-abdomen", chosen["status"]
+
     # a second tab shows the same session (one scene per server); what it does, the first one sees
     second = open_page(page.context.browser, page.url)
     wait_for("the second tab's report", lambda: (r := report(second))["volume_id"] and r)
