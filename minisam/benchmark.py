@@ -2,7 +2,10 @@
 
 Every configuration runs in its own subprocess, so its peak RSS is its own and no configuration warms the
 caches of the next. Timings are medians over repeats after a warm-up pass (one pass only for encoders over
-200 M parameters, where a single forward takes tens of seconds on a CPU).
+200 M parameters, where a single forward takes tens of seconds on a CPU). With real images (``images``)
+each image is one new slice and its ground truth's box gives the mask compared across rows
+(:mod:`minisam.bench_images`). Upstream rows run upstream's own code in a subprocess of
+:mod:`minisam.upstream_worker`; this module never imports it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from minisam.upstream_code import UpstreamFolder
 
 LARGE_ENCODER_PARAMS = 200_000_000
 # Presets measured with random weights (the same compute as trained ones): ViT and TinyViT families.
@@ -43,6 +48,10 @@ class BenchCase:
     device: str = "cpu"
     runtime: str = "torch"  # where the image encoder runs (minisam.runtime)
     precision: str = "auto"
+    implementation: str = "minisam"  # or "upstream": upstream's own code (minisam.upstream_worker)
+    official: bool = False  # a preset name with its official trained weights instead of random ones
+    images: tuple = ()  # real images with prompts (minisam.bench_images.bench_images); () = random
+    masks_path: str | None = None  # where the images' box masks go
 
 
 def _load(case: BenchCase):
@@ -50,7 +59,7 @@ def _load(case: BenchCase):
     from minisam.model_config import build_sam, preset
     from minisam.model_loader import load_model
 
-    if case.model not in RANDOM_MODELS:
+    if case.model not in RANDOM_MODELS or case.official:
         return load_model(case.model)
     config = preset(case.model)
     if case.input_size:
@@ -106,7 +115,6 @@ def measure(case: BenchCase) -> dict[str, Any]:
     """Measure one configuration in this process (call through :func:`run_case` for a clean RSS)."""
     from minisam.engine import SamEngine
     from minisam.model_config import count_parameters
-    from minisam.prompts import Prompt
     from minisam.quantization import quantize_model
 
     device = torch.device(case.device)
@@ -134,10 +142,62 @@ def measure(case: BenchCase) -> dict[str, Any]:
         else:
             load_s = setup_s
     size = loaded.config.image_size
-    rgb = np.random.default_rng(0).uniform(0, 255, (size, size, 3)).astype(np.float32)
     large = encoder_params > LARGE_ENCODER_PARAMS
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if case.images:
+        encoder_median, decoder_median = _measure_images(case, engine, device)
+    else:
+        encoder_median, decoder_median = _measure_random(case, engine, device, size, large)
+    row = {
+        **asdict(case),
+        "name": loaded.name,
+        "input_size": size,
+        "encoder_params": encoder_params,
+        "encoder_ms": encoder_median,
+        "decoder_ms": decoder_median,
+        "weights_mb": _state_bytes(loaded.sam) / 1e6,
+        "encoder_weights_mb": _state_bytes(loaded.sam.image_encoder) / 1e6,
+        "file_mb": file_mb,
+        "file_half_rest_mb": file_half_rest_mb,
+        "adapter_mb": adapter_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+        "encoder_runtime": engine.encoder.describe(),
+        "runtime_export_s": export_s,
+        "runtime_load_s": load_s,
+    }
+    if device.type == "cuda":
+        row["slices_per_s"] = 1e3 / (row["encoder_ms"] + row["decoder_ms"])
+        row["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 1e6
+    return row
+
+
+def _measure_images(case: BenchCase, engine, device: torch.device) -> tuple[float, float]:
+    """Median ms per new slice and per click over the case's real images; saves the box masks."""
+    from minisam.bench_images import save_masks, time_images
+    from minisam.prompts import Prompt
+
+    encoder_ms, decoder_ms, masks = time_images(
+        list(case.images),
+        lambda rgb: engine.embed(rgb.astype(np.float32)),
+        lambda embedding, point: engine.predict(embedding, Prompt.create(positive=[point])),
+        lambda embedding, box: engine.predict(embedding, Prompt.create(box=box)).mask,
+        case.clicks,
+        lambda: _sync(device),
+    )
+    if case.masks_path:
+        save_masks(case.masks_path, masks)
+    return encoder_ms, decoder_ms
+
+
+def _measure_random(
+    case: BenchCase, engine, device: torch.device, size: int, large: bool
+) -> tuple[float, float]:
+    """Median ms per encoder pass over a random image and per click at random points."""
+    from minisam.prompts import Prompt
+
+    rgb = np.random.default_rng(0).uniform(0, 255, (size, size, 3)).astype(np.float32)
     encoder_ms = []
     for index in range(1 if large else case.repeats + 1):
         _sync(device)
@@ -156,39 +216,31 @@ def measure(case: BenchCase) -> dict[str, Any]:
         _sync(device)
         if index > 0:
             decoder_ms.append((time.perf_counter() - start) * 1e3)
-    row = {
-        **asdict(case),
-        "name": loaded.name,
-        "input_size": size,
-        "encoder_params": encoder_params,
-        "encoder_ms": statistics.median(encoder_ms),
-        "decoder_ms": statistics.median(decoder_ms),
-        "weights_mb": _state_bytes(loaded.sam) / 1e6,
-        "encoder_weights_mb": _state_bytes(loaded.sam.image_encoder) / 1e6,
-        "file_mb": file_mb,
-        "file_half_rest_mb": file_half_rest_mb,
-        "adapter_mb": adapter_mb,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "torch_threads": torch.get_num_threads(),
-        "encoder_runtime": engine.encoder.describe(),
-        "runtime_export_s": export_s,
-        "runtime_load_s": load_s,
-    }
-    if device.type == "cuda":
-        row["slices_per_s"] = 1e3 / (row["encoder_ms"] + row["decoder_ms"])
-        row["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 1e6
-    return row
+    return statistics.median(encoder_ms), statistics.median(decoder_ms)
 
 
 def run_case(
-    case: BenchCase, timeout_s: float = 1800, env: dict[str, str] | None = None
+    case: BenchCase,
+    timeout_s: float = 1800,
+    env: dict[str, str] | None = None,
+    upstream: UpstreamFolder | None = None,
 ) -> dict[str, Any]:
     """Measure ``case`` in a fresh Python process (environment ``env``, default this one's); returns
-    its row (or an ``error`` row)."""
+    its row (or an ``error`` row). An upstream case runs upstream's code from the folder ``upstream``,
+    which goes on that process's path only."""
+    env = dict(env or os.environ)
     command = [sys.executable, "-m", "minisam.benchmark", json.dumps(asdict(case))]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout_s, env=env or os.environ
-    )
+    if case.implementation == "upstream":
+        if upstream is None:
+            return {**asdict(case), "error": "no upstream folder prepared"}
+        folder = {k: str(v) for k, v in asdict(upstream).items()}
+        command = [sys.executable, "-m", "minisam.upstream_worker", command[-1], json.dumps(folder)]
+        path = [*upstream.pythonpath(), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {**asdict(case), "error": f"no result in {timeout_s:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -198,7 +250,8 @@ def run_case(
 
 def _same_work(row: dict[str, Any]) -> tuple:
     """What a row computes, whatever runtime runs it."""
-    return (row["model"], row["quant"], row["adapter"], row.get("input_size"))
+    official = bool(row.get("official")) or row.get("implementation") == "upstream"
+    return (row["model"], official, row["quant"], row["adapter"], row.get("input_size"))
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,9 +269,27 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         None,
     )
     torch_rows = {
-        _same_work(r): r for r in rows if r.get("runtime", "torch") == "torch" and "error" not in r
+        _same_work(r): r
+        for r in rows
+        if r.get("runtime", "torch") == "torch"
+        and r.get("implementation", "minisam") == "minisam"
+        and "error" not in r
     }
+    upstream_lite = next(
+        (
+            r
+            for r in rows
+            if r.get("implementation") == "upstream"
+            and r["model"] == "litemedsam"
+            and "error" not in r
+        ),
+        None,
+    )
     for row in rows:
+        if upstream_lite is not None and "error" not in row:
+            row["encoder_speedup_vs_upstream_litemedsam"] = (
+                upstream_lite["encoder_ms"] / row["encoder_ms"]
+            )
         base = torch_rows.get(_same_work(row))
         if base is not None and "error" not in row:
             row["encoder_speedup_vs_torch"] = base["encoder_ms"] / row["encoder_ms"]
@@ -258,6 +329,49 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {_ratio(r.get('encoder_speedup_vs_torch'))} |"
         )
     return "\n".join(lines)
+
+
+def side_by_side_table(rows: list[dict[str, Any]]) -> str:
+    """Upstream and MiniSAM rows as a Markdown table: new slice, click, memory, file, ratios and mask
+    agreement (GPU columns when a row has them)."""
+    gpu = any("slices_per_s" in r for r in rows)
+    header = (
+        "| implementation | model | encoder runtime | input | new slice ms | click ms | peak RSS MB "
+        "| file MB | × faster than upstream LiteMedSAM | × faster than vit_h "
+        "| mask Dice vs MiniSAM torch, mean (min) | vs upstream, mean (min) |"
+    )
+    if gpu:
+        header += " slices/s | peak VRAM MB |"
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
+    for r in rows:
+        kind = r.get("implementation", "minisam")
+        if "error" in r:
+            cells = [kind, r["model"], _runtime_cell(r), "–", f"error: {r['error']}"]
+            lines.append("| " + " | ".join(cells) + " |" + " |" * (columns - len(cells)))
+            continue
+        cells = [
+            kind,
+            r["name"],
+            _runtime_cell(r),
+            str(r["input_size"]),
+            f"{r['encoder_ms']:.0f}",
+            f"{r['decoder_ms']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['file_mb']:.1f}",
+            _ratio(r.get("encoder_speedup_vs_upstream_litemedsam")),
+            _ratio(r.get("encoder_speedup_vs_vit_h")),
+            _dice_cell(r.get("dice_vs_torch")),
+            _dice_cell(r.get("dice_vs_upstream")),
+        ]
+        if gpu:
+            cells += [_ratio(r.get("slices_per_s")), _ratio(r.get("peak_vram_mb"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _dice_cell(value: tuple[float, float] | list[float] | None) -> str:
+    return "–" if value is None else f"{value[0]:.4f} ({value[1]:.4f})"
 
 
 def _ratio(value: float | None) -> str:

