@@ -136,9 +136,11 @@ def task_manifests(task: str, data: Path, work: Path) -> tuple[Path, Path, dict]
     return write_manifest(work / f"{task}_train.csv", train), held, record
 
 
-def scores(loaded, data) -> dict[str, float]:
-    """Box and one-click Dice of ``loaded`` on ``data`` (one sample per slice: each encoded once)."""
-    embeddings = encode(loaded.sam, data.images)
+def scores(loaded, data, embeddings=None) -> dict[str, float]:
+    """Box and one-click Dice of ``loaded`` on ``data`` (one sample per slice: each encoded once;
+    ``embeddings``: the slices' embeddings by this encoder, when already computed)."""
+    if embeddings is None:
+        embeddings = encode(loaded.sam, data.images)
     return {
         prompt: validation_dice(
             loaded.sam, data, loaded.config, prompt=prompt, embeddings=embeddings
@@ -171,6 +173,11 @@ def main() -> None:
         "--box-probability", default="0.6", help="train-adapter's share of box-started sessions"
     )
     parser.add_argument("--ship", type=Path, help="ship the first configuration's adapter here")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the adapters a previous run left in --work instead of training them again",
+    )
     args = parser.parse_args()
     configs = args.config or ["lora"]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -180,11 +187,17 @@ def main() -> None:
     evaluation = to_model_inputs(
         samples_from_manifest(read_training_manifest(eval_csv), min_area=EVAL_MIN_AREA), base.config
     )
-    results = {"base (fp32)": {**scores(base, evaluation), "minutes": 0.0}}
+    # Every configuration is decoder-only: one encoding per base precision serves base and adapters.
+    encoded = {"fp32": encode(base.sam, evaluation.images)}
+    results = {"base (fp32)": {**scores(base, evaluation, encoded["fp32"]), "minutes": 0.0}}
     trained = {}
     for number, name in enumerate(configs):
         adapter = args.task if number == 0 else f"{args.task}_{name}"  # the first one may ship
         out = args.work / adapter
+        if args.reuse and out.is_dir():
+            print(f"reusing {out}", flush=True)
+            trained[name] = (out, float("nan"))
+            continue
         command = [
             sys.executable, "-m", "minisam", "train-adapter", "--manifest", str(train_csv),
             "--modality", args.task.split("_")[0].upper() if args.task != "brats" else "MR",
@@ -199,15 +212,18 @@ def main() -> None:
         trained[name] = (out, (time.monotonic() - started) / 60)
     for name, (out, minutes) in trained.items():
         meta = read_metadata(out)
+        assert not meta.spec.get("target_modules"), f"{out}: adapts the encoder"
         quant = meta.training_data.get("quant") or "fp32"
         if f"base ({quant})" not in results:
+            quantized = model_state(args.model, quant)
+            encoded[quant] = encode(quantized.sam, evaluation.images)
             results[f"base ({quant})"] = {
-                **scores(model_state(args.model, quant), evaluation),
+                **scores(quantized, evaluation, encoded[quant]),
                 "minutes": 0.0,
             }
         for on in dict.fromkeys((quant, "fp32")):  # where it was trained, and on the default's fp32
             results[f"{name} on {on} base"] = {
-                **scores(model_state(args.model, on, out), evaluation),
+                **scores(model_state(args.model, on, out), evaluation, encoded[on]),
                 "minutes": minutes,
                 "trainable_params": meta.trainable_params,
                 "folder": str(out),

@@ -10,7 +10,9 @@ from model_files import SMALL_MODEL
 
 from minisam.adapters.lora import AdapterSpec, attach_adapter, target_module_names
 from minisam.model_loader import load_model
+from minisam.training.base_trainer import validation_dice
 from minisam.training.embedding_store import EmbeddingStore, embeddings_of
+from minisam.training.iou_head_tuning import IouHeadSettings, head_samples, tune_iou_head
 from minisam.training.model_inputs import to_model_inputs
 from minisam.training.prompt_tuning import PromptTuningSettings, tune_prompt_path
 from minisam.training.slice_samples import samples_from_pairs
@@ -80,6 +82,41 @@ def test_lora_tuning_is_merged_into_a_plain_model(fetal_heads: dict) -> None:
         assert changed and all("transformer" in k for k in changed)
     else:  # the untouched decoder stayed best: then nothing may have changed
         assert not changed
+
+
+def test_iou_head_tuning_changes_the_ranking_not_the_masks(fetal_heads: dict) -> None:
+    loaded = load_model(SMALL_MODEL)
+    before = {k: v.clone() for k, v in loaded.sam.state_dict().items()}
+    settings = IouHeadSettings(prompts_per_image=4, epochs=40, validate_every=5, learning_rate=1e-2)
+    samples = {
+        name: head_samples(
+            loaded.sam,
+            loaded.config,
+            fetal_heads[f"{name}_embeddings"],
+            fetal_heads[name].masks,
+            settings,
+        )  # fmt: skip
+        for name in ("train", "val")
+    }
+    assert samples["train"].lone_clicks.any() and (~samples["train"].lone_clicks).any()
+    box_before = validation_dice(
+        loaded.sam, fetal_heads["val"], loaded.config, embeddings=fetal_heads["val_embeddings"]
+    )
+    report = tune_iou_head(loaded.sam, samples["train"], samples["val"], settings)
+    after = loaded.sam.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    # Only the head's MLP may move: every mask stays as it was, so a box gives the same Dice.
+    assert all(k.startswith("mask_decoder.iou_prediction_head.") for k in changed), changed
+    box_after = validation_dice(
+        loaded.sam, fetal_heads["val"], loaded.config, embeddings=fetal_heads["val_embeddings"]
+    )
+    assert box_after == box_before
+    assert report.click_dice >= report.click_dice_before
+    assert report.click_dice <= report.click_dice_oracle + 1e-6
+    assert (report.best_epoch >= 0) == bool(changed)  # kept only when it ranked better
+    assert not any(
+        p.requires_grad for p in loaded.sam.mask_decoder.iou_prediction_head.parameters()
+    )
 
 
 def test_stored_embeddings_survive_a_decoder_change(fetal_heads: dict) -> None:
