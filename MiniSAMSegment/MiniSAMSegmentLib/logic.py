@@ -657,21 +657,27 @@ class MiniSAMSegmentLogic:
     ) -> SliceWrite:
         """Write a :meth:`prompt_slice` result into the segment; Undo in the editor then also takes back
         the prompt (see :meth:`PromptBook.sync`)."""
+        return self._write_latest_prompt(
+            editor, volume_node, segmentation_node, segment_id, lambda: edit
+        )[1]
+
+    def _write_latest_prompt(
+        self, editor: SegmentEditor, volume_node, segmentation_node, segment_id: str,
+        make_edit: Callable[[], SliceEdit],
+    ) -> tuple[SliceEdit, SliceWrite]:  # fmt: skip
+        """Make the edit of the book's latest prompt and write it; if either fails the prompt is taken
+        back, else its region is marked so that Undo in the editor takes it back too."""
         try:
+            edit = make_edit()
             written = self.write_slices(
-                editor,
-                volume_node,
-                segmentation_node,
-                segment_id,
-                edit.mask,
-                edit.axis,
+                editor, volume_node, segmentation_node, segment_id, edit.mask, edit.axis,
                 [edit.index],
-            )
+            )  # fmt: skip
         except BaseException:
             self.book.take_back_last()
             raise
         self.book.mark(written.region, written.before, written.after)
-        return written
+        return edit, written
 
     def apply_next_candidate(
         self,
@@ -750,17 +756,12 @@ class MiniSAMSegmentLogic:
             if index not in prompts:
                 raise PromptError(f"slice {index} has no prompt to segment from any more")
             prompt = self.book.replace(owner, axis, index, prompt_markups.clicks_of(prompts[index]))
-            try:
-                edit = _edit(
+            edit, _ = self._write_latest_prompt(
+                editor, volume_node, segmentation_node, segment_id,
+                lambda: _edit(
                     axis, index, prompt, owner, self._predict(volume_node, axis, index, prompt)
-                )
-                written = self.write_slices(
-                    editor, volume_node, segmentation_node, segment_id, edit.mask, axis, [index]
-                )
-            except BaseException:
-                self.book.take_back_last()
-                raise
-            self.book.mark(written.region, written.before, written.after)
+                ),
+            )  # fmt: skip
             return edit
 
     def moved_prompts(
