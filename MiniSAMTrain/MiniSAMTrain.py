@@ -219,6 +219,8 @@ class MiniSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.stop()
         self.countTimer.stop()
         self.removeObservers()
+        if self.logic is not None:
+            self.logic.release()  # the suggestions' sessions, embeddings and model
 
     # -- inputs ------------------------------------------------------------------------------------------
 

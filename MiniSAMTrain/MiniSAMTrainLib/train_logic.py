@@ -452,24 +452,35 @@ class MiniSAMTrainLogic:
         its ``margin`` and ``limit``).
 
         The model is ``model`` with the library's adapter for ``modality`` (else the volume's DICOM
-        modality), as the MiniSAM effect would segment; the model stays loaded for the next call.
+        modality), as the MiniSAM effect would segment; the model stays loaded for the next call. The
+        volume's session (normalised copy, embeddings) goes when the volume is removed or the scene
+        closed; :meth:`release` (module cleanup) drops everything, the model too.
         """
         from .suggestions import suggest_slices
 
         found, masks = _read_segments(volumeNode, segmentationNode, segmentIds, axis)
-        logic = self._segment_logic(model)
+        logic = self._segment_logic(model, volumeNode.GetScene())
         family = family_for_dicom(modality) if modality else None
         logic.modality = (preset_for_family(family) if family else None) or AUTO
         return suggest_slices(logic, volumeNode, found, masks, count=count, pump=pump, **options)
 
-    def _segment_logic(self, model: str):
+    def _segment_logic(self, model: str, scene=None):
         from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
 
         logic = getattr(self, "_suggestion_logic", None)
         if logic is None:
             logic = self._suggestion_logic = MiniSAMSegmentLogic(model)
+        if scene is not None:
+            logic.observe_scene(scene)  # node removal and scene close release its sessions
         logic.model_spec = model
         return logic
+
+    def release(self) -> None:
+        """Drop what :meth:`suggest` holds: sessions, embeddings, the model (the module's cleanup)."""
+        logic = getattr(self, "_suggestion_logic", None)
+        if logic is not None:
+            logic.release()
+            self._suggestion_logic = None
 
     def start(self, plan: TrainingPlan, python: str | None = None) -> TrainingProcess:
         """Start training ``plan`` in a separate process (returns at once; poll or wait on it)."""

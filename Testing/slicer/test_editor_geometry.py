@@ -114,3 +114,51 @@ def test_slice_write_on_a_transformed_segmentation(context, ct_volume) -> None:
     np.testing.assert_array_equal(
         segment_array(segmentation, target_id, ct_volume), _on_slice(_mask())
     )
+
+
+def test_slice_write_on_a_segmentation_made_on_another_volume(context, ct_volume) -> None:
+    """The segmentation's geometry is another volume's: a series covering CT voxels I 20..89, J 5..64,
+    K 20..29 (its own origin and extent). The mask is cut to that grid and written on it, intensity
+    range on (the source volume resampled by the editor); a slice it does not cover is one line."""
+    from minisam.errors import InputError
+
+    other = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other series")
+    image = vtk.vtkImageData()
+    image.SetDimensions(70, 60, 10)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    other.SetAndObserveImageData(image)
+    matrix = vtk.vtkMatrix4x4()
+    ct_volume.GetIJKToRASMatrix(matrix)
+    origin = np.array(matrix.MultiplyPoint((20, 5, 20, 1)))[:3]
+    for row in range(3):
+        matrix.SetElement(row, 3, origin[row])
+    other.SetIJKToRASMatrix(matrix)
+    segmentation = context.new_segmentation(other)
+    target_id = segmentation.GetSegmentation().AddEmptySegment("", "target")
+    editor = LogicEditor(context.scene, segmentation, ct_volume, target_id)
+    editor.node.SetSourceVolumeIntensityMask(True)
+    editor.node.SetSourceVolumeIntensityMaskRange(-5000.0, 5000.0)
+    grid = geometry_copy(editor.reference_geometry())
+    assert grid.GetExtent() == (0, 69, 0, 59, 0, 9)
+    logic = MiniSAMSegmentLogic("random:tiny", device="cpu")
+
+    logic.write_slices(editor, ct_volume, segmentation, target_id, _on_slice(_mask()), 0, [SLICE])
+
+    expected = np.zeros((10, 60, 70), bool)
+    expected[SLICE - 20, 10 - 5 : 50 - 5, 0 : 50 - 20] = True  # the mask's I 10..19 lie outside
+    np.testing.assert_array_equal(segment_region(segmentation, target_id, grid), expected)
+    layer = (
+        segmentation.GetSegmentation()
+        .GetSegment(target_id)
+        .GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    )
+    to_world = [vtk.vtkMatrix4x4() for _ in range(2)]
+    layer.GetImageToWorldMatrix(to_world[0])
+    grid.GetImageToWorldMatrix(to_world[1])
+    np.testing.assert_allclose(  # the segment stays on the other volume's grid (origin included)
+        *[slicer.util.arrayFromVTKMatrix(m) for m in to_world], atol=1e-6
+    )
+    with pytest.raises(InputError, match="lies outside the segmentation's geometry"):
+        logic.write_slices(editor, ct_volume, segmentation, target_id, _on_slice(_mask()), 0, [5])
+    editor.logic.Undo()
+    assert not segment_region(segmentation, target_id, grid).any()

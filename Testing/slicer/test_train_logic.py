@@ -541,10 +541,24 @@ def test_suggested_slices_are_the_least_confident_unannotated_ones(
     with pytest.raises(InputError, match="count must be >= 1"):
         suggest_slices(segment_logic, flair, found, masks, count=0)
     # The panel's call: the model by name, the adapter for the modality, options passed on.
-    (first,) = MiniSAMTrainLogic().suggest(
+    train = MiniSAMTrainLogic()
+    (first,) = train.suggest(
         flair, edema, [edema.edema_id], 0, modality="MR", count=1, margin=1, limit=2
     )
     assert first.index in (43, 79) and first.segment == "edema"  # limit 2: both ends of 43..79
+
+    # Issue 16, item 6: what the suggestions hold (the volume's normalised copy, its embeddings) goes
+    # with the volume node, the scene and the module (cleanup), as in the effect.
+    held = train._suggestion_logic
+    second = context.load_volume(flair.GetStorageNode().GetFileName(), "second")
+    held.session(second)
+    assert held.held_volume_ids() == sorted([flair.GetID(), second.GetID()])
+    context.scene.RemoveNode(second)
+    assert held.held_volume_ids() == [flair.GetID()]
+    context.scene.Clear(0)
+    assert held.held_volume_ids() == [] and len(held.cache) == 0 and held.model_is_loaded()
+    train.release()
+    assert not held.model_is_loaded() and train._suggestion_logic is None
 
 
 def _ijk_to_ras(node):
