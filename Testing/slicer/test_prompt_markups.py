@@ -1,7 +1,10 @@
 """Prompts as markups: shown in the scene, moved by the user (re-segments the slice, undoable), found
-again by a new logic (a saved scene keeps the markups and their owner attribute), gone with their segment."""
+again by a new logic (a scene saved to a file and loaded again keeps the markups and their owner attribute),
+gone with their segment."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import slicer
@@ -32,8 +35,37 @@ def _plain(prompts: dict) -> dict:
     }
 
 
+def _saved_and_loaded(context, folder: Path):
+    """The scene written to ``folder``/scene.mrml (markups and segmentations as files beside it, the volume
+    where it was read from) and read into a new scene, as Slicer's Save and Load scene do."""
+    from MiniSAMSegmentLib.mrml_context import mrml_context
+
+    loaded = mrml_context()
+    for context_ in (context, loaded):  # the markups' storage nodes (.mrk.json) need their logic
+        logic = slicer.vtkSlicerMarkupsLogic()
+        logic.SetMRMLScene(context_.scene)
+        context_._keep.append(logic)
+    scene = context.scene
+    saved = [
+        scene.GetNthNodeByClass(n, name)
+        for name in ("vtkMRMLMarkupsNode", "vtkMRMLSegmentationNode")
+        for n in range(scene.GetNumberOfNodesByClass(name))
+    ]
+    for node in saved:
+        assert node.AddDefaultStorageNode()
+        suffix = ".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".mrk.json"
+        node.GetStorageNode().SetFileName(str(folder / f"{node.GetID()}{suffix}"))
+        assert node.GetStorageNode().WriteData(node)
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(folder / "scene.mrml"))
+    assert scene.Commit()
+    loaded.scene.SetURL(str(folder / "scene.mrml"))
+    assert loaded.scene.Import()
+    return loaded
+
+
 def test_prompts_are_markups_that_move_and_survive_in_the_scene(
-    context, ct_volume, segment_logic, liver_editing
+    context, ct_volume, segment_logic, liver_editing, tmp_path: Path
 ) -> None:
     logic, segmentation, liver, editor = liver_editing
     where = {"segmentation_node": segmentation, "segment_id": liver}
@@ -87,6 +119,15 @@ def test_prompts_are_markups_that_move_and_survive_in_the_scene(
     fresh.book.clear()
     context.scene.InvokeEvent(context.scene.EndImportEvent)  # what loading a scene file ends with
     assert _plain(fresh.remembered_prompts(ct_volume, segmentation, liver)[1]) == _plain(back)
+
+    # Saved to a scene file and loaded into a new scene (a new Slicer session): the same prompts.
+    loaded = _saved_and_loaded(context, tmp_path)
+    nodes = [loaded.scene.GetNodeByID(node.GetID()) for node in (ct_volume, segmentation)]
+    assert [node.GetName() for node in nodes] == [ct_volume.GetName(), segmentation.GetName()]
+    reopened = MiniSAMSegmentLogic("default", device="cpu", loader=lambda spec: segment_logic.model)
+    assert reopened.restore_prompts(loaded.scene) == 1
+    assert _plain(reopened.remembered_prompts(*nodes, liver)[1]) == _plain(back)
+    reopened.release()
 
     segmentation.GetSegmentation().RemoveSegment(liver)  # the prompts' markups go with the segment
     assert prompt_markups.nodes_of(context.scene, owner, 0) == (None, {})

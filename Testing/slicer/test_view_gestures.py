@@ -1,5 +1,6 @@
 """Press/release in a slice view -> click or box: HiDPI threshold, boxes from four corners in rotated views;
-and the effect's event handler wired to them (the right button, the wheel and other keys left to Slicer)."""
+and the effect's event handler wired to them (the right button, the wheel and other keys left to Slicer)
+and its cleanup."""
 
 from __future__ import annotations
 
@@ -179,3 +180,14 @@ def test_the_effect_turns_presses_and_keys_into_prompts_and_actions(effect) -> N
         assert effect.processInteractionEvents(_Interactor(key=key), command.KeyPressEvent, _View())
         assert effect.ran.pop() == (action, (), {})
     assert effect.ran == []
+
+
+def test_the_effect_releases_its_logic_when_slicer_cleans_it_up(effect) -> None:
+    """Issue 16, item 6 (module cleanup): the effect's cleanup hands everything back through
+    MiniSAMSegmentLogic.release (tested in test_segment_logic.py) and forgets the logic."""
+    released = []
+    effect.logic = type("Logic", (), {"release": lambda self: released.append(True)})()
+    effect.cleanup()
+    assert released == [True] and effect.logic is None
+    effect.cleanup()  # twice, or before any click: nothing to release
+    assert released == [True]
