@@ -36,6 +36,11 @@ PIP_REQUIREMENTS: dict[str, str] = {
     "scipy": "scipy>=1.10",
     "tqdm": "tqdm>=4.60",
     "peft": "peft>=0.13",  # modality adapters (the effect's Adapter "auto" is the default)
+    # the CPU fast path of the image encoder (the effect's Runtime "auto"): torch.onnx.export writes the
+    # encoder through onnx, OpenVINO runs it (2-3x torch's speed for the default, docs/bench/upstream.md;
+    # without them auto runs torch)
+    "onnx": "onnx>=1.14",
+    "openvino": "openvino>=2024.0",
 }
 
 INSTALLING = BusyGuard()
