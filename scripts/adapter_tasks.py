@@ -59,13 +59,14 @@ from minisam.training.manifest import (
 )
 from minisam.training.model_inputs import to_model_inputs
 
-HEADS = "q_proj,k_proj,v_proj,out_proj,heads"  # the attention and the output heads
+ATTENTION = "q_proj,k_proj,v_proj,out_proj"  # the decoder transformer's attention projections
+HEADS = f"{ATTENTION},heads"  # the attention and the output heads
 CONFIGS = {
-    "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8"],
+    "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", ATTENTION],
     "lora-heads": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", HEADS],
-    "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8"],
-    "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8"],
-    "adalora-qat": ["--method", "adalora-qat", "--rank", "8"],
+    "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8", "--decoder-targets", ATTENTION],
+    "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8", "--decoder-targets", ATTENTION],
+    "adalora-qat": ["--method", "adalora-qat", "--rank", "8", "--decoder-targets", ATTENTION],
 }  # fmt: skip
 COMMON = [
     "--targets", "none", "--include-decoder", "--validate-with", "both",

@@ -520,7 +520,7 @@ def test_shipped_adapter_readme_is_our_model_card() -> None:
     meta = read_metadata(BUILTIN_ROOT / "us_hc18")
     assert "[More Information Needed]" not in card and meta.base_hash in card
     assert meta.base_hash == load_model("default").base_hash()  # made for the shipped default
-    click = meta.metrics["heldout_eval"]["lora-heads on fp32 base"]["click"]
+    click = meta.metrics["heldout_eval"]["lora on fp32 base"]["click"]
     assert "HC18" in card and "CC BY 4.0" in card and f"click {click}" in card
 
 

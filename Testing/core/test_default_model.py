@@ -86,9 +86,10 @@ def test_one_click_segments_a_held_out_fetal_head(shared_data: Path) -> None:
             dice(engine.predict(embedding, box).mask, truth),
         )
     # LiteMedSAM was trained with boxes only: a click finds nothing. Measured on this head (one of
-    # the harder ones of the 20 held-out, docs/eval/clicks_one_click): 0.003 -> 0.51.
+    # the harder ones of the 20 held-out, docs/eval/iou_head_one_click): 0.003 -> 0.87 (0.51 before
+    # the IoU head learnt to rank the three candidates: the whole head was there, ranked second).
     assert scores["litemedsam"][0] < 0.05, scores
-    assert scores["default"][0] > 0.45, scores
+    assert scores["default"][0] > 0.8, scores
     # boxes still work (on this head 0.899 -> 0.883; over the 20 held-out heads 0.948 -> 0.960)
     assert scores["default"][1] > 0.85, scores
 
