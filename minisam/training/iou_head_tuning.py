@@ -177,7 +177,7 @@ def tune_iou_head(
             head.eval()
             score, _ = ranked_first_dice(head, val)
             head.train()
-            row = {"epoch": epoch, "loss": float(loss), "val_click_dice": score}
+            row = {"epoch": epoch, "loss": float(loss.detach()), "val_click_dice": score}
             report.history.append(row)
             if progress is not None:
                 progress(row)
