@@ -95,9 +95,13 @@ class MiniSAMSegmentLogic(ScriptedLoadableModuleLogic):
     """Module-level helpers; the segmentation logic is MiniSAMSegmentLib.logic.MiniSAMSegmentLogic."""
 
     def installDependencies(self):
-        from MiniSAMSegmentLib.dependencies import ensure_dependencies
+        from MiniSAMSegmentLib.dependencies import background_pip_installer, ensure_dependencies
 
-        return ensure_dependencies(lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"))
+        pip_install = background_pip_installer(slicer.app.processEvents)  # pip off the GUI thread
+        return ensure_dependencies(
+            lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"),
+            pip_install=pip_install,
+        )
 
     def status(self):
         try:

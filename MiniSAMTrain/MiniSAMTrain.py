@@ -455,13 +455,14 @@ class MiniSAMTrainLogic(ScriptedLoadableModuleLogic, TrainLogic):
 
     def installDependencies(self):
         """Install what segmentation and training need, after one confirmation each (if anything)."""
-        from MiniSAMSegmentLib.dependencies import ensure_dependencies
+        from MiniSAMSegmentLib.dependencies import background_pip_installer, ensure_dependencies
 
         def confirm(text):
             return slicer.util.confirmOkCancelDisplay(text, "MiniSAM")
 
-        installed = ensure_dependencies(confirm)
-        return installed + ensure_training_packages(confirm, slicer.util.pip_install)
+        pip_install = background_pip_installer(slicer.app.processEvents)  # pip off the GUI thread
+        installed = ensure_dependencies(confirm, pip_install=pip_install)
+        return installed + ensure_training_packages(confirm, pip_install)
 
     def jumpTo(self, suggestion):
         from MiniSAMTrainLib.suggestions import jump_to

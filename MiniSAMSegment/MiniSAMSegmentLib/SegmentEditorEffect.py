@@ -386,7 +386,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _logic(self):
         if self.logic is None:
             # Once per session: the logic exists only after the packages were found (or installed).
-            from MiniSAMSegmentLib.dependencies import ensure_dependencies, missing_requirements
+            from MiniSAMSegmentLib.dependencies import (
+                background_pip_installer,
+                ensure_dependencies,
+                missing_requirements,
+            )
 
             guard = self._busyGuard()
             with guard("installing Python packages"):
@@ -396,9 +400,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                         labelText="MiniSAM: installing Python packages (see the Python console)...",
                         windowTitle="MiniSAM", maximum=0,
                     )  # fmt: skip
-                try:  # pip_install processes events while it logs, so the dialog stays alive
+                try:  # pip runs off the GUI thread; the dialog and Slicer stay alive meanwhile
                     ensure_dependencies(
-                        lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM")
+                        lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"),
+                        pip_install=background_pip_installer(self._pump(dialog)),
                     )
                 finally:
                     if dialog is not None:

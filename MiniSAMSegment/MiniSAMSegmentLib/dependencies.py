@@ -11,15 +11,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 
 from minisam.errors import MiniSAMError
 
-from .busy import BusyGuard
+from .busy import BusyGuard, run_in_background
 
 __all__ = [
     "INSTALLING",
     "PIP_REQUIREMENTS",
+    "background_pip_installer",
     "TORCH_REQUIREMENT",
     "InstallError",
     "ensure_dependencies",
@@ -102,6 +105,36 @@ def _pip_install(requirement: str) -> object:
     import slicer
 
     return slicer.util.pip_install(requirement)
+
+
+def background_pip_installer(
+    pump: Callable[[], object],
+    python: str | None = None,
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> Installer:
+    """An installer for :func:`ensure_dependencies` that keeps pip off the GUI thread: ``python -m pip
+    install REQUIREMENT`` (``python`` default ``sys.executable``, Slicer's PythonSlicer) runs in a subprocess
+    waited for by a worker thread, while the calling (GUI) thread calls ``pump()`` to keep the progress
+    dialog and the application alive. pip's output goes to the log; a failure raises with pip's last line."""
+    executable = python or sys.executable
+
+    def install(requirement: str) -> subprocess.CompletedProcess:
+        def work() -> subprocess.CompletedProcess:
+            result = runner(
+                [executable, "-m", "pip", "install", requirement],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            output = f"{result.stdout or ''}{result.stderr or ''}".strip()
+            for line in output.splitlines():
+                logging.info("pip: %s", line)
+            if result.returncode != 0:
+                last = output.splitlines()[-1] if output else f"exit code {result.returncode}"
+                raise RuntimeError(last)
+            return result
+
+        return run_in_background(work, pump, name="MiniSAM pip install")
+
+    return install
 
 
 def _message(torch_missing: bool, missing: Sequence[str]) -> str:
