@@ -113,3 +113,50 @@ def test_a_second_installation_while_one_runs_is_refused() -> None:
     assert installed == [PIP_REQUIREMENTS["scipy"]] and recorder.pip == [PIP_REQUIREMENTS["scipy"]]
     assert len(refused) == 1 and refused[0].startswith("MiniSAM is busy installing Python packages")
     assert _ensure(Recorder(), {"tqdm"}) == [PIP_REQUIREMENTS["tqdm"]]  # free again afterwards
+
+
+def test_pip_runs_off_the_calling_thread_while_it_pumps() -> None:
+    """The GUI's installer: pip in a subprocess waited for by a worker thread, the caller pumping events."""
+    import subprocess
+    import threading
+
+    from MiniSAMSegmentLib.dependencies import background_pip_installer
+
+    caller, pumped, seen = threading.current_thread(), threading.Event(), {}
+
+    def runner(command, **kwargs):
+        seen["command"], seen["thread"] = command, threading.current_thread()
+        assert pumped.wait(10), "the calling thread did not pump while pip ran"
+        return subprocess.CompletedProcess(command, 0, "Successfully installed scipy\n", "")
+
+    install = background_pip_installer(pumped.set, python="/slicer/PythonSlicer", runner=runner)
+    assert _ensure_with(install, {"scipy"}) == [PIP_REQUIREMENTS["scipy"]]
+    assert seen["command"] == [
+        "/slicer/PythonSlicer", "-m", "pip", "install", PIP_REQUIREMENTS["scipy"],
+    ]  # fmt: skip
+    assert seen["thread"] is not caller
+
+
+def test_a_failing_pip_is_one_sentence_with_its_last_line() -> None:
+    import subprocess
+
+    from MiniSAMSegmentLib.dependencies import background_pip_installer
+
+    def runner(command, **kwargs):
+        return subprocess.CompletedProcess(
+            command, 1, "Collecting scipy\n", "ERROR: No matching distribution found for scipy\n"
+        )
+
+    install = background_pip_installer(lambda: None, python="py", runner=runner)
+    with pytest.raises(InstallError) as error:
+        _ensure_with(install, {"scipy"})
+    assert "No matching distribution found for scipy" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def _ensure_with(install, missing: set[str]) -> list[str]:
+    recorder = Recorder()
+    return ensure_dependencies(
+        recorder.confirm, pip_install=install, install_torch=recorder.install_torch,
+        find_spec=_finder(missing),
+    )  # fmt: skip
