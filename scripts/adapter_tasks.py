@@ -44,6 +44,7 @@ from minisam.adapters.adapter_io import ship_adapter
 from minisam.adapters.metadata import read_metadata
 from minisam.model_loader import load_model
 from minisam.quantization import quantize_model
+from minisam.training.adapter_recipe import DECODER_ATTENTION, RECIPES
 from minisam.training.base_trainer import validation_dice
 from minisam.training.default_recipe import (
     LICENCES,
@@ -59,14 +60,13 @@ from minisam.training.manifest import (
 )
 from minisam.training.model_inputs import to_model_inputs
 
-ATTENTION = "q_proj,k_proj,v_proj,out_proj"  # the decoder transformer's attention projections
-HEADS = f"{ATTENTION},heads"  # the attention and the output heads
+HEADS = RECIPES["tiny_vit"].decoder_targets  # the attention and the output heads
 CONFIGS = {
-    "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", ATTENTION],
+    "lora": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", DECODER_ATTENTION],
     "lora-heads": ["--method", "lora", "--quant", "fp32", "--rank", "8", "--decoder-targets", HEADS],
-    "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8", "--decoder-targets", ATTENTION],
-    "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8", "--decoder-targets", ATTENTION],
-    "adalora-qat": ["--method", "adalora-qat", "--rank", "8", "--decoder-targets", ATTENTION],
+    "lora-int8": ["--method", "lora", "--quant", "int8", "--rank", "8", "--decoder-targets", DECODER_ATTENTION],
+    "qlora": ["--method", "lora", "--quant", "nf4", "--rank", "8", "--decoder-targets", DECODER_ATTENTION],
+    "adalora-qat": ["--method", "adalora-qat", "--rank", "8", "--decoder-targets", DECODER_ATTENTION],
 }  # fmt: skip
 COMMON = [
     "--targets", "none", "--include-decoder", "--validate-with", "both",

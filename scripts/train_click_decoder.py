@@ -105,8 +105,11 @@ def main() -> None:
         loaded = load_model(args.init)
         if method == "iou-head":
             started = time.monotonic()
+            head_settings = IouHeadSettings()
+            if rate is not None:
+                head_settings.learning_rate = rate
             model, report = _iou_head(
-                loaded, train_inputs, val_inputs, train_embeddings, val_embeddings
+                loaded, head_settings, train_inputs, val_inputs, train_embeddings, val_embeddings
             )
             reports[method] = {**asdict(report), "wall_minutes": (time.monotonic() - started) / 60}
             print(
@@ -115,7 +118,7 @@ def main() -> None:
             # The masks did not change, so the box half of the score is the starting model's.
             score = report.click_dice
             if best is None or score > best[0]:
-                best = (score, method, model, loaded.config, IouHeadSettings())
+                best = (score, method, model, loaded.config, head_settings)
             continue
         settings = PromptTuningSettings(
             method=method,
@@ -177,9 +180,8 @@ def main() -> None:
         print(f"wrote {args.out} ({method})")
 
 
-def _iou_head(loaded, train_inputs, val_inputs, train_embeddings, val_embeddings):
+def _iou_head(loaded, settings, train_inputs, val_inputs, train_embeddings, val_embeddings):
     """Fit ``loaded``'s IoU head on decoder outputs computed once (see the module docstring)."""
-    settings = IouHeadSettings()
     samples = {}
     for name, inputs, embeddings in (
         ("train", train_inputs, train_embeddings),

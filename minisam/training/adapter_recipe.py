@@ -7,9 +7,10 @@ The right few-shot recipe depends on the base's image encoder family, as measure
 * TinyViT bases (LiteMedSAM, the embedded default): NF4 damages this small encoder (8 held-out HC18
   slices, box / one click 0.952 / 0.726 fp32 → 0.842 / 0.473 NF4), so the encoder stays frozen in
   fp32 and is run once per slice; a LoRA adapts the mask decoder's attention and its output heads
-  (the hypernetworks and IoU head that turn a click into a mask: HC18 one click 0.711 → 0.869 with
-  the heads, 0.758 without), and the epoch is chosen on the mean of box and one-click Dice, so a
-  click-trained adapter must improve clicks too.
+  (the hypernetworks and IoU head that turn a click into a mask: on the default v1, HC18 one click
+  0.711 → 0.869 with the heads, 0.758 without; on v2, whose IoU head was tuned, neither raises one
+  click any more, 0.888 → 0.875 with the heads, 0.881 without, both box 0.962 → 0.967), and the epoch
+  is chosen on the mean of box and one-click Dice, so a click-trained adapter must improve clicks too.
 """
 
 from __future__ import annotations
