@@ -33,9 +33,7 @@ from minisam.training.model_inputs import to_model_inputs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument(
-        "--out", type=Path, required=True, help="checkpoint to write"
-    )
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     parser.add_argument("--arch", default="small")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
