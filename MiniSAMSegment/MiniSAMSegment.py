@@ -95,12 +95,17 @@ class MiniSAMSegmentLogic(ScriptedLoadableModuleLogic):
     """Module-level helpers; the segmentation logic is MiniSAMSegmentLib.logic.MiniSAMSegmentLogic."""
 
     def installDependencies(self):
-        from MiniSAMSegmentLib.dependencies import background_pip_installer, ensure_dependencies
+        from MiniSAMSegmentLib.dependencies import (
+            background_pip_installer,
+            background_torch_installer,
+            ensure_dependencies,
+        )
 
-        pip_install = background_pip_installer(slicer.app.processEvents)  # pip off the GUI thread
+        pump = slicer.app.processEvents  # pip and torch install off the GUI thread
         return ensure_dependencies(
             lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"),
-            pip_install=pip_install,
+            pip_install=background_pip_installer(pump),
+            install_torch=background_torch_installer(pump),
         )
 
     def status(self):

@@ -455,13 +455,20 @@ class MiniSAMTrainLogic(ScriptedLoadableModuleLogic, TrainLogic):
 
     def installDependencies(self):
         """Install what segmentation and training need, after one confirmation each (if anything)."""
-        from MiniSAMSegmentLib.dependencies import background_pip_installer, ensure_dependencies
+        from MiniSAMSegmentLib.dependencies import (
+            background_pip_installer,
+            background_torch_installer,
+            ensure_dependencies,
+        )
 
         def confirm(text):
             return slicer.util.confirmOkCancelDisplay(text, "MiniSAM")
 
-        pip_install = background_pip_installer(slicer.app.processEvents)  # pip off the GUI thread
-        installed = ensure_dependencies(confirm, pip_install=pip_install)
+        pump = slicer.app.processEvents  # pip and torch install off the GUI thread
+        pip_install = background_pip_installer(pump)
+        installed = ensure_dependencies(
+            confirm, pip_install=pip_install, install_torch=background_torch_installer(pump)
+        )
         return installed + ensure_training_packages(confirm, pip_install)
 
     def jumpTo(self, suggestion):

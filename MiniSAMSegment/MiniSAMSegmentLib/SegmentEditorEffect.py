@@ -388,6 +388,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             # Once per session: the logic exists only after the packages were found (or installed).
             from MiniSAMSegmentLib.dependencies import (
                 background_pip_installer,
+                background_torch_installer,
                 ensure_dependencies,
                 missing_requirements,
             )
@@ -400,10 +401,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                         labelText="MiniSAM: installing Python packages (see the Python console)...",
                         windowTitle="MiniSAM", maximum=0,
                     )  # fmt: skip
-                try:  # pip runs off the GUI thread; the dialog and Slicer stay alive meanwhile
+                pump = self._pump(dialog)
+                try:  # pip and torch install off the GUI thread; the dialog and Slicer stay alive
                     ensure_dependencies(
                         lambda text: slicer.util.confirmOkCancelDisplay(text, "MiniSAM"),
-                        pip_install=background_pip_installer(self._pump(dialog)),
+                        pip_install=background_pip_installer(pump),
+                        install_torch=background_torch_installer(pump),
                     )
                 finally:
                     if dialog is not None:

@@ -1,9 +1,11 @@
 """Python packages MiniSAM needs inside Slicer: installed on first use, after one confirmation.
 
-torch comes from the PyTorch extension (PyTorchUtils picks the CUDA or CPU build for this computer); the
-rest comes from ``slicer.util.pip_install``. Nothing is installed unless ``confirm`` returns True, and
-packages Slicer ships (numpy, SimpleITK) are never reinstalled. Every function takes its side effects as
-arguments so it runs, and is tested, without the application.
+torch comes from the PyTorch extension (PyTorchUtils has light-the-torch pick the CUDA or CPU build for this
+computer); the rest comes from pip. In the application both run as ``PythonSlicer -m ...`` subprocesses
+waited for off the GUI thread (:func:`background_pip_installer`, :func:`background_torch_installer`).
+Nothing is installed unless ``confirm`` returns True, and packages Slicer ships (numpy, SimpleITK) are never
+reinstalled. Every function takes its side effects as arguments so it runs, and is tested, without the
+application.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from minisam.errors import MiniSAMError
 
@@ -23,6 +26,7 @@ __all__ = [
     "INSTALLING",
     "PIP_REQUIREMENTS",
     "background_pip_installer",
+    "background_torch_installer",
     "TORCH_REQUIREMENT",
     "InstallError",
     "ensure_dependencies",
@@ -32,6 +36,8 @@ __all__ = [
 ]
 
 TORCH_REQUIREMENT = ">=2.1"
+# what PyTorchUtils._installLightTheTorch installs when light-the-torch is missing
+LIGHT_THE_TORCH_REQUIREMENT = "light-the-torch>=0.5"
 PIP_REQUIREMENTS: dict[str, str] = {
     # import name -> pip requirement (what the segmentation path of minisam imports besides torch)
     "segment_anything": "segment-anything>=1.0",
@@ -85,8 +91,8 @@ def missing_requirements(
     return torch_missing, missing
 
 
-def _install_torch_with_pytorchutils() -> object:
-    """Install torch through the PyTorch extension's logic; return the torch module or None."""
+def _pytorch_utils_logic() -> object:
+    """The PyTorch extension's ``PyTorchUtilsLogic()``; InstallError when the extension is missing."""
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
@@ -94,17 +100,52 @@ def _install_torch_with_pytorchutils() -> object:
             "MiniSAM needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, "
             "restart Slicer and try again"
         ) from None
-    logic = PyTorchUtils.PyTorchUtilsLogic()
-    if logic.torchInstalled():
-        return logic.torch
+    return PyTorchUtils.PyTorchUtilsLogic()
+
+
+def _install_torch_on_this_thread(logic: object) -> object:
+    """``logic.installTorch`` (blocks the calling thread until torch is installed); torch or None."""
     # One confirmation covers everything: ours was given already, so PyTorchUtils must not ask again.
     return logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+
+
+def _install_torch_with_pytorchutils() -> object:
+    """Install torch through the PyTorch extension's logic; return the torch module or None."""
+    logic = _pytorch_utils_logic()
+    if logic.torchInstalled():
+        return logic.torch
+    return _install_torch_on_this_thread(logic)
 
 
 def _pip_install(requirement: str) -> object:
     import slicer
 
     return slicer.util.pip_install(requirement)
+
+
+def _run_python_module(
+    module: str,
+    args: Sequence[str],
+    pump: Callable[[], object],
+    python: str | None = None,
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` (``python`` default ``sys.executable``, Slicer's PythonSlicer) in a
+    subprocess waited for by a worker thread while the calling thread calls ``pump()``. The output goes to
+    the log; a non-zero exit raises RuntimeError with the output's last line."""
+    command = [python or sys.executable, "-m", module, *args]
+
+    def work() -> subprocess.CompletedProcess:
+        result = runner(command, capture_output=True, text=True, check=False)
+        output = f"{result.stdout or ''}{result.stderr or ''}".strip()
+        for line in output.splitlines():
+            logging.info("%s: %s", module, line)
+        if result.returncode != 0:
+            last = output.splitlines()[-1] if output else f"exit code {result.returncode}"
+            raise RuntimeError(last)
+        return result
+
+    return run_in_background(work, pump, name=f"MiniSAM {module}")
 
 
 def background_pip_installer(
@@ -116,23 +157,65 @@ def background_pip_installer(
     install REQUIREMENT`` (``python`` default ``sys.executable``, Slicer's PythonSlicer) runs in a subprocess
     waited for by a worker thread, while the calling (GUI) thread calls ``pump()`` to keep the progress
     dialog and the application alive. pip's output goes to the log; a failure raises with pip's last line."""
-    executable = python or sys.executable
 
     def install(requirement: str) -> subprocess.CompletedProcess:
-        def work() -> subprocess.CompletedProcess:
-            result = runner(
-                [executable, "-m", "pip", "install", requirement],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            output = f"{result.stdout or ''}{result.stderr or ''}".strip()
-            for line in output.splitlines():
-                logging.info("pip: %s", line)
-            if result.returncode != 0:
-                last = output.splitlines()[-1] if output else f"exit code {result.returncode}"
-                raise RuntimeError(last)
-            return result
+        return _run_python_module("pip", ["install", requirement], pump, python, runner)
 
-        return run_in_background(work, pump, name="MiniSAM pip install")
+    return install
+
+
+def _light_the_torch_arguments(logic: object) -> list[str] | None:
+    """The arguments PyTorchUtils' ``installTorch`` gives ``python -m light_the_torch`` (``install torch>=2.1
+    torchvision``, ltt choosing the CUDA or CPU build), or None when this PyTorchUtils cannot tell them."""
+    build = getattr(logic, "_getPipInstallArguments", None)
+    if build is None:
+        return None
+    try:
+        return [str(arg) for arg in build(torchVersionRequirement=TORCH_REQUIREMENT)]
+    except TypeError:  # PyTorchUtils before June 2023 took no version requirement
+        return None
+
+
+def _import_torch() -> object:
+    try:
+        return importlib.import_module("torch")
+    except ModuleNotFoundError:
+        return None
+
+
+def background_torch_installer(
+    pump: Callable[[], object],
+    python: str | None = None,
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+    import_torch: Callable[[], object] = _import_torch,
+) -> Callable[[], object]:
+    """An ``install_torch`` for :func:`ensure_dependencies` that keeps torch's download off the GUI thread.
+
+    Runs the command PyTorchUtils' ``installTorch`` would run, ``python -m light_the_torch install ...``
+    (light-the-torch picks the CUDA or CPU build; it is pip-installed first when missing, as PyTorchUtils
+    does), through the same background subprocess as :func:`background_pip_installer`, then returns
+    ``import_torch()`` (the module or None). A PyTorchUtils that does not expose its arguments
+    (``_getPipInstallArguments``) installs on the calling thread instead, with a warning in the log.
+    """
+
+    def install() -> object:
+        logic = _pytorch_utils_logic()
+        if logic.torchInstalled():
+            return logic.torch
+        args = _light_the_torch_arguments(logic)
+        if args is None:
+            logging.warning(
+                "This PyTorch extension does not expose its light-the-torch arguments: installing PyTorch "
+                "on the GUI thread, Slicer may not respond until it has finished"
+            )
+            return _install_torch_on_this_thread(logic)
+        run = partial(_run_python_module, pump=pump, python=python, runner=runner)
+        if find_spec("light_the_torch") is None:
+            run("pip", ["install", LIGHT_THE_TORCH_REQUIREMENT])
+        run("light_the_torch", args)
+        importlib.invalidate_caches()
+        return import_torch()
 
     return install
 
@@ -159,7 +242,8 @@ def ensure_dependencies(
     Arguments:
       confirm: asks the user once (``slicer.util.confirmOkCancelDisplay`` in the application).
       pip_install: installs one requirement string (default ``slicer.util.pip_install``).
-      install_torch: installs torch and returns the module or None (default: the PyTorch extension).
+      install_torch: installs torch and returns the module or None (default: the PyTorch extension's
+        ``installTorch`` on the calling thread; :func:`background_torch_installer` keeps it off).
       find_spec: tells whether an import name is available (default ``importlib.util.find_spec``).
 
     Raises:

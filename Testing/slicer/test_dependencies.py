@@ -160,3 +160,137 @@ def _ensure_with(install, missing: set[str]) -> list[str]:
         recorder.confirm, pip_install=install, install_torch=recorder.install_torch,
         find_spec=_finder(missing),
     )  # fmt: skip
+
+
+class FakePyTorchUtilsLogic:
+    """PyTorchUtils' logic as SlicerPyTorch has it: the light-the-torch arguments, installTorch."""
+
+    installed = False
+    torch = TORCH
+    calls: list = []
+
+    @staticmethod
+    def torchInstalled() -> bool:
+        return FakePyTorchUtilsLogic.installed
+
+    @staticmethod
+    def _getPipInstallArguments(
+        forceComputationBackend=None, torchVersionRequirement=None
+    ) -> list[str]:
+        args = ["install", f"torch{torchVersionRequirement or ''}", "torchvision"]
+        if forceComputationBackend is not None:
+            args.append(f"--pytorch-computation-backend={forceComputationBackend}")
+        return args
+
+    def installTorch(self, askConfirmation=False, **requirements):
+        FakePyTorchUtilsLogic.calls.append((askConfirmation, requirements))
+        return TORCH
+
+
+class OldPyTorchUtilsLogic(FakePyTorchUtilsLogic):
+    """A PyTorchUtils that does not expose its light-the-torch arguments."""
+
+    _getPipInstallArguments = None
+
+
+@pytest.fixture
+def pytorch_utils(monkeypatch):
+    """A fake PyTorchUtils module in sys.modules; returns it (swap ``PyTorchUtilsLogic`` to vary it)."""
+    import sys
+    import types
+
+    module = types.ModuleType("PyTorchUtils")
+    module.PyTorchUtilsLogic = FakePyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", module)
+    monkeypatch.setattr(FakePyTorchUtilsLogic, "calls", [])
+    return module
+
+
+def _ensure_torch(install_torch) -> list[str]:
+    recorder = Recorder()
+    return ensure_dependencies(
+        recorder.confirm, recorder.pip_install, install_torch, _finder({"torch"})
+    )
+
+
+def test_torch_installs_off_the_calling_thread_with_pytorchutils_command(pytorch_utils) -> None:
+    """light-the-torch, as PyTorchUtils would run it, in a subprocess waited for by a worker thread."""
+    import subprocess
+    import threading
+
+    from MiniSAMSegmentLib.dependencies import TORCH_REQUIREMENT, background_torch_installer
+
+    caller, pumped = threading.current_thread(), threading.Event()
+    commands, threads, order = [], [], []
+
+    def runner(command, **kwargs):
+        commands.append(command)
+        threads.append(threading.current_thread())
+        assert pumped.wait(10), "the calling thread did not pump while light-the-torch ran"
+        return subprocess.CompletedProcess(command, 0, "Successfully installed torch-2.5.1\n", "")
+
+    def import_torch():
+        order.append(len(commands))
+        return TORCH
+
+    install = background_torch_installer(
+        pumped.set, python="/slicer/PythonSlicer", runner=runner,
+        find_spec=_finder({"light_the_torch"}), import_torch=import_torch,
+    )  # fmt: skip
+    assert _ensure_torch(install) == [f"torch{TORCH_REQUIREMENT}"]
+    assert commands == [
+        ["/slicer/PythonSlicer", "-m", "pip", "install", "light-the-torch>=0.5"],
+        ["/slicer/PythonSlicer", "-m", "light_the_torch", "install", "torch>=2.1", "torchvision"],
+    ]
+    assert all(thread is not caller for thread in threads) and order == [2]
+    assert FakePyTorchUtilsLogic.calls == []  # installTorch (on the GUI thread) was not called
+
+    commands.clear()  # light-the-torch already there: only its install command runs
+    install = background_torch_installer(
+        pumped.set, python="py", runner=runner, find_spec=_finder(set()), import_torch=import_torch
+    )
+    assert install() is TORCH
+    assert commands == [["py", "-m", "light_the_torch", "install", "torch>=2.1", "torchvision"]]
+
+
+def test_a_failing_torch_install_is_one_sentence_with_its_last_line(pytorch_utils) -> None:
+    import subprocess
+
+    from MiniSAMSegmentLib.dependencies import background_torch_installer
+
+    def runner(command, **kwargs):
+        return subprocess.CompletedProcess(
+            command, 1, "Collecting torch>=2.1\n",
+            "ERROR: No matching distribution found for torch>=2.1\n",
+        )  # fmt: skip
+
+    install = background_torch_installer(lambda: None, "py", runner, find_spec=_finder(set()))
+    with pytest.raises(InstallError) as error:
+        _ensure_torch(install)
+    assert "No matching distribution found for torch>=2.1" in str(error.value)
+    assert "installing PyTorch failed" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_old_pytorchutils_installs_torch_on_the_gui_thread(pytorch_utils, caplog) -> None:
+    from MiniSAMSegmentLib.dependencies import TORCH_REQUIREMENT, background_torch_installer
+
+    def runner(command, **kwargs):
+        raise AssertionError(f"no subprocess expected: {command}")
+
+    pytorch_utils.PyTorchUtilsLogic = OldPyTorchUtilsLogic
+    install = background_torch_installer(lambda: None, python="py", runner=runner)
+    with caplog.at_level("WARNING"):
+        assert _ensure_torch(install) == [f"torch{TORCH_REQUIREMENT}"]
+    assert FakePyTorchUtilsLogic.calls == [(False, {"torchVersionRequirement": TORCH_REQUIREMENT})]
+    assert "may not respond" in caplog.text
+
+
+def test_torch_installer_without_the_pytorch_extension_says_so(monkeypatch) -> None:
+    import sys
+
+    from MiniSAMSegmentLib.dependencies import background_torch_installer
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # importing it: ModuleNotFoundError
+    install = background_torch_installer(lambda: None, python="py", runner=None)
+    with pytest.raises(InstallError, match="needs the PyTorch extension"):
+        _ensure_torch(install)
