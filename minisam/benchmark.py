@@ -132,9 +132,9 @@ def measure(case: BenchCase) -> dict[str, Any]:
     setup_s = time.perf_counter() - start
     export_s = load_s = None
     if case.runtime != "torch":
-        # the first engine exported the encoder when its export was not cached yet; a second one
-        # only loads (compiles) the cached export
-        if getattr(engine.encoder, "built", False):
+        # the first engine exported the encoder and decoder when their exports were not cached yet;
+        # a second one only loads (compiles) the cached exports
+        if getattr(engine.encoder, "built", False) or getattr(engine.decoder, "built", False):
             export_s = setup_s
             start = time.perf_counter()
             SamEngine(loaded.sam, loaded.config, device, case.runtime, case.precision)
@@ -164,6 +164,7 @@ def measure(case: BenchCase) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
         "encoder_runtime": engine.encoder.describe(),
+        "decoder_runtime": engine.decoder.describe(),
         "runtime_export_s": export_s,
         "runtime_load_s": load_s,
     }
@@ -379,8 +380,12 @@ def _ratio(value: float | None) -> str:
 
 
 def _runtime_cell(row: dict[str, Any]) -> str:
-    """The runtime that ran (``encoder_runtime``, else the one asked for) and its setup times."""
+    """The runtime that ran (``encoder_runtime``, else the one asked for; the decoder's when it
+    differs) and its setup times."""
     text = row.get("encoder_runtime") or row.get("runtime", "torch")
+    decoder = row.get("decoder_runtime")
+    if decoder and decoder != text:
+        text += f", decoder {decoder}"
     times = [
         f"{label} {row[key]:.1f} s"
         for label, key in (("export", "runtime_export_s"), ("load", "runtime_load_s"))

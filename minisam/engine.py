@@ -15,6 +15,7 @@ import torch
 from minisam.model_config import SamConfig
 from minisam.prompts import Prompt
 from minisam.runtime import encoder_runtime
+from minisam.runtime.decoder import decoder_runtime
 from minisam.transforms import ResizeTransform
 
 
@@ -55,8 +56,9 @@ class SamEngine:
       config: its architecture and preprocessing.
       device: torch device of the prompt encoder and mask decoder (and of a torch image encoder).
       runtime: where the image encoder runs: "torch" (default, the module itself), "auto",
-        "openvino" or "onnxruntime" (see :func:`minisam.runtime.encoder_runtime`).
-      precision: the exported encoder's precision ("auto", "f32", "bf16"; OpenVINO only).
+        "openvino" or "onnxruntime" (see :func:`minisam.runtime.encoder_runtime`); the mask decoder
+        follows it (:func:`minisam.runtime.decoder.decoder_runtime`).
+      precision: the exported encoder's and decoder's precision ("auto", "f32", "bf16"; OpenVINO only).
     """
 
     def __init__(
@@ -71,6 +73,8 @@ class SamEngine:
         self.sam = sam.to(self.device).eval()
         self.config = config
         self.encoder = encoder_runtime(runtime, self.sam, config.image_size, self.device, precision)
+        # the mask decoder runs where the encoder does (exported, same precision) or in torch
+        self.decoder = decoder_runtime(self.encoder, self.sam)
         # One encoder call at a time: the background precompute's worker and a click may both embed, and
         # an OpenVINO request, a first export or an adapter switch must not interleave with another call.
         self.encoder_lock = threading.Lock()
@@ -109,17 +113,11 @@ class SamEngine:
             )
         masks_in = None
         if prompt.mask_logits is not None:
-            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float32)[None].to(
-                self.device
-            )
+            logits = torch.as_tensor(prompt.mask_logits, dtype=torch.float32)
+            # SAM's mask_input is (B, 1, h, w); a 2D map would pass torch's decoder unbatched
+            masks_in = logits.reshape(1, 1, *logits.shape[-2:]).to(self.device)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-        low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding.features,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        low_res, iou = self.decoder(embedding.features, sparse, dense, multimask)
         logits = self.sam.postprocess_masks(low_res, transform.input_size, transform.original_size)
         order = torch.argsort(iou[0], descending=True)
         return Prediction(

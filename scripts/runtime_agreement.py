@@ -8,6 +8,9 @@ Dice against the ground truth. Usage (the command behind docs/bench/encoder_runt
 
     OMP_NUM_THREADS=2 python scripts/runtime_agreement.py --models default litemedsam \\
         litemedsam-clicks --runtimes openvino:f32 openvino:bf16 onnxruntime --prompts box points:1
+
+A runtime ``openvino:f32:bf16`` runs the encoder in f32 and the mask decoder alone in bf16 (the
+decoder otherwise follows the encoder's precision). The embedding of the reference is torch's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from minisam.evaluation.manifest_cases import read_manifest  # noqa: E402
 from minisam.evaluation.prompting import case_rng, parse_prompt_mode, simulate  # noqa: E402
 from minisam.metrics import dice  # noqa: E402
 from minisam.model_loader import load_model  # noqa: E402
+from minisam.runtime.decoder import CompiledDecoder  # noqa: E402
 from minisam.volume_session import VolumeSession  # noqa: E402
 
 MANIFESTS = sorted((REPO / "docs" / "eval").glob("*.csv"))
@@ -47,10 +51,13 @@ def measure(models, runtimes, prompts, manifests, seed: int) -> list[dict]:
         loaded = load_model(model)
         engines = {"torch": SamEngine(loaded.sam, loaded.config)}
         for text in runtimes:
-            runtime, _, precision = text.partition(":")
+            runtime, _, precisions = text.partition(":")
+            precision, _, decoder_precision = precisions.partition(":")
             engines[text] = SamEngine(
                 loaded.sam, loaded.config, runtime=runtime, precision=precision or "auto"
             )
+            if decoder_precision:  # "openvino:f32:bf16": the decoder alone in another precision
+                engines[text].decoder = CompiledDecoder(loaded.sam, runtime, decoder_precision)
         for case in cases:
             sessions = {
                 name: VolumeSession(engine, case.normalized, is_rgb=case.is_rgb)

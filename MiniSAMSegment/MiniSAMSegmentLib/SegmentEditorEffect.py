@@ -82,8 +82,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "mask from the prompted slices to "
             "their neighbours until the structure ends.<p><b>Adapter</b>: <i>auto</i> applies the installed "
             "modality adapter for the volume's DICOM modality (if there is one for the model), <i>none</i> "
-            "the model alone.<p><b>Encoder runtime</b>: <i>auto</i> runs the image encoder with OpenVINO "
-            "on the CPU when it is installed, else torch. While you look at a slice, MiniSAM embeds it and "
+            "the model alone.<p><b>Runtime</b>: <i>auto</i> runs the image encoder and mask decoder with "
+            "OpenVINO on the CPU when it is installed, else torch. While you look at a slice, MiniSAM embeds it and "
             "its neighbours in the background, so a click there needs only the fast decoder.</html>"
         )
 
@@ -119,10 +119,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for name in RUNTIMES:
             self.runtimeCombo.addItem(name)
         self.runtimeCombo.toolTip = (
-            "Where the image encoder runs: auto = OpenVINO on the CPU when installed (exported once, "
-            "cached), else torch; torch is the reference; openvino / onnxruntime or a one-line error"
+            "Where the image encoder and mask decoder run: auto = OpenVINO on the CPU when installed "
+            "(exported once, cached), else torch; torch is the reference; openvino / onnxruntime or a "
+            "one-line error"
         )
-        self.scriptedEffect.addLabeledOptionsWidget("Encoder runtime:", self.runtimeCombo)
+        self.scriptedEffect.addLabeledOptionsWidget("Runtime:", self.runtimeCombo)
         self.minScoreSpin = qt.QDoubleSpinBox()
         self.minScoreSpin.setRange(0.0, 1.0)
         self.minScoreSpin.setSingleStep(0.05)

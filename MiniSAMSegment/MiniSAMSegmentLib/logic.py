@@ -155,8 +155,8 @@ class MiniSAMSegmentLogic:
     running inside it. ``pump`` (of :meth:`load` and :meth:`prompt_slice`) moves the model loading and the
     slice encoder off the calling thread, calling ``pump()`` meanwhile (see :func:`run_in_background`).
 
-    ``runtime`` is where the image encoder runs, as ``minisam segment --runtime`` (auto, torch, openvino,
-    onnxruntime; torch by default here, the effect and the batch script pass their "auto").
+    ``runtime`` is where the image encoder and the mask decoder run, as ``minisam segment --runtime`` (auto,
+    torch, openvino, onnxruntime; torch by default here, the effect and the batch script pass their "auto").
 
     With ``background`` (default), every session embeds ahead of the user on a worker thread
     (:mod:`minisam.precompute`): :meth:`focus_slice` (the slice a view shows) and each prompt queue that
@@ -531,6 +531,10 @@ class MiniSAMSegmentLogic:
 
     def _predict(self, volume_node, axis, index, prompt, multimask=None, pump=None):
         session = self.session(volume_node)  # MRML reads: in this thread
+        decoder = self.engine.decoder
+        if pump is not None and not decoder.ready():
+            # the first click with a new adapter exports the decoder with it (seconds, once per machine)
+            run_in_background(decoder.prepare, pump, name="MiniSAM decoder export")
         if pump is not None and session.precompute is None:
             # The encoder, the slow part for a slice not seen yet, on a worker thread; the decoder
             # below then finds the embedding in the cache.

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         default="auto",
-        help="where the image encoder runs, as for 'minisam segment': auto (default: OpenVINO on the "
+        help="where the image encoder and mask decoder run, as for 'minisam segment': auto (default: OpenVINO on the "
         "CPU when installed, else torch), torch, openvino, onnxruntime",
     )
     parser.add_argument("--segment-name", default="MiniSAM", help="name of the written segment")

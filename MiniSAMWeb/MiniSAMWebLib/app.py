@@ -279,7 +279,7 @@ class MiniSAMWebApp:
                         ("chosen_model", "model_choices", "Model"),
                         ("chosen_adapter", "adapter_choices", "Adapter"),
                         ("chosen_modality", "modality_choices", "Intensities (modality)"),
-                        ("chosen_runtime", "runtime_choices", "Encoder runtime"),
+                        ("chosen_runtime", "runtime_choices", "Runtime"),
                     ):
                         v3.VSelect(
                             v_model=(name, ""), items=(items, []), label=label, density="compact",

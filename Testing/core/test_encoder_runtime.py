@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from model_files import SMALL_MODEL
-from PIL import Image
 
 from minisam.adapters import AdapterSwitcher
 from minisam.adapters.choice import resolve_adapter
@@ -23,45 +22,14 @@ from minisam.cli.main import main
 from minisam.engine import SamEngine
 from minisam.errors import MiniSAMError, ModelError, PromptError
 from minisam.model_loader import load_model
-from minisam.runtime import encoder_runtime, onnxruntime_encoder, openvino_encoder, resolve_runtime
-from minisam.runtime.export_cache import MANIFEST, ExportKey, encoder_hash, is_valid
-
-CXR = "cxr_lung_montgomery_shenzhen/images/MCUCXR_0001_0.png"
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder for the module: each runtime exports the default model once."""
-    return tmp_path_factory.mktemp("minisam_cache")
-
-
-@pytest.fixture
-def cache(exports: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MINISAM_CACHE", str(exports))
-    return exports
+from minisam.runtime import encoder_runtime, onnxruntime_backend, openvino_backend, resolve_runtime
+from minisam.runtime.adapter_state import export_hash
+from minisam.runtime.export_cache import MANIFEST, ExportKey, is_valid
 
 
 @pytest.fixture(scope="module")
 def model():
     return load_model(SMALL_MODEL)
-
-
-@pytest.fixture(scope="module")
-def image(shared_data: Path) -> np.ndarray:
-    return np.asarray(Image.open(shared_data / CXR).convert("RGB"), dtype=np.float32)
-
-
-def _counted(monkeypatch: pytest.MonkeyPatch, backend) -> list[int]:
-    """Count the exports ``backend`` makes from now on."""
-    calls = []
-    original = backend.export_onnx
-
-    def export(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(backend, "export_onnx", export)
-    return calls
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -72,11 +40,13 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     ("runtime", "precision", "tolerance"),
     [("openvino", "f32", 1e-4), ("openvino", "bf16", 0.02), ("onnxruntime", "auto", 1e-4)],
 )
-def test_runtime_matches_torch(cache, model, image, runtime, precision, tolerance) -> None:
+def test_runtime_matches_torch(
+    runtime_cache, model, cxr_rgb, runtime, precision, tolerance
+) -> None:
     reference = SamEngine(model.sam, model.config)
     engine = SamEngine(model.sam, model.config, runtime=runtime, precision=precision)
     assert engine.encoder.describe() == f"{runtime} ({'f32' if precision == 'auto' else precision})"
-    expected, got = reference.embed(image), engine.embed(image)
+    expected, got = reference.embed(cxr_rgb), engine.embed(cxr_rgb)
     assert got.features.shape == expected.features.shape
     assert _relative_error(got.features, expected.features) < tolerance
     box = np.array([85, 55, 260, 370], dtype=np.float32)
@@ -87,110 +57,105 @@ def test_runtime_matches_torch(cache, model, image, runtime, precision, toleranc
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
 
 
-def test_the_defaults_openvino_export_matches_torch(cache, image) -> None:
+def test_the_defaults_openvino_export_matches_torch(runtime_cache, cxr_rgb) -> None:
     """What ``--runtime auto`` runs on a CPU for the embedded default: f32, exact to 1e-4."""
     default = load_model("default")
     reference = SamEngine(default.sam, default.config)
     engine = SamEngine(default.sam, default.config, runtime="auto")
     assert engine.encoder.describe() == "openvino (f32)"
-    expected, got = reference.embed(image), engine.embed(image)
+    expected, got = reference.embed(cxr_rgb), engine.embed(cxr_rgb)
     assert _relative_error(got.features, expected.features) < 1e-4
 
 
-def test_export_is_cached_and_a_corrupt_one_rebuilt(cache, model, image, monkeypatch) -> None:
-    calls = _counted(monkeypatch, openvino_encoder)
+def test_export_is_cached_and_a_corrupt_one_rebuilt(
+    count_exports, runtime_cache, model, cxr_rgb, monkeypatch
+) -> None:
+    calls = count_exports(openvino_backend)
     first = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
     folder = first.encoder.export_folder
-    assert folder.parent.parent == cache and len(calls) <= 1  # made now or by the test above
+    assert (
+        folder.parent.parent == runtime_cache and len(calls) <= 1
+    )  # made now or by the test above
     # a second engine (another process, another precision) loads the cached export
     SamEngine(model.sam, model.config, runtime="openvino", precision="bf16")
     made = len(calls)
     again = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
     assert len(calls) == made and not again.encoder.built
-    expected = first.embed(image).features
+    expected = first.embed(cxr_rgb).features
 
-    weights = folder / "encoder.bin"
+    weights = folder / "model.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, other bytes
     weights.write_bytes(bytes(data))
     rebuilt = SamEngine(model.sam, model.config, runtime="openvino", precision="f32")
     assert len(calls) == made + 1 and rebuilt.encoder.built
-    assert torch.equal(rebuilt.embed(image).features, expected)
+    assert torch.equal(rebuilt.embed(cxr_rgb).features, expected)
 
     # every other damage makes the folder invalid as well (then rebuilt the same way)
-    key = ExportKey("openvino", encoder_hash(model.sam.image_encoder), model.config.image_size)
+    key = ExportKey("openvino", export_hash(model.sam.image_encoder), model.config.image_size)
     assert is_valid(folder, key)
     manifest = (folder / MANIFEST).read_text()
-    stale = replace(key, encoder_hash="0" * 16)
+    stale = replace(key, module_hash="0" * 16)
     assert not is_valid(folder, stale) and not is_valid(folder, replace(key, input_size=1024))
-    (folder / MANIFEST).write_text(manifest.replace(key.encoder_hash, stale.encoder_hash))
+    (folder / MANIFEST).write_text(manifest.replace(key.module_hash, stale.module_hash))
     assert not is_valid(folder, key)  # a manifest written for other weights
     (folder / MANIFEST).write_text(manifest[:-10])
     assert not is_valid(folder, key)  # a truncated manifest
     (folder / MANIFEST).write_text(manifest)
     assert is_valid(folder, key)
-    (folder / "encoder.xml").unlink()
+    (folder / "model.xml").unlink()
     assert not is_valid(folder, key)  # a file missing
     assert json.loads((folder / MANIFEST).read_text())["key"]["runtime"] == "openvino"
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
-def test_onnxruntime_export_is_cached(cache, model, monkeypatch) -> None:
-    calls = _counted(monkeypatch, onnxruntime_encoder)
+def test_onnxruntime_export_is_cached(count_exports, runtime_cache, model, monkeypatch) -> None:
+    calls = count_exports(onnxruntime_backend)
     SamEngine(model.sam, model.config, runtime="onnxruntime")
     SamEngine(model.sam, model.config, runtime="onnxruntime")
     assert len(calls) <= 1
 
 
-def _encoder_adapter(folder: Path) -> Path:
-    """An encoder LoRA adapter for the small model, with non-zero weights (peft starts B at 0)."""
-    from minisam.adapters import AdapterSpec, attach_adapter, save_adapter
-    from minisam.adapters.lora import adapter_parameters
-
+def test_encoder_adapter_runs_in_torch(
+    random_adapter, runtime_cache, cxr_rgb, tmp_path: Path
+) -> None:
     loaded = load_model(SMALL_MODEL)
-    base_hash = loaded.base_hash()
-    peft_model = attach_adapter(loaded.sam, AdapterSpec(rank=2, alpha=4), "enc")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in adapter_parameters(peft_model, "enc").values():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    metadata = {"modality": "CT", "base_hash": base_hash, "base_model": SMALL_MODEL}
-    return save_adapter(peft_model, "enc", folder, metadata)
-
-
-def test_encoder_adapter_runs_in_torch(cache, image, tmp_path: Path) -> None:
-    loaded = load_model(SMALL_MODEL)
-    base_hash = encoder_hash(loaded.sam.image_encoder)
+    base_hash = export_hash(loaded.sam.image_encoder)
     switcher = AdapterSwitcher(loaded)
     engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
     torch_engine = SamEngine(loaded.sam, loaded.config)
-    base = engine.embed(image).features
+    base = engine.embed(cxr_rgb).features
     assert engine.encoder.torch_calls == 0
 
-    folder = _encoder_adapter(tmp_path / "enc")
+    from minisam.adapters import AdapterSpec
+
+    folder = random_adapter(tmp_path / "enc", AdapterSpec(rank=2, alpha=4), "enc")
     switcher.use(resolve_adapter(str(folder), loaded.base_hash()))  # LoRA on the encoder
-    assert encoder_hash(loaded.sam.image_encoder) == base_hash  # adapters are not in the key
-    adapted = engine.embed(image).features
+    assert export_hash(loaded.sam.image_encoder) != base_hash  # it computes something else now
+    adapted = engine.embed(cxr_rgb).features
     assert engine.encoder.torch_calls == 1
-    assert torch.equal(adapted, torch_engine.embed(image).features)
+    assert torch.equal(adapted, torch_engine.embed(cxr_rgb).features)
     assert _relative_error(adapted, base) > 1e-3
 
     switcher.use(None)  # back to the base model: the export again
-    assert _relative_error(engine.embed(image).features, base) < 1e-6
+    assert (
+        export_hash(loaded.sam.image_encoder) == base_hash
+    )  # a loaded, inactive adapter is not in it
+    assert _relative_error(engine.embed(cxr_rgb).features, base) < 1e-6
     assert engine.encoder.torch_calls == 1
 
 
-def test_decoder_only_adapter_keeps_the_export(cache, image) -> None:
+def test_decoder_only_adapter_keeps_the_export(runtime_cache, cxr_rgb) -> None:
     from minisam.adapters import AdapterSpec, attach_adapter
 
     loaded = load_model(SMALL_MODEL)
     attach_adapter(loaded.sam, AdapterSpec(target_modules=(), include_decoder=True), "decoder")
     engine = SamEngine(loaded.sam, loaded.config, runtime="openvino", precision="f32")
-    engine.embed(image)
+    engine.embed(cxr_rgb)
     assert engine.encoder.torch_calls == 0 and engine.encoder.describe() == "openvino (f32)"
 
 
-def test_auto_choice(cache, model, monkeypatch) -> None:
+def test_auto_choice(runtime_cache, model, monkeypatch) -> None:
     assert resolve_runtime("auto", "cpu", model.sam.image_encoder) == ("openvino", None)
     runtime, note = resolve_runtime("AUTO", "cuda", model.sam.image_encoder)
     assert runtime == "torch" and "device is cuda" in note
@@ -201,8 +166,8 @@ def test_auto_choice(cache, model, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded\nsecond line")
 
-    monkeypatch.setattr(openvino_encoder, "build", broken)
-    monkeypatch.setenv("MINISAM_CACHE", str(cache / "empty"))
+    monkeypatch.setattr(openvino_backend, "build", broken)
+    monkeypatch.setenv("MINISAM_CACHE", str(runtime_cache / "empty"))
     encoder = encoder_runtime("auto", model.sam, model.config.image_size)
     assert encoder.describe() == "torch (openvino failed: exporter exploded)"
     with pytest.raises(ModelError) as error:
@@ -210,7 +175,7 @@ def test_auto_choice(cache, model, monkeypatch) -> None:
     assert str(error.value) == (
         "--runtime openvino: the image encoder could not be exported or loaded (exporter exploded)"
     )
-    assert not (cache / "empty").exists()  # a failed export leaves no cache folder
+    assert not (runtime_cache / "empty").exists()  # a failed export leaves no cache folder
 
 
 def test_bad_runtime_values_give_one_line(capsys, tmp_path: Path) -> None:

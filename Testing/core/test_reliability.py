@@ -241,7 +241,7 @@ def test_a_failed_export_leaves_no_cache_folder(tmp_path: Path, monkeypatch) -> 
     key = ExportKey("openvino", "0" * 16, 64)
 
     def half(folder: Path) -> None:
-        (folder / "encoder.xml").write_text("<net/>")
+        (folder / "model.xml").write_text("<net/>")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):

@@ -152,6 +152,35 @@ def test_the_encoder_runtime_is_a_logic_setting(ct_volume, logic, tmp_path, monk
         logic.load()
 
 
+def test_a_decoder_export_runs_off_the_clicking_thread(
+    ct_volume, logic, tmp_path, monkeypatch
+) -> None:
+    """The decoder follows the runtime; when it must be exported or compiled first (the first click
+    with a new adapter), that runs on a worker while the clicking thread pumps."""
+    from minisam.runtime.decoder import CompiledDecoder
+
+    monkeypatch.setenv("MINISAM_CACHE", str(tmp_path))
+    logic.runtime = "openvino"
+    logic.load()
+    assert logic.engine.decoder.describe() == "openvino (f32)" and logic.engine.decoder.ready()
+    fresh = CompiledDecoder(logic.engine.sam, "openvino")  # as after an adapter switch: not loaded
+    logic.engine.decoder = fresh
+    assert not fresh.ready()
+    threads, prepare = [], fresh.prepare
+
+    def recording():
+        threads.append(threading.current_thread())
+        return prepare()
+
+    monkeypatch.setattr(fresh, "prepare", recording)
+    pumped: list[int] = []
+    edit = logic.prompt_slice(
+        ct_volume, "axial", box_ijk=_box(LIVER_SLICE), pump=lambda: pumped.append(1)
+    )
+    assert threads[0] is not threading.current_thread() and fresh.ready()
+    assert edit.mask.any() and fresh.torch_calls == 0
+
+
 def test_batch_script_takes_the_runtime(
     batch, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -46,13 +46,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     configs.add_argument(
         "--runtime",
         default="torch",
-        help="where the image encoder runs for every configuration without its own runtime=: "
+        help="where the image encoder and mask decoder run for every configuration without its own runtime=: "
         "torch (default, the reference), auto, openvino, onnxruntime",
     )
     configs.add_argument(
         "--precision",
         default="auto",
-        help="the exported encoder's precision: auto (default), f32, bf16 (openvino only)",
+        help="the exported encoder's and decoder's precision: auto (default), f32, bf16 (openvino only)",
     )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(

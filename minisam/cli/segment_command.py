@@ -123,14 +123,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--runtime",
         default="auto",
         choices=RUNTIMES,
-        help="where the image encoder runs: auto (default: OpenVINO on the CPU when installed, else "
-        "torch), torch (the reference), openvino, onnxruntime; exports are cached in the cache folder",
+        help="where the image encoder and mask decoder run: auto (default: OpenVINO on the CPU when "
+        "installed, else torch), torch (the reference), openvino, onnxruntime; exports are cached in "
+        "the cache folder",
     )
     model.add_argument(
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="the exported encoder's inference precision: auto (default: f32), f32, bf16 (openvino "
+        help="the exported encoder's and decoder's inference precision: auto (default: f32), f32, bf16 (openvino "
         "only: faster, masks Dice ~0.99 against f32's; docs/bench/encoder_runtimes.md)",
     )
     model.add_argument("--no-download", action="store_true", help="never download official weights")

@@ -1,9 +1,9 @@
-"""Where the image encoder runs: torch (the reference), OpenVINO or ONNX Runtime.
+"""Where the image encoder and the mask decoder run: torch (the reference), OpenVINO or ONNX Runtime.
 
 ``SamEngine`` calls ``engine.encoder(preprocessed)``; :func:`encoder_runtime` gives that callable for a
-``--runtime`` choice. The prompt encoder and mask decoder always run in torch (they take milliseconds).
-Exports of the encoder are built once per (encoder weights, input size, runtime) and cached
-(:mod:`minisam.runtime.export_cache`).
+``--runtime`` choice, and the mask decoder follows it (:mod:`minisam.runtime.decoder`); the prompt
+encoder always runs in torch (microseconds). Exports are built once per (part, runtime, weights, input
+size) and cached (:mod:`minisam.runtime.export_cache`).
 """
 
 from __future__ import annotations

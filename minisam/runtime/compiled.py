@@ -8,18 +8,16 @@ seconds to minutes each). Decoder-only adapters leave the encoder alone and keep
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minisam.errors import MiniSAMError, ModelError
-from minisam.runtime.export_cache import ExportKey, cached_export, encoder_hash
-
-Runner = Callable[[np.ndarray], np.ndarray]
+from minisam.errors import MiniSAMError
+from minisam.runtime.adapter_state import adapter_active
+from minisam.runtime.backends import Runner, fallback_note, load_export
+from minisam.runtime.onnx_export import encoder_spec
 
 
 class TorchEncoder:
@@ -40,41 +38,6 @@ class TorchEncoder:
 
     def describe(self) -> str:
         return "torch" + (f" ({self.note})" if self.note else "")
-
-
-def encoder_adapter_active(module: torch.nn.Module) -> bool:
-    """Whether a peft adapter changes what ``module`` computes now (active or merged into its weights)."""
-    if "peft" not in sys.modules:  # no adapter can exist before peft is imported
-        return False
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for layer in module.modules():
-        if not isinstance(layer, BaseTunerLayer):
-            continue
-        if layer.merged:
-            return True
-        if layer.disable_adapters:
-            continue
-        for attribute in layer.adapter_layer_names:
-            holder = getattr(layer, attribute, {})
-            if any(name in holder for name in layer.active_adapters):
-                return True
-    return False
-
-
-def _backend(runtime: str):
-    if runtime == "openvino":
-        from minisam.runtime import openvino_encoder
-
-        return openvino_encoder
-    from minisam.runtime import onnxruntime_encoder
-
-    return onnxruntime_encoder
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 class CompiledEncoder:
@@ -125,48 +88,29 @@ class CompiledEncoder:
         """
         if self._run is not None or self.note is not None:
             return
-        if encoder_adapter_active(self.module):
+        if adapter_active(self.module):
             return
         try:
             self._run = self._load()
         except MiniSAMError:
             raise
         except Exception as error:
-            reason = _one_line(error)
-            if not self.fallback:
-                raise ModelError(
-                    f"--runtime {self.name}: the image encoder could not be exported or loaded "
-                    f"({reason})"
-                ) from None
-            self.note = f"{self.name} failed: {reason}"
+            self.note = fallback_note(self.name, "the image encoder", error, self.fallback)
 
     def _load(self) -> Runner:
-        backend = _backend(self.name)
-        key = ExportKey(self.name, encoder_hash(self.module), self.input_size)
-
-        def build(folder: Path) -> None:
-            backend.build(self.module, self.input_size, folder)
-
-        threads = torch.get_num_threads()
-        folder, built = cached_export(key, build)
-        try:
-            run = backend.load(folder, self.precision, threads)
-        except Exception:
-            if built:
-                raise
-            # verified yet unloadable (a runtime of another version, say): build it again, once
-            folder, built = cached_export(key, build, rebuild=True)
-            run = backend.load(folder, self.precision, threads)
-        self.export_folder, self.built = folder, built
+        spec = encoder_spec(self.input_size)
+        run, self.export_folder, self.built = load_export(
+            self.name, self.module, spec, self.input_size, "encoder", self.precision
+        )
         return run
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if self.note is None and not encoder_adapter_active(self.module):
+        if self.note is None and not adapter_active(self.module):
             self.prepare()
             if self._run is not None:
                 array = image.detach().to("cpu", torch.float32).numpy()
                 with self._lock:
-                    features = self._run(np.ascontiguousarray(array))
+                    (features,) = self._run([np.ascontiguousarray(array)])
                 return torch.from_numpy(features).to(image.device)
         self.torch_calls += 1
         return self.module(image)

@@ -1,19 +1,18 @@
-"""Exported image encoders in the user cache: one folder per (runtime, encoder weights, input size).
+"""Exported graphs in the user cache: one folder per (part, runtime, weights, input size).
 
-``<cache>/encoder_exports/<runtime>-<encoder hash>-<size>px/`` holds the runtime's files and
-``export.json``, which names the key and the SHA-256 of every file. A folder is used only when its
-manifest matches the key and every file its digest; otherwise (stale, truncated, edited, half deleted)
-it is built again and replaces the old one atomically (:func:`minisam.atomic.atomic_folder`). The
-precision is not part of the key: OpenVINO applies it when it compiles the f32 export, so f32 and bf16
-share one folder. ``<cache>`` is :func:`minisam.weights.cache_dir` (``$MINISAM_CACHE``, else
-``~/.cache/minisam``); when it cannot be written the export is built in a temporary folder for this
-process only.
+``<cache>/runtime_exports/<part>-<runtime>-<weights hash>-<size>px/`` (part ``encoder`` or ``decoder``)
+holds the runtime's files and ``export.json``, which names the key and the SHA-256 of every file. A
+folder is used only when its manifest matches the key and every file its digest; otherwise (stale,
+truncated, edited, half deleted) it is built again and replaces the old one atomically
+(:func:`minisam.atomic.atomic_folder`). The precision is not part of the key: OpenVINO applies it when
+it compiles the f32 export, so f32 and bf16 share one folder. ``<cache>`` is
+:func:`minisam.weights.cache_dir` (``$MINISAM_CACHE``, else ``~/.cache/minisam``); when it cannot be
+written the export is built in a temporary folder for this process only.
 """
 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import shutil
 import tempfile
@@ -26,43 +25,24 @@ import torch
 from minisam.atomic import atomic_folder
 from minisam.weights import cache_dir, sha256_of
 
-FORMAT = "minisam.encoder-export/1"
+FORMAT = "minisam.runtime-export/1"
 MANIFEST = "export.json"
-FOLDER = "encoder_exports"
-# Keys of peft's adapter tensors inside a wrapped layer: not part of the base encoder's weights.
-_ADAPTER_PARTS = ("lora_", "ranknum")
+FOLDER = "runtime_exports"
 
 
 @dataclass(frozen=True)
 class ExportKey:
-    """What an export depends on: the runtime, the base encoder's weights and the input side."""
+    """What an export depends on: the runtime, what the module computes (:func:`export_hash`), the
+    input side and which part of the model it is ("encoder" or "decoder")."""
 
     runtime: str
-    encoder_hash: str
+    module_hash: str
     input_size: int
+    part: str = "encoder"
 
     @property
     def folder_name(self) -> str:
-        return f"{self.runtime}-{self.encoder_hash}-{self.input_size}px"
-
-
-def encoder_hash(module: torch.nn.Module) -> str:
-    """SHA-256 (hex, 16 chars) of the encoder's base weights: names, shapes, dtypes and bytes.
-
-    peft's adapter tensors are left out and its ``base_layer`` wrapping is looked through, so an
-    encoder with adapters loaded (inactive) hashes like the one without; models sharing an encoder
-    (``litemedsam`` and ``litemedsam-clicks``) share its export.
-    """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        parts = key.split(".")
-        if any(part.startswith(_ADAPTER_PARTS) for part in parts):
-            continue
-        name = ".".join(part for part in parts if part != "base_layer")
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()[:16]
+        return f"{self.part}-{self.runtime}-{self.module_hash}-{self.input_size}px"
 
 
 def exports_dir() -> Path:
@@ -97,7 +77,7 @@ def _write_manifest(folder: Path, key: ExportKey) -> None:
 
 
 def _private_folder() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="minisam-encoder-export-"))
+    folder = Path(tempfile.mkdtemp(prefix="minisam-export-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
