@@ -81,6 +81,10 @@ def main() -> None:
     rates = args.learning_rate or [None] * len(methods)
     if len(rates) != len(methods):
         parser.error("give one --learning-rate per --method (or none)")
+    if "iou-head" in methods and len(methods) > 1:
+        # its score is one-click Dice alone (the masks cannot change), the others' the mean of box
+        # and one click: a run would compare unlike numbers
+        parser.error("--method iou-head runs alone (it tunes the ranking of a finished --init)")
 
     manifests = [Path("docs/eval") / f"{name}.csv" for name in EVALUATION_MANIFESTS]
     train, val = click_tuning_samples(args.data, evaluation_images(manifests))

@@ -234,3 +234,15 @@ def test_resume_refuses_another_view_count(shared_data: Path, tmp_path: Path) ->
     with pytest.raises(InputError, match="augmented_views 1 != 2"):
         run(2, resume=True)
     assert run(1, resume=True).resumed
+
+
+@pytest.mark.parametrize("option", ["--box-probability", "--correction-clicks", "--geometric-aug"])
+def test_cli_distill_has_no_prompt_options(option: str, tmp_path: Path, capsys) -> None:
+    """Distillation's loss is on embeddings (its augmentation is --views): prompt-simulation options
+    would be silently ignored, so they are not offered."""
+    out = tmp_path / "student.safetensors"
+    argv = ["distill", "--manifest", "m.csv", option, "0.5", "--out", str(out)]
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    assert stop.value.code == 2 and f"unrecognized arguments: {option}" in capsys.readouterr().err
+    assert not out.exists()

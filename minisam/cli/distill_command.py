@@ -66,7 +66,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--modality", default="auto", help="normalisation when a row has none")
     parser.add_argument("--cache", help="teacher-embedding cache folder")
-    add_optimisation_arguments(parser, epochs=20, batch_size=8, lr=1e-3, patience=None)
+    # the loss is on embeddings (no prompts); its augmentation is --views
+    add_optimisation_arguments(
+        parser, epochs=20, batch_size=8, lr=1e-3, patience=None, prompted=False
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="student .safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.set_defaults(run=run)

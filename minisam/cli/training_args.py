@@ -57,9 +57,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_optimisation_arguments(
-    parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, patience: int | None
+    parser: argparse.ArgumentParser,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int | None,
+    prompted: bool = True,
 ) -> None:
-    """Epochs, batch, learning rate, early stopping, time budget, seed, resume, progress."""
+    """Epochs, batch, learning rate, early stopping, time budget, seed, resume, progress; with
+    ``prompted`` (training from simulated prompts) also the prompt simulation and augmentation."""
     group = parser.add_argument_group("optimisation")
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--batch-size", type=int, default=batch_size, help="global batch size")
@@ -71,6 +77,16 @@ def add_optimisation_arguments(
         help="stop after N epochs without a better validation Dice",
     )
     group.add_argument("--max-minutes", type=float, help="stop (resumably) after this budget")
+    if prompted:
+        _add_prompt_simulation(group)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--resume", action="store_true", help="continue an unfinished run from its resume file"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_prompt_simulation(group) -> None:
     group.add_argument(
         "--correction-clicks",
         type=int,
@@ -89,21 +105,24 @@ def add_optimisation_arguments(
         default=0.5,
         help="share of samples given a small random rotation/scale/shift, no flips (default: 0.5)",
     )
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument(
-        "--resume", action="store_true", help="continue an unfinished run from its resume file"
-    )
-    group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
-    """``settings_class`` (a TrainSettings) filled from the optimisation options."""
-    if args.correction_clicks < 0:
-        raise InputError(f"--correction-clicks must be >= 0, not {args.correction_clicks}")
-    if not 0.0 <= args.geometric_aug <= 1.0:
-        raise InputError(f"--geometric-aug must be in [0, 1], not {args.geometric_aug}")
-    if not 0.0 <= args.box_probability <= 1.0:
-        raise InputError(f"--box-probability must be in [0, 1], not {args.box_probability}")
+    """``settings_class`` (a TrainSettings) filled from the optimisation options (the prompt
+    simulation's only when the command has them; else the settings' defaults, unused)."""
+    prompted = {}
+    if hasattr(args, "correction_clicks"):
+        if args.correction_clicks < 0:
+            raise InputError(f"--correction-clicks must be >= 0, not {args.correction_clicks}")
+        if not 0.0 <= args.geometric_aug <= 1.0:
+            raise InputError(f"--geometric-aug must be in [0, 1], not {args.geometric_aug}")
+        if not 0.0 <= args.box_probability <= 1.0:
+            raise InputError(f"--box-probability must be in [0, 1], not {args.box_probability}")
+        prompted = {
+            "correction_clicks": args.correction_clicks,
+            "geometric_augmentation": args.geometric_aug,
+            "box_probability": args.box_probability,
+        }
     return settings_class(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -111,9 +130,7 @@ def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
         seed=args.seed,
         patience=args.patience,
         max_minutes=args.max_minutes,
-        correction_clicks=args.correction_clicks,
-        geometric_augmentation=args.geometric_aug,
-        box_probability=args.box_probability,
+        **prompted,
         **more,
     )
 
