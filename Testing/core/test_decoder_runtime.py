@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from model_files import SMALL_MODEL
 
-from minisam.adapters import AdapterSpec, AdapterSwitcher
+from minisam.adapters import AdapterSpec, AdapterSwitcher, attach_adapter
 from minisam.adapters.choice import resolve_adapter
+from minisam.adapters.lora import adapter_parameters
 from minisam.engine import SamEngine
 from minisam.errors import ModelError
 from minisam.model_loader import load_model
 from minisam.prompts import Prompt
 from minisam.runtime import openvino_backend
-from minisam.runtime.adapter_state import export_hash
+from minisam.runtime.adapter_state import adapter_signature, export_hash
 from minisam.runtime.decoder import CompiledDecoder, DecoderGraph, TorchDecoder
 
 DECODER_ONLY = AdapterSpec(target_modules=(), include_decoder=True, rank=2, alpha=4)
@@ -150,3 +152,19 @@ def test_a_failed_decoder_export(runtime_cache, cxr_rgb, monkeypatch) -> None:
     assert str(error.value) == (
         "--runtime openvino: the mask decoder could not be exported or loaded (exporter exploded)"
     )
+
+
+def test_adapter_signature_sees_new_weights_under_the_same_name() -> None:
+    """A compiled decoder is looked up by the adapter state's signature: an adapter reloaded under
+    the same name with other weights (its file retrained) must not find the old one."""
+    loaded = load_model(SMALL_MODEL)
+    graph = DecoderGraph(loaded.sam)
+    base = adapter_signature(graph)
+    peft_model = attach_adapter(loaded.sam, DECODER_ONLY, "dec")
+    first = adapter_signature(graph)
+    assert first != base
+    with torch.no_grad():
+        next(iter(adapter_parameters(peft_model, "dec").values())).add_(0.1)
+    assert adapter_signature(graph) not in (first, base)
+    peft_model.base_model.disable_adapter_layers()
+    assert adapter_signature(graph) == base

@@ -50,14 +50,27 @@ def adapter_active(module: torch.nn.Module) -> bool:
 
 
 def adapter_signature(module: torch.nn.Module) -> tuple:
-    """A cheap fingerprint of ``module``'s adapter state (which are active, which merged): when it is
-    unchanged, so is what the module computes (inference never changes weights in place)."""
-    merged = tuple(
-        (name, tuple(layer.merged_adapters))
-        for name, layer in _tuner_layers(module)
-        if layer.merged
-    )
-    return tuple(sorted(active_adapters(module).items())), merged
+    """A cheap fingerprint of ``module``'s adapter state: which adapters are active and which merged,
+    and a digest of the active ones' tensors (an adapter file replaced on disk can come back under
+    the same name). When it is unchanged, so is what the module computes (inference never changes
+    base weights in place)."""
+    layers = dict(_tuner_layers(module))
+    active = active_adapters(module)
+    digest = hashlib.sha256()
+    for name, adapters in sorted(active.items()):
+        layer = layers[name]
+        for part in layer.adapter_layer_names:
+            holder = getattr(layer, part, {})
+            for adapter in adapters:
+                if adapter not in holder:
+                    continue
+                item = holder[adapter]
+                tensors = [item] if isinstance(item, torch.Tensor) else list(item.parameters())
+                for tensor in tensors:
+                    data = tensor.detach().to("cpu").contiguous().reshape(-1)
+                    digest.update(data.view(torch.uint8).numpy().tobytes())
+    merged = tuple((n, tuple(layer.merged_adapters)) for n, layer in layers.items() if layer.merged)
+    return tuple(sorted(active.items())), merged, digest.hexdigest()
 
 
 def export_hash(module: torch.nn.Module) -> str:
