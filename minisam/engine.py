@@ -58,7 +58,8 @@ class SamEngine:
       runtime: where the image encoder runs: "torch" (default, the module itself), "auto",
         "openvino" or "onnxruntime" (see :func:`minisam.runtime.encoder_runtime`); the mask decoder
         follows it (:func:`minisam.runtime.decoder.decoder_runtime`).
-      precision: the exported encoder's and decoder's precision ("auto", "f32", "bf16"; OpenVINO only).
+      precision: the exported encoder's and decoder's precision ("auto": the encoder f32, OpenVINO's
+        decoder bf16 where the CPU has it; "f32"; "bf16", OpenVINO only).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class SamEngine:
         self.config = config
         self.encoder = encoder_runtime(runtime, self.sam, config.image_size, self.device, precision)
         # the mask decoder runs where the encoder does (exported, same precision) or in torch
-        self.decoder = decoder_runtime(self.encoder, self.sam)
+        self.decoder = decoder_runtime(self.encoder, self.sam, precision)
         # One encoder call at a time: the background precompute's worker and a click may both embed, and
         # an OpenVINO request, a first export or an adapter switch must not interleave with another call.
         self.encoder_lock = threading.Lock()

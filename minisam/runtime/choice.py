@@ -17,11 +17,13 @@ from minisam.runtime.compiled import CompiledEncoder, TorchEncoder
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 PRECISIONS = ("auto", "f32", "bf16")
-# OpenVINO's inference precision when --precision is auto: f32, whose masks are torch's (Dice 1.0000 on
-# every evaluation set of docs/eval). bf16 is 1.5x faster again on a CPU with bf16 instructions but moves
-# LiteMedSAM's embeddings by 4.7 % and its masks to Dice 0.995 (box) / 0.980 (one click) against torch's,
-# below the 0.99 target: docs/bench/encoder_runtimes.md.
-OPENVINO_DEFAULT_PRECISION = "f32"
+# OpenVINO's inference precision per part when --precision is auto. Encoder: f32, whose masks are torch's
+# (Dice 1.0000 on every evaluation set of docs/eval); bf16 is 1.5x faster again on a CPU with bf16
+# instructions but moves LiteMedSAM's embeddings by 4.7 % and its masks to Dice 0.995 (box) / 0.980 (one
+# click) against torch's, below the 0.99 target. Decoder: bf16, 1.7x its f32 time, masks Dice 0.998-0.9994
+# against torch's (min 0.986), Dice against the truth unchanged to 3 decimals on every set:
+# docs/bench/encoder_runtimes.md.
+OPENVINO_DEFAULT_PRECISION = {"encoder": "f32", "decoder": "bf16"}
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 _INSTALL = {"openvino": "pip install openvino onnx", "onnxruntime": "pip install onnxruntime onnx"}
 
@@ -66,6 +68,17 @@ def _quantized(module: torch.nn.Module) -> bool:
     from minisam.quantization import is_quantized_layer
 
     return any(is_quantized_layer(layer) for layer in module.modules())
+
+
+def part_precision(precision: str, runtime: str, part: str) -> str:
+    """The precision ``part`` ("encoder" or "decoder") runs in under ``runtime`` for a checked
+    ``--precision``: auto is the part's OpenVINO default; ONNX Runtime runs f32; bf16 only where the
+    CPU has it (:func:`minisam.runtime.openvino_backend.native_precision`)."""
+    if runtime != "openvino":
+        return "f32"
+    from minisam.runtime.openvino_backend import native_precision
+
+    return native_precision(OPENVINO_DEFAULT_PRECISION[part] if precision == "auto" else precision)
 
 
 def resolve_runtime(
@@ -113,8 +126,8 @@ def encoder_runtime(
       sam: the model whose ``image_encoder`` is wrapped (in eval mode, on ``device``).
       input_size: the encoder's square input side (``SamConfig.image_size``).
       device: the engine's torch device; the exported runtimes need the CPU.
-      precision: "auto" (OpenVINO: :data:`OPENVINO_DEFAULT_PRECISION`; others f32), "f32" or "bf16"
-        (OpenVINO only).
+      precision: "auto" (OpenVINO: the encoder's :data:`OPENVINO_DEFAULT_PRECISION`; others f32), "f32"
+        or "bf16" (OpenVINO only).
 
     Raises:
       PromptError / ModelError: one line, for a runtime or precision that cannot run here, or (a
@@ -125,8 +138,7 @@ def encoder_runtime(
     chosen, reason = resolve_runtime(asked, device, sam.image_encoder)
     if chosen == "torch":
         return TorchEncoder(sam.image_encoder, note=reason)
-    if precision == "auto":
-        precision = OPENVINO_DEFAULT_PRECISION if chosen == "openvino" else "f32"
+    precision = part_precision(precision, chosen, "encoder")
     encoder = CompiledEncoder(
         sam.image_encoder, chosen, input_size, precision, fallback=asked == "auto"
     )

@@ -19,6 +19,17 @@ MODEL_FILE = "model.xml"
 _PRECISION_HINTS = {"f32": "f32", "bf16": "bf16"}
 
 
+def native_precision(precision: str) -> str:
+    """``precision`` as this CPU runs it: bf16 needs OpenVINO's CPU plugin to have BF16 (native bf16
+    instructions, e.g. AVX512_BF16 or AMX); elsewhere the hint is ignored and the model runs in f32."""
+    if precision != "bf16":
+        return precision
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "f32"
+
+
 def build(module: torch.nn.Module, spec: ExportSpec, folder: Path) -> None:
     """Write the OpenVINO IR of ``module`` (interface ``spec``) into ``folder``."""
     import openvino as ov
