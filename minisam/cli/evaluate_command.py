@@ -52,7 +52,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     configs.add_argument(
         "--precision",
         default="auto",
-        help="the exported encoder's and decoder's precision: auto (default), f32, bf16 (openvino only)",
+        help="the exported encoder's and decoder's precision: auto (default: encoder f32, OpenVINO's "
+        "decoder bf16), f32, bf16 (openvino only)",
     )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(

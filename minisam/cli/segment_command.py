@@ -131,8 +131,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="the exported encoder's and decoder's inference precision: auto (default: f32), f32, bf16 (openvino "
-        "only: faster, masks Dice ~0.99 against f32's; docs/bench/encoder_runtimes.md)",
+        help="the exported encoder's and decoder's inference precision: auto (default: encoder f32, "
+        "OpenVINO's decoder bf16 on a CPU with bf16), f32 (torch's masks), bf16 (openvino only: both "
+        "parts, faster, masks Dice ~0.99 against f32's; docs/bench/encoder_runtimes.md)",
     )
     model.add_argument("--no-download", action="store_true", help="never download official weights")
     outputs = parser.add_argument_group("outputs")
