@@ -478,7 +478,7 @@ class MiniSAMTrainLogic(ScriptedLoadableModuleLogic, TrainLogic):
 
 
 class MiniSAMTrainTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (CTest via slicer_add_python_unittest); Testing/slicer covers the logic."""
+    """Runs inside Slicer (CTest via slicer_add_python_unittest); Testing/slicer_core covers the logic."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)

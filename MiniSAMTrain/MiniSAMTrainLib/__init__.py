@@ -2,7 +2,7 @@
 
 It reads annotated slices from a volume and a segmentation (MRML, in the calling thread), trains a modality
 adapter in a separate ``minisam train-adapter`` process (``training_process``) and installs it into the adapter
-library. Plain Python with the ``slicer-core`` package imports it as well (the tests in ``Testing/slicer`` do).
+library. Plain Python with the ``slicer-core`` package imports it as well (the tests in ``Testing/slicer_core`` do).
 """
 
 import sys

@@ -19,24 +19,9 @@ from web_cases import CT, REPO, SEG, WEB_DIR
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no display, no OSMesa
 
 
-def _import_slicer_core() -> None:
-    """Import slicer-core's ``slicer`` with Testing/ off the search path: the package extends its
-    ``__path__`` over every ``slicer`` folder on ``sys.path`` and imports what it finds, Testing/slicer's
-    conftest included (which needs that folder's own helpers)."""
-    testing = REPO / "Testing"
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != testing]
-    try:
-        import slicer  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
 if importlib.util.find_spec("trame_slicer") is None or importlib.util.find_spec("slicer") is None:
     # only test_0_web_packages_present runs, and fails saying what to install
     collect_ignore_glob = ["test_web_*.py"]
-else:
-    _import_slicer_core()
 if str(WEB_DIR) not in sys.path:
     sys.path.insert(0, str(WEB_DIR))
 import MiniSAMWebLib  # noqa: E402, F401  (puts MiniSAMSegmentLib on the path, as minisam web does)

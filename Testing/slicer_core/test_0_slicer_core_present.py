@@ -7,7 +7,7 @@ import importlib.util
 
 def test_slicer_core_present() -> None:
     assert importlib.util.find_spec("slicer") is not None, (
-        "the Testing/slicer suite needs slicer-core: pip install 'slicer-core==5.11.*'"
+        "the Testing/slicer_core suite needs slicer-core: pip install 'slicer-core==5.11.*'"
     )
     import slicer
 
