@@ -116,7 +116,9 @@ def test_cli_distill_then_finetune(shared_data: Path, tmp_path: Path, capsys) ->
     manifest = write_manifest(tmp_path / "cxr.csv", rows)
     out = tmp_path / "student.safetensors"
     brain = shared_data / "pyradiomics_testdata" / "brain2_image.nrrd"  # 23 slices, no labels used
-    args = ["distill", "--manifest", str(manifest), "--unlabelled", str(brain), "--student", "tiny", "--epochs", "2",
+    # the 2 M-parameter test model as teacher: the CLI's flow is under test, not LiteMedSAM's encoder
+    args = ["distill", "--manifest", str(manifest), "--unlabelled", str(brain), "--teacher", SMALL_MODEL,
+            "--student", "tiny", "--epochs", "2",
             "--batch-size", "4", "--finetune-epochs", "1", "--cache", str(tmp_path / "cache"),
             "--out", str(out), "--quiet"]  # fmt: skip
     assert cli_main(args) == 0
