@@ -182,7 +182,7 @@ def _measure_images(case: BenchCase, engine, device: torch.device) -> tuple[floa
     encoder_ms, decoder_ms, masks = time_images(
         list(case.images),
         lambda rgb: engine.embed(rgb.astype(np.float32)),
-        lambda embedding, point: engine.predict(embedding, Prompt.create(positive=[point])),
+        lambda embedding, point: engine.predict(embedding, Prompt.create(positive=[point])).mask,
         lambda embedding, box: engine.predict(embedding, Prompt.create(box=box)).mask,
         case.clicks,
         lambda: _sync(device),
@@ -213,7 +213,7 @@ def _measure_random(
         prompt = Prompt.create(positive=[rng.uniform(0, size - 1, 2).tolist()])
         _sync(device)
         start = time.perf_counter()
-        engine.predict(embedding, prompt)
+        _ = engine.predict(embedding, prompt).mask  # a click's result: the best mask on the slice
         _sync(device)
         if index > 0:
             decoder_ms.append((time.perf_counter() - start) * 1e3)

@@ -7,7 +7,9 @@ prompt encoder and mask decoder against that embedding. Nothing here knows about
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,15 +35,33 @@ class SliceEmbedding:
 
 @dataclass
 class Prediction:
-    """Masks for one prompt on one slice, best first when ``multimask`` was asked."""
+    """Masks for one prompt on one slice, best first when ``multimask`` was asked.
 
-    masks: np.ndarray  # (K, H, W) bool
+    The masks at the slice's resolution are made from the low-resolution logits when first read
+    (upsampling three candidates to a large slice costs more than the decoder); ``mask`` alone makes
+    only the best one."""
+
     scores: np.ndarray  # (K,) predicted IoU
     low_res_logits: np.ndarray  # (K, 4g, 4g) float32, usable as the next prompt's mask_logits
+    to_slice: Callable[[np.ndarray], np.ndarray]  # (k, 4g, 4g) logits → (k, H, W) bool masks
+    _masks: np.ndarray | None = field(default=None, repr=False)
+    _best: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(K, H, W) bool, best first."""
+        if self._masks is None:
+            self._masks = self.to_slice(self.low_res_logits)
+        return self._masks
 
     @property
     def mask(self) -> np.ndarray:
-        return self.masks[0]
+        """(H, W) bool: the best mask."""
+        if self._masks is not None:
+            return self._masks[0]
+        if self._best is None:
+            self._best = self.to_slice(self.low_res_logits[:1])[0]
+        return self._best
 
     @property
     def score(self) -> float:
@@ -119,10 +139,19 @@ class SamEngine:
             masks_in = logits.reshape(1, 1, *logits.shape[-2:]).to(self.device)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
         low_res, iou = self.decoder(embedding.features, sparse, dense, multimask)
-        logits = self.sam.postprocess_masks(low_res, transform.input_size, transform.original_size)
         order = torch.argsort(iou[0], descending=True)
         return Prediction(
-            masks=(logits[0, order] > self.sam.mask_threshold).cpu().numpy(),
             scores=iou[0, order].float().cpu().numpy(),
             low_res_logits=low_res[0, order].float().cpu().numpy(),
+            to_slice=partial(self.logits_to_masks, transform),
         )
+
+    @torch.inference_mode()
+    def logits_to_masks(self, transform: ResizeTransform, logits: np.ndarray) -> np.ndarray:
+        """(K, 4g, 4g) low-resolution logits → (K, H, W) bool masks at the slice's resolution: SAM's
+        ``postprocess_masks`` (to the model's input, cropped to the image, to the slice) and threshold."""
+        tensor = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
+        upscaled = self.sam.postprocess_masks(
+            tensor.to(self.device), transform.input_size, transform.original_size
+        )
+        return (upscaled[0] > self.sam.mask_threshold).cpu().numpy()

@@ -73,3 +73,30 @@ def test_a_lone_click_gets_three_candidates_unless_told_otherwise(engine: SamEng
     assert len(engine.predict(embedding, box, multimask=True).masks) == 3
     with_previous = click.with_point(np.array([40.0, 30.0]), 1, mask_logits=np.zeros((1, 16, 16)))
     assert not with_previous.is_ambiguous
+
+
+def test_the_best_mask_alone_is_upsampled_alone_and_equals_sams_postprocess(
+    engine: SamEngine,
+) -> None:
+    rgb = np.random.default_rng(1).uniform(0, 255, (70, 90, 3)).astype(np.float32)
+    embedding = engine.embed(rgb)
+    prompt = Prompt.create(positive=[[20, 30]])
+    upsampled = []
+    original = engine.logits_to_masks
+
+    def counting(transform, logits):
+        upsampled.append(len(logits))
+        return original(transform, logits)
+
+    engine.logits_to_masks = counting
+    prediction = engine.predict(embedding, prompt)
+    best = prediction.mask
+    assert upsampled == [1]  # a click's result needs one mask at the slice's size, not three
+    candidates = prediction.masks
+    assert upsampled == [1, 3] and candidates.shape == (3, 70, 90)
+    np.testing.assert_array_equal(best, candidates[0])
+    # the reference: SAM's postprocess of all three logits at once, thresholded
+    logits = torch.from_numpy(prediction.low_res_logits)[None]
+    transform = embedding.transform
+    reference = engine.sam.postprocess_masks(logits, transform.input_size, transform.original_size)
+    np.testing.assert_array_equal(candidates, (reference[0] > engine.sam.mask_threshold).numpy())
