@@ -28,7 +28,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
-def _truth(spec: CaseSpec) -> np.ndarray:
+def truth_mask(spec: CaseSpec) -> np.ndarray:
     with Image.open(spec.label) as image:
         label = np.asarray(image)
     label = label[..., 0] if label.ndim == 3 else label
@@ -51,7 +51,7 @@ def bench_images(manifests: list[Path], count: int) -> list[dict[str, Any]]:
     for spec in _in_turn(lists):
         if len(images) == count:
             break
-        rows, cols = np.nonzero(_truth(spec))
+        rows, cols = np.nonzero(truth_mask(spec))
         if rows.size == 0:
             continue
         nearest = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
