@@ -76,6 +76,12 @@ def main() -> None:
     parser.add_argument(
         "--max-per-dataset", type=int, help="at most this many training samples per dataset"
     )
+    parser.add_argument(
+        "--box-anchor",
+        type=float,
+        default=0.0,
+        help="pull box masks toward --init's with this weight while clicks are learned (0: off)",
+    )
     args = parser.parse_args()
     methods = args.method or ["full"]
     rates = args.learning_rate or [None] * len(methods)
@@ -129,6 +135,7 @@ def main() -> None:
             epochs=args.epochs,
             max_minutes=args.max_minutes,
             correction_clicks=args.correction_clicks,
+            box_anchor=args.box_anchor,
         )
         if rate is not None:
             settings.learning_rate = rate

@@ -138,3 +138,43 @@ def test_a_decoder_only_adapter_leaves_the_encoder_out() -> None:
     assert names and all(n.startswith("mask_decoder.transformer.") for n in names)
     model = attach_adapter(sam, spec, "prompts")
     assert not any("lora" in k for k in model.base_model.model.image_encoder.state_dict())
+
+
+def test_box_anchor_keeps_box_masks_near_the_starting_models(fetal_heads: dict) -> None:
+    """Steps of the prompted loss on boxes with a wrong target (the mask shifted): without the anchor
+    the box masks follow it, with it they stay near the starting model's."""
+    from minisam.metrics import dice
+    from minisam.prompts import Prompt, mask_bounding_box
+    from minisam.training.mask_loss import PromptedMaskLoss, decode
+    from minisam.training.prompt_tuning import _frozen_prompt_path
+
+    features = fetal_heads["train_embeddings"][:5]
+    truths = fetal_heads["train"].masks[:5]
+    prompts = [Prompt.create(box=mask_bounding_box(t.numpy())) for t in truths]
+    wrong = torch.roll(truths, shifts=40, dims=2)
+
+    def box_masks(sam) -> list:
+        with torch.no_grad():
+            return [
+                (decode(sam, f, p, False, size)[0][0] > 0).numpy()
+                for f, p in zip(features, prompts, strict=True)
+            ]
+
+    moved = {}
+    for weight in (0.0, 4.0):
+        loaded = load_model(SMALL_MODEL)
+        size = loaded.config.image_size
+        start = box_masks(loaded.sam)
+        anchor = _frozen_prompt_path(loaded.sam)
+        loss = PromptedMaskLoss(
+            loaded.sam, loaded.config, precomputed=True, anchor=anchor, anchor_weight=weight
+        )
+        params = [p for n, p in loaded.sam.named_parameters() if n.startswith("mask_decoder.")]
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+        for _ in range(15):
+            optimizer.zero_grad()
+            loss(features, wrong, prompts).backward()
+            optimizer.step()
+        after = box_masks(loaded.sam)
+        moved[weight] = sum(1 - dice(a, b) for a, b in zip(start, after, strict=True)) / 5
+    assert moved[0.0] > 0.1 and moved[4.0] < moved[0.0] / 2, moved

@@ -79,6 +79,10 @@ class PromptedMaskLoss(torch.nn.Module):
     each, fed the previous round's best low-resolution logits, not back-propagated through).
     ``precomputed``: the batches carry image embeddings of a frozen encoder instead of images, so
     only the prompt encoder and mask decoder run (and train).
+    ``anchor``: a frozen copy of the model before training; with ``anchor_weight`` > 0 every box
+    prompt's first mask is also pulled toward the anchor's (Dice + focal loss of the low-resolution
+    logits against the anchor's mask, weighted relative to the truth's), so that learning clicks keeps
+    what boxes gave.
     """
 
     def __init__(
@@ -88,10 +92,14 @@ class PromptedMaskLoss(torch.nn.Module):
         iou_loss_weight: float = 1.0,
         correction_clicks: int = 0,
         precomputed: bool = False,
+        anchor: torch.nn.Module | None = None,
+        anchor_weight: float = 0.0,
     ):
         super().__init__()
         self.precomputed = precomputed
         self.sam = sam
+        self.anchor = anchor if anchor_weight > 0 else None
+        self.anchor_weight = anchor_weight
         self.image_size = config.image_size
         self.iou_loss_weight = iou_loss_weight
         self.correction_clicks = correction_clicks
@@ -123,6 +131,10 @@ class PromptedMaskLoss(torch.nn.Module):
                     self.sam, features[j], prompt, multimask, self.image_size, mask_input
                 )
                 loss, best = self._mask_loss(logits, iou, truth)
+                if round_index == 0 and prompt.box is not None and self.anchor is not None:
+                    loss = loss + self.anchor_weight * self._anchor_loss(
+                        features[j], prompt, low_res
+                    )
                 rounds.append(loss)
                 if round_index == self.correction_clicks:
                     break
@@ -134,6 +146,14 @@ class PromptedMaskLoss(torch.nn.Module):
                 mask_input = low_res[best].detach()
             total = total + torch.stack(rounds).mean()
         return total
+
+    def _anchor_loss(
+        self, features: torch.Tensor, prompt: Prompt, low_res: torch.Tensor
+    ) -> torch.Tensor:
+        """Dice + focal loss of a box's low-resolution logits against the anchor model's mask."""
+        with torch.no_grad():
+            _, _, reference = decode(self.anchor, features, prompt, False, self.image_size)
+        return self.dice_focal(low_res[None], (reference > 0).float()[None])
 
     def _mask_loss(
         self, logits: torch.Tensor, iou: torch.Tensor, truth: torch.Tensor

@@ -14,6 +14,7 @@ cannot silently cost box quality; both are reported before and after.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ class PromptTuningSettings(TrainSettings):
     Arguments:
       method: "full" (prompt encoder + mask decoder) or "lora" (rank-``rank`` LoRA on the decoder
         transformer's attention projections, merged after training).
+      box_anchor: weight of the pull of box masks toward the starting model's (0: none).
     """
 
     epochs: int = 12
@@ -54,6 +56,7 @@ class PromptTuningSettings(TrainSettings):
     geometric_augmentation: float = 0.0
     method: str = "full"
     rank: int = 16
+    box_anchor: float = 0.0  # > 0: box masks pulled toward the starting model's (PromptedMaskLoss)
 
 
 @dataclass
@@ -90,6 +93,16 @@ def _trainable(loaded: LoadedModel, settings: PromptTuningSettings):
     return sam, params, lambda: model.merge_and_unload()
 
 
+def _frozen_prompt_path(sam: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``sam``'s prompt encoder and mask decoder (the anchor of box masks)."""
+    anchor = torch.nn.Module()
+    anchor.prompt_encoder = copy.deepcopy(sam.prompt_encoder).eval()
+    anchor.mask_decoder = copy.deepcopy(sam.mask_decoder).eval()
+    for param in anchor.parameters():
+        param.requires_grad_(False)
+    return anchor
+
+
 def tune_prompt_path(
     loaded: LoadedModel,
     train: ModelInputs,
@@ -121,10 +134,12 @@ def tune_prompt_path(
     report = PromptTuningReport(method=settings.method)
     report.box_dice_before, report.click_dice_before = scores()
     torch.manual_seed(settings.seed)
+    anchor = _frozen_prompt_path(loaded.sam) if settings.box_anchor > 0 else None
     sam, params, finish = _trainable(loaded, settings)
     loss = PromptedMaskLoss(
-        sam, config, settings.iou_loss_weight, settings.correction_clicks, precomputed=True
-    )
+        sam, config, settings.iou_loss_weight, settings.correction_clicks, precomputed=True,
+        anchor=anchor, anchor_weight=settings.box_anchor,
+    )  # fmt: skip
     batches = EmbeddedPromptBatches(
         train_embeddings, train.masks, settings.seed, settings.box_probability
     )
