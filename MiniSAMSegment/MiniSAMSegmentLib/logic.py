@@ -17,7 +17,7 @@ import vtk
 from minisam.adapters.choice import AdapterChoice, resolve_adapter
 from minisam.checkpoints import LoadedModel
 from minisam.embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
-from minisam.engine import SamEngine
+from minisam.engine import Prediction, SamEngine
 from minisam.errors import InputError, ModelError, PromptError
 from minisam.intensity import normalize_intensity
 from minisam.modality import AUTO, adapter_family
@@ -79,6 +79,20 @@ __all__ = [
 ]
 
 
+class Candidates(Sequence):
+    """SAM's masks for one prompt, best first, made at the slice's resolution only when one other
+    than the best is asked for (a click shows the best; "next candidate" upsamples the rest)."""
+
+    def __init__(self, prediction: Prediction) -> None:
+        self._prediction = prediction
+
+    def __len__(self) -> int:
+        return len(self._prediction.scores)
+
+    def __getitem__(self, index):
+        return self._prediction.masks[index]
+
+
 class SliceEdit(NamedTuple):
     """What one click or box in a slice view produced: the slice and its new mask."""
 
@@ -88,7 +102,8 @@ class SliceEdit(NamedTuple):
     score: float  # the model's predicted IoU
     prompt: Prompt  # the slice's combined prompt (every click and box on it so far)
     owner: Owner | None = None  # whose prompts the book merged it with (None: not remembered)
-    candidates: np.ndarray | None = None  # (K, H, W) bool: SAM's masks for the prompt, best first
+    # SAM's (H, W) bool masks for the prompt, best first
+    candidates: Sequence[np.ndarray] | None = None
     scores: tuple[float, ...] = ()  # their predicted IoU
     choice: int = 0  # which candidate ``mask`` is
 
@@ -853,7 +868,7 @@ class MiniSAMSegmentLogic:
 def _edit(axis: int, index: int, prompt: Prompt, owner, prediction) -> SliceEdit:
     scores = tuple(float(score) for score in prediction.scores)
     return SliceEdit(
-        axis, index, prediction.mask, scores[0], prompt, owner, prediction.masks, scores
+        axis, index, prediction.mask, scores[0], prompt, owner, Candidates(prediction), scores
     )
 
 

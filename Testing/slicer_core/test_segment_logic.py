@@ -222,7 +222,7 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
     edit = logic.prompt_slice(
         ct_volume, "axial", positive_ijk=[((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)], **where
     )
-    assert edit.candidates.shape[0] == 3 and edit.choice == 0
+    assert len(edit.candidates) == 3 and edit.choice == 0
     assert edit.score == max(edit.scores)  # the best-rated candidate comes first
     logic.apply_edit(editor, ct_volume, segmentation, liver_id, edit)
 
@@ -253,6 +253,6 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
     box = logic.prompt_slice(
         ct_volume, "axial", box_ijk=[(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)], **where
     )
-    assert box.candidates.shape[0] == 1 and box.next_candidate() is box
+    assert len(box.candidates) == 1 and box.next_candidate() is box
     with pytest.raises(PromptError, match="only a single click gets SAM's three candidates"):
         logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, box)
