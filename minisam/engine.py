@@ -101,27 +101,30 @@ class SamEngine:
         self.encoder_lock = threading.Lock()
 
     @torch.inference_mode()
-    def embed(self, rgb: np.ndarray) -> SliceEmbedding:
-        """Encode an (H, W, 3) image with values in 0..255 (see :mod:`minisam.intensity`)."""
+    def model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, ResizeTransform]:
+        """The image encoder's preprocessed (1, 3, S, S) input for an (H, W, 3) image with values in
+        0..255 (see :mod:`minisam.intensity`), and the transform that made it."""
         transform = ResizeTransform.create(
             rgb.shape[:2], self.config.image_size, self.config.resize_mode
         )
         tensor = transform.image_to_input(
             rgb, self.config.resize_filter, self.config.intensity_scaling
         ).to(self.device)
+        return self.sam.preprocess(tensor), transform
+
+    @torch.inference_mode()
+    def embed(self, rgb: np.ndarray) -> SliceEmbedding:
+        """Encode an (H, W, 3) image with values in 0..255 (see :mod:`minisam.intensity`)."""
+        inputs, transform = self.model_input(rgb)
         with self.encoder_lock:
-            features = self.encoder(self.sam.preprocess(tensor))
+            features = self.encoder(inputs)
         return SliceEmbedding(features=features, transform=transform)
 
     @torch.inference_mode()
-    def predict(
-        self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool | None = None
-    ) -> Prediction:
-        """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted
-        by score. None (the default) asks for three only when the prompt is ambiguous (a lone click)."""
-        if multimask is None:
-            multimask = prompt.is_ambiguous
-        transform = embedding.transform
+    def prompt_embeddings(
+        self, prompt: Prompt, transform: ResizeTransform
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's prompt encoder on ``prompt`` (in the slice's pixels): (sparse, dense) embeddings."""
         points = None
         if prompt.points is not None:
             coords = torch.as_tensor(transform.points_to_input(prompt.points), dtype=torch.float32)
@@ -137,7 +140,18 @@ class SamEngine:
             logits = torch.as_tensor(prompt.mask_logits, dtype=torch.float32)
             # SAM's mask_input is (B, 1, h, w); a 2D map would pass torch's decoder unbatched
             masks_in = logits.reshape(1, 1, *logits.shape[-2:]).to(self.device)
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        return self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+
+    @torch.inference_mode()
+    def predict(
+        self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool | None = None
+    ) -> Prediction:
+        """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted
+        by score. None (the default) asks for three only when the prompt is ambiguous (a lone click)."""
+        if multimask is None:
+            multimask = prompt.is_ambiguous
+        transform = embedding.transform
+        sparse, dense = self.prompt_embeddings(prompt, transform)
         low_res, iou = self.decoder(embedding.features, sparse, dense, multimask)
         order = torch.argsort(iou[0], descending=True)
         return Prediction(

@@ -45,10 +45,6 @@ CALIBRATION = {  # folder of the shared data → slice of its sorted images (non
 VARIANTS = ("f32", "bf16", "int8", "int8-matmul")
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 1.0 if not a.any() and not b.any() else float(dice(a, b))
-
-
 def _calibration(data: Path, engine: SamEngine, evaluated: set[str]):
     """(encoder inputs, decoder inputs) of the calibration slices: a box and a click on each."""
     encoder_inputs, decoder_inputs = [], []
@@ -59,38 +55,25 @@ def _calibration(data: Path, engine: SamEngine, evaluated: set[str]):
         ]
         for path in paths[chosen]:
             rgb = load_rgb(path).astype(np.float32)
+            encoder_inputs.append(_arrays(engine.model_input(rgb)[0])[0])
             embedding = engine.embed(rgb)
-            transform = embedding.transform
-            with torch.inference_mode():
-                encoder_inputs.append(_encoder_input(engine, rgb))
-                height, width = rgb.shape[:2]
-                x0, y0 = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
-                for prompt in (
-                    Prompt.create(box=[x0, y0, x0 + width / 3, y0 + height / 3]),
-                    Prompt.create(positive=[[rng.uniform(0, width), rng.uniform(0, height)]]),
-                ):
-                    decoder_inputs.append(_decoder_input(engine, embedding, prompt, transform))
+            height, width = rgb.shape[:2]
+            x0, y0 = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
+            for prompt in (
+                Prompt.create(box=[x0, y0, x0 + width / 3, y0 + height / 3]),
+                Prompt.create(positive=[[rng.uniform(0, width), rng.uniform(0, height)]]),
+            ):
+                decoder_inputs.append(_decoder_input(engine, embedding, prompt))
     return encoder_inputs, decoder_inputs
 
 
-def _encoder_input(engine: SamEngine, rgb: np.ndarray) -> np.ndarray:
-    from minisam.transforms import ResizeTransform
-
-    config = engine.config
-    transform = ResizeTransform.create(rgb.shape[:2], config.image_size, config.resize_mode)
-    tensor = transform.image_to_input(rgb, config.resize_filter, config.intensity_scaling)
-    return np.ascontiguousarray(engine.sam.preprocess(tensor).numpy())
+def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    return [np.ascontiguousarray(t.detach().cpu().numpy()) for t in tensors]
 
 
-def _decoder_input(engine, embedding, prompt, transform) -> list[np.ndarray]:
-    points = boxes = None
-    if prompt.points is not None:
-        coords = torch.as_tensor(transform.points_to_input(prompt.points), dtype=torch.float32)
-        points = (coords[None], torch.as_tensor(prompt.labels)[None])
-    if prompt.box is not None:
-        boxes = torch.as_tensor(transform.boxes_to_input(prompt.box), dtype=torch.float32)
-    sparse, dense = engine.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    return [np.ascontiguousarray(t.detach().numpy()) for t in (embedding.features, sparse, dense)]
+def _decoder_input(engine: SamEngine, embedding: SliceEmbedding, prompt: Prompt) -> list:
+    """The exported decoder's inputs: (image embeddings, sparse, dense) for ``prompt``."""
+    return _arrays(embedding.features, *engine.prompt_embeddings(prompt, embedding.transform))
 
 
 def _compiled(core, model, precision: str, threads: int):
@@ -152,8 +135,8 @@ def main() -> int:
     rows = []
     for image in images:
         rgb = load_rgb(image["path"]).astype(np.float32)
-        transform = engine.embed(rgb).transform
-        encoder_input = _encoder_input(engine, rgb)
+        model_input, transform = engine.model_input(rgb)
+        encoder_input = _arrays(model_input)[0]
         truth = truth_mask(specs[image["path"]])
         reference: dict[str, np.ndarray] = {}
         for variant in VARIANTS:
@@ -168,7 +151,7 @@ def main() -> int:
                 ("box", Prompt.create(box=image["box"])),
                 ("one click", Prompt.create(positive=[image["point"]])),
             ):
-                inputs = _decoder_input(engine, embedding, prompt, transform)
+                inputs = _decoder_input(engine, embedding, prompt)
                 request = requests[variant, "decoder"]
                 start = time.perf_counter()
                 request.infer(dict(enumerate(inputs)))
@@ -182,7 +165,7 @@ def main() -> int:
                     {
                         "case": image["case"], "variant": variant, "prompt": kind,
                         "encoder_ms": encoder_ms, "decoder_ms": decoder_ms,
-                        "dice_vs_f32": _dice(mask, reference[kind]), "dice": _dice(mask, truth),
+                        "dice_vs_f32": dice(mask, reference[kind]), "dice": dice(mask, truth),
                     }
                 )  # fmt: skip
     _print(rows)
