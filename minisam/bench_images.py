@@ -118,7 +118,7 @@ def _agreement(row: dict[str, Any], reference: dict[str, Any] | None) -> tuple[f
     if reference is None or reference is row or not reference.get("masks_path"):
         return None
     scores = [
-        1.0 if not a.any() and not b.any() else dice(a, b)
+        dice(a, b)
         for a, b in zip(
             _load_masks(row["masks_path"]), _load_masks(reference["masks_path"]), strict=True
         )

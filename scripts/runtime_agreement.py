@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -37,10 +35,6 @@ from minisam.runtime.decoder import CompiledDecoder  # noqa: E402
 from minisam.volume_session import VolumeSession  # noqa: E402
 
 MANIFESTS = sorted((REPO / "docs" / "eval").glob("*.csv"))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 1.0 if not a.any() and not b.any() else float(dice(a, b))
 
 
 def measure(models, runtimes, prompts, manifests, seed: int) -> list[dict]:
@@ -82,12 +76,12 @@ def measure(models, runtimes, prompts, manifests, seed: int) -> list[dict]:
                             "prompt": str(mode),
                             "dataset": case.spec.dataset,
                             "case": case.spec.case,
-                            "dice_vs_torch": _dice(mask, expected.mask),
+                            "dice_vs_torch": dice(mask, expected.mask),
                             "embedding_rel_error": float(
                                 (features - reference).norm() / reference.norm()
                             ),
-                            "dice_gt_torch": _dice(expected.mask, case.slice_truth),
-                            "dice_gt_runtime": _dice(mask, case.slice_truth),
+                            "dice_gt_torch": dice(expected.mask, case.slice_truth),
+                            "dice_gt_runtime": dice(mask, case.slice_truth),
                         }
                     )
     return rows
