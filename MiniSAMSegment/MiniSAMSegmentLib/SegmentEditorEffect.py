@@ -23,6 +23,7 @@ __all__ = ["SegmentEditorEffect"]
 DEVICES = ("auto", "cpu", "cuda")
 # minisam.runtime.RUNTIMES (not imported here: it needs torch, which may not be installed yet)
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+PRECISIONS = ("auto", "f32", "bf16", "int8")  # minisam.runtime.PRECISIONS
 ADAPTER_CHOICES = ("auto", "none")  # then the library's adapters for the loaded model
 # Slicer keeps the GIL on the GUI thread while Qt idles: while background embeddings are pending, every
 # BACKGROUND_TICK_MS the GUI thread waits up to BACKGROUND_WAIT_S without it so the worker runs.
@@ -34,6 +35,7 @@ PARAMETER_DEFAULTS = {
     "Modality": "auto",
     "Device": "auto",
     "Runtime": "auto",
+    "Precision": "auto",
     "MinScore": 0.5,
     "MaxSlices": 0,
 }
@@ -84,7 +86,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "modality adapter for the volume's DICOM modality (if there is one for the model), <i>none</i> "
             "the model alone.<p><b>Runtime</b>: <i>auto</i> runs the image encoder and mask decoder with "
             "OpenVINO on the CPU when it is installed, else torch. While you look at a slice, MiniSAM embeds it and "
-            "its neighbours in the background, so a click there needs only the fast decoder.</html>"
+            "its neighbours in the background, so a click there needs only the fast decoder. <b>Precision</b>: "
+            "<i>bf16</i> is faster on a CPU with bf16, <i>int8</i> runs a calibrated INT8 encoder (made "
+            "once by <tt>minisam calibrate-int8</tt>) for CPUs without it.</html>"
         )
 
     # -- options -------------------------------------------------------------------------------------------
@@ -124,6 +128,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "one-line error"
         )
         self.scriptedEffect.addLabeledOptionsWidget("Runtime:", self.runtimeCombo)
+        self.precisionCombo = qt.QComboBox()
+        for name in PRECISIONS:
+            self.precisionCombo.addItem(name)
+        self.precisionCombo.toolTip = (
+            "OpenVINO's arithmetic: auto = encoder f32, decoder bf16 where the CPU has it; bf16 = both "
+            "faster, masks within ~1 %; int8 = the encoder calibrated by `minisam calibrate-int8`"
+        )
+        self.scriptedEffect.addLabeledOptionsWidget("Precision:", self.precisionCombo)
         self.minScoreSpin = qt.QDoubleSpinBox()
         self.minScoreSpin.setRange(0.0, 1.0)
         self.minScoreSpin.setSingleStep(0.05)
@@ -150,6 +162,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modalityCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.deviceCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.runtimeCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.precisionCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.minScoreSpin.connect("valueChanged(double)", self.updateMRMLFromGUI)
         self.maxSlicesSpin.connect("valueChanged(int)", self.updateMRMLFromGUI)
         self.propagateButton.connect("clicked()", self.onPropagate)
@@ -166,6 +179,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.modalityCombo,
             self.deviceCombo,
             self.runtimeCombo,
+            self.precisionCombo,
             self.minScoreSpin,
             self.maxSlicesSpin,
         )
@@ -176,6 +190,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modalityCombo.setCurrentText(self.scriptedEffect.parameter("Modality"))
         self.deviceCombo.setCurrentText(self.scriptedEffect.parameter("Device"))
         self.runtimeCombo.setCurrentText(self.scriptedEffect.parameter("Runtime") or "auto")
+        self.precisionCombo.setCurrentText(self.scriptedEffect.parameter("Precision") or "auto")
         self.minScoreSpin.value = self.scriptedEffect.doubleParameter("MinScore")
         self.maxSlicesSpin.value = self.scriptedEffect.integerParameter("MaxSlices")
         for widget in widgets:
@@ -187,6 +202,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.setParameter("Modality", self.modalityCombo.currentText)
         self.scriptedEffect.setParameter("Device", self.deviceCombo.currentText)
         self.scriptedEffect.setParameter("Runtime", self.runtimeCombo.currentText)
+        self.scriptedEffect.setParameter("Precision", self.precisionCombo.currentText)
         self.scriptedEffect.setParameter("MinScore", self.minScoreSpin.value)
         self.scriptedEffect.setParameter("MaxSlices", self.maxSlicesSpin.value)
 
@@ -422,6 +438,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.logic.modality = self.scriptedEffect.parameter("Modality") or "auto"
         self.logic.device = self.scriptedEffect.parameter("Device") or "auto"
         self.logic.runtime = self.scriptedEffect.parameter("Runtime") or "auto"
+        self.logic.precision = self.scriptedEffect.parameter("Precision") or "auto"
         if not self.logic.is_ready():
             dialog = slicer.util.createProgressDialog(
                 labelText=f"MiniSAM: loading model {self.logic.model_spec} (the first time, its "

@@ -24,7 +24,7 @@ from minisam.modality import AUTO, adapter_family
 from minisam.model_loader import load_model
 from minisam.prompts import Prompt
 from minisam.propagation import PropagationSettings
-from minisam.runtime import check_runtime
+from minisam.runtime import check_precision, check_runtime
 from minisam.volume_session import ProgressCallback, Pump, VolumeResult, VolumeSession
 
 from . import prompt_markups
@@ -171,7 +171,8 @@ class MiniSAMSegmentLogic:
     slice encoder off the calling thread, calling ``pump()`` meanwhile (see :func:`run_in_background`).
 
     ``runtime`` is where the image encoder and the mask decoder run, as ``minisam segment --runtime`` (auto,
-    torch, openvino, onnxruntime; torch by default here, the effect and the batch script pass their "auto").
+    torch, openvino, onnxruntime; torch by default here, the effect and the batch script pass their "auto"),
+    ``precision`` its arithmetic, as ``--precision`` (auto, f32, bf16, int8; the last two OpenVINO only).
 
     With ``background`` (default), every session embeds ahead of the user on a worker thread
     (:mod:`minisam.precompute`): :meth:`focus_slice` (the slice a view shows) and each prompt queue that
@@ -192,10 +193,12 @@ class MiniSAMSegmentLogic:
         guard: BusyGuard | None = None,
         runtime: str = "torch",
         background: bool = True,
+        precision: str = "auto",
     ) -> None:
         self.model_spec = model_spec
         self.device = device
         self.runtime = runtime
+        self.precision = precision
         self.background = background
         self.modality = modality
         self.adapter = adapter
@@ -206,7 +209,7 @@ class MiniSAMSegmentLogic:
         self.guard = guard if guard is not None else BusyGuard()
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
-        self._engines: dict[tuple[str, str, str], SamEngine] = {}
+        self._engines: dict[tuple[str, str, str, str], SamEngine] = {}
         self._adapter_in_use: dict[str, tuple | None] = {}  # model spec -> (folder, created) active
         self._sessions: dict[str, tuple[tuple, VolumeSession]] = {}
         self._presets: dict[str, tuple[tuple, str]] = {}  # volume id -> (key, normalisation preset)
@@ -252,17 +255,19 @@ class MiniSAMSegmentLogic:
         return (model_spec or self.model_spec) in self._models
 
     def is_ready(self) -> bool:
-        """Whether the model and its engine for the current device and runtime are ready (:meth:`load`
-        has nothing left to do)."""
+        """Whether the model and its engine for the current device, runtime and precision are ready
+        (:meth:`load` has nothing left to do)."""
         return self.model_is_loaded() and self._engine_key() in self._engines
 
-    def _engine_key(self) -> tuple[str, str, str]:
+    def _engine_key(self) -> tuple[str, str, str, str]:
         runtime = check_runtime(self.runtime, "runtime")
-        return self.model_spec, resolve_device(self.device), runtime
+        precision = check_precision(self.precision, runtime, "precision")
+        return self.model_spec, resolve_device(self.device), runtime, precision
 
     @property
     def engine(self) -> SamEngine:
-        """The model's engine for :attr:`device` and :attr:`runtime` (built once for each).
+        """The model's engine for :attr:`device`, :attr:`runtime` and :attr:`precision` (built once for
+        each).
 
         Raises:
           ModelError / PromptError: one line, for an unusable device or a runtime that cannot run here.
@@ -270,9 +275,11 @@ class MiniSAMSegmentLogic:
         key = self._engine_key()
         if key not in self._engines:
             loaded = self.model
-            _, device, runtime = key
+            _, device, runtime, precision = key
             try:
-                self._engines[key] = SamEngine(loaded.sam, loaded.config, device, runtime)
+                self._engines[key] = SamEngine(
+                    loaded.sam, loaded.config, device, runtime, precision
+                )
             except (RuntimeError, AssertionError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ModelError(f"device {device} is not usable here ({reason})") from None
@@ -363,7 +370,7 @@ class MiniSAMSegmentLogic:
             modality,
             self.model_spec,
             str(engine.device),
-            self._engine_key()[2],
+            self._engine_key()[2:],
             adapter_state,
         )
         cached = self._sessions.get(volume_node.GetID())

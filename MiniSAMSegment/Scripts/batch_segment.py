@@ -4,7 +4,7 @@ Inside Slicer (arguments after ``--`` reach the script)::
 
     Slicer --no-main-window --python-script batch_segment.py -- \\
         --input ct.nii.gz --prompts prompts.json --output liver.seg.nrrd [--model default] [--propagate] \\
-        [--adapter auto] [--runtime auto] [--install-dependencies]
+        [--adapter auto] [--runtime auto] [--precision auto] [--install-dependencies]
 
 or in plain Python with the ``slicer-core`` package::
 
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the image encoder and mask decoder run, as for 'minisam segment': auto (default: OpenVINO on the "
         "CPU when installed, else torch), torch, openvino, onnxruntime",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="the runtime's arithmetic, as for 'minisam segment': auto (default), f32, bf16, int8 "
+        "(openvino only; int8 after 'minisam calibrate-int8')",
+    )
     parser.add_argument("--segment-name", default="MiniSAM", help="name of the written segment")
     parser.add_argument(
         "--verbose",
@@ -111,9 +117,10 @@ def run(argv: Sequence[str]) -> int:
         if args.max_slices is not None and args.max_slices < 1:
             raise PromptError(f"--max-slices {args.max_slices} must be at least 1")
         _check_dependencies(args.install_dependencies)
-        from minisam.runtime import check_runtime
+        from minisam.runtime import check_precision, check_runtime
 
         args.runtime = check_runtime(args.runtime)
+        args.precision = check_precision(args.precision, args.runtime)
         _segment(args)
     except (MiniSAMError, _UsageError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -173,6 +180,7 @@ def _segment(args: argparse.Namespace) -> None:
         modality=args.modality,
         adapter=args.adapter,
         runtime=args.runtime,
+        precision=args.precision,
     )
     settings = PropagationSettings(min_score=args.min_score, max_slices=args.max_slices)
     try:

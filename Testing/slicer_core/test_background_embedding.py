@@ -14,7 +14,7 @@ from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic, volume_arrays
 from model_files import SMALL_MODEL
 from slicer_cases import CT, LIVER_BOX, LIVER_SLICE
 
-from minisam.errors import PromptError
+from minisam.errors import ModelError, PromptError
 from minisam.metrics import dice
 
 WAIT = 300  # seconds: only a hung worker waits this long (a failure guard, not a timing)
@@ -147,6 +147,17 @@ def test_the_encoder_runtime_is_a_logic_setting(ct_volume, logic, tmp_path, monk
     assert logic.is_ready() and logic.engine.encoder.describe() == "openvino (f32)"
     edit = logic.prompt_slice(ct_volume, "axial", box_ijk=_box(LIVER_SLICE))
     assert dice(edit.mask, reference.mask) > 0.99
+    logic.precision = (
+        "int8"  # no INT8 encoder calibrated in this cache: one line, the old engine kept
+    )
+    assert not logic.is_ready()
+    with pytest.raises(ModelError, match="no INT8 encoder has been calibrated"):
+        logic.load()
+    logic.precision = "bf16"
+    logic.runtime = "torch"
+    with pytest.raises(PromptError, match="precision bf16 applies to the openvino runtime"):
+        logic.load()
+    logic.precision = "auto"
     logic.runtime = "tpu"
     with pytest.raises(PromptError, match="runtime 'tpu': choose one of auto, torch, openvino"):
         logic.load()
@@ -195,4 +206,7 @@ def test_batch_script_takes_the_runtime(
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1
     assert "--runtime 'tpu': choose one of auto, torch, openvino, onnxruntime" in error
+    code = batch.run([*common, "--output", str(tmp_path / "x.seg.nrrd"), "--precision", "int4"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--precision 'int4': choose one of auto, f32, bf16, int8" in error
     assert not (tmp_path / "x.seg.nrrd").exists()

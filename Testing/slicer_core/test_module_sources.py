@@ -389,3 +389,17 @@ def test_extension_catalog_links_point_at_files_of_the_repository() -> None:
     for link in links:
         assert link.startswith(prefix), link
         assert (REPO / link[len(prefix) :]).is_file(), f"{link} names no file of the repository"
+
+
+def test_effect_choices_are_the_packages() -> None:
+    """The effect lists the runtimes and precisions without importing minisam (torch may be missing
+    when it loads): its tuples must be minisam's."""
+    from minisam.runtime import PRECISIONS, RUNTIMES
+
+    path = REPO / "MiniSAMSegment" / "MiniSAMSegmentLib" / "SegmentEditorEffect.py"
+    values = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("RUNTIMES", "PRECISIONS"):
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+    assert values == {"RUNTIMES": RUNTIMES, "PRECISIONS": PRECISIONS}

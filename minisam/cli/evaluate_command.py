@@ -53,7 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         help="the exported encoder's and decoder's precision: auto (default: encoder f32, OpenVINO's "
-        "decoder bf16), f32, bf16 (openvino only)",
+        "decoder bf16), f32, bf16 (openvino only), int8 (openvino only: the encoder, after "
+        "`minisam calibrate-int8`)",
     )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from minisam.cli import (
         adapters_command,
         bench_command,
+        calibrate_command,
         distill_command,
         evaluate_command,
         models_command,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_command.register(commands)
     train_adapter_command.register(commands)
     quant_report_command.register(commands)
+    calibrate_command.register(commands)
     web_command.register(commands)
     return parser
 

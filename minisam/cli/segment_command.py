@@ -133,7 +133,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         help="the exported encoder's and decoder's inference precision: auto (default: encoder f32, "
         "OpenVINO's decoder bf16 on a CPU with bf16), f32 (torch's masks), bf16 (openvino only: both "
-        "parts, faster, masks Dice ~0.99 against f32's; docs/bench/encoder_runtimes.md)",
+        "parts, faster, masks Dice ~0.99 against f32's; docs/bench/encoder_runtimes.md), int8 "
+        "(openvino only: the encoder in INT8 once `minisam calibrate-int8` has made it, for a CPU "
+        "without bf16)",
     )
     model.add_argument("--no-download", action="store_true", help="never download official weights")
     outputs = parser.add_argument_group("outputs")

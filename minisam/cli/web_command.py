@@ -46,6 +46,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "torch, openvino, onnxruntime",
     )  # fmt: skip
     parser.add_argument(
+        "--precision", default="auto",
+        help="the runtime's arithmetic, as for minisam segment: auto, f32, bf16, int8 (openvino only; "
+        "int8 after minisam calibrate-int8)",
+    )  # fmt: skip
+    parser.add_argument(
         "--output-dir", type=Path, default=Path("."),
         help="folder where Save writes (default: the current folder)",
     )  # fmt: skip
@@ -83,14 +88,16 @@ def run(args: argparse.Namespace) -> int:
     from MiniSAMSegmentLib.logic import MiniSAMSegmentLogic
     from MiniSAMWebLib.app import MiniSAMWebApp
 
-    from minisam.runtime import check_runtime
+    from minisam.runtime import check_precision, check_runtime
 
+    runtime = check_runtime(args.runtime, "--runtime")
     logic = MiniSAMSegmentLogic(
         model_spec=args.model,
         device=args.device,
         modality=args.modality,
         adapter=args.adapter,
-        runtime=check_runtime(args.runtime, "--runtime"),
+        runtime=runtime,
+        precision=check_precision(args.precision, runtime),
     )
     logic.load()  # an unknown model or a bad checkpoint is refused now, not at the first click
     app = MiniSAMWebApp(logic, output_dir=args.output_dir)

@@ -16,7 +16,7 @@ from minisam.errors import ModelError, PromptError
 from minisam.runtime.compiled import CompiledEncoder, TorchEncoder
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
-PRECISIONS = ("auto", "f32", "bf16")
+PRECISIONS = ("auto", "f32", "bf16", "int8")  # int8: the encoder, calibrated first (int8_encoder)
 # OpenVINO's inference precision per part when --precision is auto. Encoder: f32, whose masks are torch's
 # (Dice 1.0000 on every evaluation set of docs/eval); bf16 is 1.5x faster again on a CPU with bf16
 # instructions but moves LiteMedSAM's embeddings by 4.7 % and its masks to Dice 0.995 (box) / 0.980 (one
@@ -41,8 +41,8 @@ def check_precision(value: str, runtime: str = "auto", flag: str = "--precision"
     key = str(value).strip().lower()
     if key not in PRECISIONS:
         raise PromptError(f"{flag} {value!r}: choose one of {', '.join(PRECISIONS)}")
-    if key == "bf16" and runtime in ("torch", "onnxruntime"):
-        raise PromptError(f"{flag} bf16 applies to the openvino runtime; {runtime} runs f32")
+    if key in ("bf16", "int8") and runtime in ("torch", "onnxruntime"):
+        raise PromptError(f"{flag} {key} applies to the openvino runtime; {runtime} runs f32")
     return key
 
 
@@ -73,12 +73,17 @@ def _quantized(module: torch.nn.Module) -> bool:
 def part_precision(precision: str, runtime: str, part: str) -> str:
     """The precision ``part`` ("encoder" or "decoder") runs in under ``runtime`` for a checked
     ``--precision``: auto is the part's OpenVINO default; ONNX Runtime runs f32; bf16 only where the
-    CPU has it (:func:`minisam.runtime.openvino_backend.native_precision`)."""
+    CPU has it (:func:`minisam.runtime.openvino_backend.native_precision`); int8 is the encoder's
+    (:mod:`minisam.runtime.int8_encoder`), the decoder then runs its default."""
     if runtime != "openvino":
         return "f32"
     from minisam.runtime.openvino_backend import native_precision
 
-    return native_precision(OPENVINO_DEFAULT_PRECISION[part] if precision == "auto" else precision)
+    if precision == "int8" and part == "encoder":
+        return "int8"
+    if precision in ("auto", "int8"):
+        precision = OPENVINO_DEFAULT_PRECISION[part]
+    return native_precision(precision)
 
 
 def resolve_runtime(
@@ -126,8 +131,8 @@ def encoder_runtime(
       sam: the model whose ``image_encoder`` is wrapped (in eval mode, on ``device``).
       input_size: the encoder's square input side (``SamConfig.image_size``).
       device: the engine's torch device; the exported runtimes need the CPU.
-      precision: "auto" (OpenVINO: the encoder's :data:`OPENVINO_DEFAULT_PRECISION`; others f32), "f32"
-        or "bf16" (OpenVINO only).
+      precision: "auto" (OpenVINO: the encoder's :data:`OPENVINO_DEFAULT_PRECISION`; others f32), "f32",
+        "bf16" or "int8" (OpenVINO only; int8 after ``minisam calibrate-int8``).
 
     Raises:
       PromptError / ModelError: one line, for a runtime or precision that cannot run here, or (a
@@ -137,6 +142,10 @@ def encoder_runtime(
     precision = check_precision(precision, asked)
     chosen, reason = resolve_runtime(asked, device, sam.image_encoder)
     if chosen == "torch":
+        if precision == "int8":
+            raise PromptError(
+                f"--precision int8 runs in OpenVINO, which is not used here ({reason})"
+            )
         return TorchEncoder(sam.image_encoder, note=reason)
     precision = part_precision(precision, chosen, "encoder")
     encoder = CompiledEncoder(

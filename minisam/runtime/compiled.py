@@ -49,9 +49,10 @@ class CompiledEncoder:
         is active, and for good when ``fallback`` is set and the export failed.
       runtime: "openvino" or "onnxruntime".
       input_size: the square input side the export is fixed to.
-      precision: "f32" or "bf16" (OpenVINO's inference precision hint; ONNX Runtime runs f32).
+      precision: "f32" or "bf16" (OpenVINO's inference precision hint; ONNX Runtime runs f32), or
+        "int8" (OpenVINO: the calibrated INT8 export, :mod:`minisam.runtime.int8_encoder`).
       fallback: run torch (and say why in :attr:`note`) when exporting or loading fails, instead of
-        raising; ``--runtime auto`` sets it.
+        raising; ``--runtime auto`` sets it (a missing INT8 calibration raises all the same).
     """
 
     def __init__(
@@ -98,6 +99,13 @@ class CompiledEncoder:
             self.note = fallback_note(self.name, "the image encoder", error, self.fallback)
 
     def _load(self) -> Runner:
+        if self.precision == "int8":
+            from minisam.runtime.int8_encoder import load_int8_encoder
+
+            run, self.export_folder = load_int8_encoder(
+                self.module, self.input_size, torch.get_num_threads()
+            )
+            return run
         spec = encoder_spec(self.input_size)
         run, self.export_folder, self.built = load_export(
             self.name, self.module, spec, self.input_size, "encoder", self.precision
