@@ -16,7 +16,10 @@ from minisam.cli.main import main
         (["web", "--output-dir", "no_such_folder"], "--output-dir no_such_folder is not a folder"),
         (["web", "--model", "no_such_model"], "no_such_model"),
         (["web", "--runtime", "tpu"], "tpu"),
-        (["web", "--runtime", "torch", "--precision", "int8"], "int8 applies to the openvino runtime"),
+        (
+            ["web", "--runtime", "torch", "--precision", "int8"],
+            "int8 applies to the openvino runtime",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch) -> None:
