@@ -5,7 +5,8 @@ holds the runtime's files and ``export.json``, which names the key and the SHA-2
 folder is used only when its manifest matches the key and every file its digest; otherwise (stale,
 truncated, edited, half deleted) it is built again and replaces the old one atomically
 (:func:`minisam.atomic.atomic_folder`). The precision is not part of the key: OpenVINO applies it when
-it compiles the f32 export, so f32 and bf16 share one folder. ``<cache>`` is
+it compiles the f32 export, so f32 and bf16 share one folder; the calibrated INT8 encoder is another graph
+and has its own part, ``encoder-int8`` (:mod:`minisam.runtime.int8_encoder`). ``<cache>`` is
 :func:`minisam.weights.cache_dir` (``$MINISAM_CACHE``, else ``~/.cache/minisam``); when it cannot be
 written the export is built in a temporary folder for this process only.
 """
