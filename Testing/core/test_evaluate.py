@@ -266,3 +266,37 @@ def test_unknown_modality_in_a_manifest_is_refused(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "m.csv row 1: unknown modality 'DX'" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ([], [False, False]),
+        (["--multimask"], [True, True]),
+        (["--multimask", "auto"], [True, False]),
+    ],
+)
+def test_multimask_protocols(
+    first_run: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], expected: list[bool]
+) -> None:
+    """Two clicks per case: best of 3 never, for every click, or (auto) for the lone first click only,
+    as `minisam segment` and the Slicer effect answer."""
+    from minisam.engine import SamEngine
+
+    asked: list[bool] = []
+    real = SamEngine.predict
+
+    def recording(self, embedding, prompt, multimask=None):
+        prediction = real(self, embedding, prompt, multimask=multimask)
+        asked.append(len(prediction.scores) == 3)
+        return prediction
+
+    monkeypatch.setattr(SamEngine, "predict", recording)
+    out = first_run / f"multimask_{'_'.join(flag) or 'none'}"
+    argv = ["evaluate", "--manifest", str(first_run / "cxr.csv"), "--out", str(out)]
+    argv += ["--config", "fp32=default", "--prompt", "clicks:2", "--quiet", "--no-report", *flag]
+    assert main(argv) == 0
+    # per case: the first click, then the corrective one (a perfect first mask stops after one)
+    assert asked[:2] == expected, asked
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["multimask"] == {0: False, 1: True, 2: None}[len(flag)]

@@ -71,7 +71,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="volumes: propagate from the prompted slice and score the 3D mask",
     )
-    protocol.add_argument("--multimask", action="store_true", help="keep the best of 3 masks")
+    protocol.add_argument(
+        "--multimask",
+        nargs="?",
+        const="always",
+        choices=("always", "auto"),
+        help="keep the best of SAM's 3 masks: for every prompt (--multimask, --multimask always) or, "
+        "as minisam segment and the Slicer effect do, for a lone click only (--multimask auto); "
+        "without it one mask per prompt",
+    )
     protocol.add_argument(
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI"
     )
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance_mm=args.tolerance_mm,
         propagate=args.propagate,
-        multimask=args.multimask,
+        multimask={None: False, "always": True, "auto": None}[args.multimask],
         device=args.device,
     )
     outcome = run_evaluation(

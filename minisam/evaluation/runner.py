@@ -42,7 +42,7 @@ class EvaluationSettings:
     seed: int = 0
     tolerance_mm: float = 1.0
     propagate: bool = False
-    multimask: bool = False
+    multimask: bool | None = False  # None: three candidates for a lone click only, as the product
     device: str = "cpu"
 
     def as_dict(self) -> dict[str, object]:
@@ -69,7 +69,7 @@ class TimedEngine:
         self.encoder_s += time.perf_counter() - start
         return result
 
-    def predict(self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool = False):
+    def predict(self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool | None = False):
         start = time.perf_counter()
         result = self.engine.predict(embedding, prompt, multimask=multimask)
         self.decoder_s += time.perf_counter() - start
