@@ -196,3 +196,8 @@ def test_gallery_picks_best_median_worst_of_the_ok_rows() -> None:
     assert two == [("best", "b"), ("worst", "a")]
     assert [r["case"] for _, r in select_gallery([row("a", 0.3)], "a")] == ["a"]
     assert select_gallery([row("x", None, "failed")], "a") == []
+
+
+def test_header_says_which_masks_were_kept(run: Path) -> None:
+    # the fixture's run keeps one mask per prompt (no --multimask)
+    assert "<th class=l>best of 3 masks</th><td>never (one mask)</td>" in _html(run)

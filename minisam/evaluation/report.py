@@ -46,6 +46,8 @@ REPORT_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("nsd", "NSD"), ("hd95", "HD
 STATS = ("mean", "median", "std", "ci_low", "ci_high")
 DIGITS = 4
 DICE_CHECK_TOLERANCE = 1e-4
+# EvaluationSettings.multimask as the report says it (None: `--multimask auto`)
+MULTIMASK_WORDS = {True: "every prompt", False: "never (one mask)", None: "lone clicks only (auto)"}
 
 
 @dataclass
@@ -301,7 +303,7 @@ def _header(payload: dict, meta: dict) -> list[str]:
         ("seed", settings["seed"]),
         ("NSD tolerance", f"{settings['tolerance_mm']} mm"),
         ("propagate", settings["propagate"]),
-        ("multimask", settings["multimask"]),
+        ("best of 3 masks", MULTIMASK_WORDS.get(settings["multimask"], settings["multimask"])),
         ("bootstrap resamples", meta.get("n_boot", "")),
         ("cases", f"{len(cases)} ({len(failed_cases)} with a failed configuration)"),
         ("rows (case × configuration)", len(payload["cases"])),
