@@ -48,6 +48,21 @@ def fallback_note(runtime: str, part: str, error: Exception, fallback: bool) -> 
     return f"{runtime} failed: {reason}"
 
 
+def cached_graph(
+    runtime: str,
+    module: torch.nn.Module,
+    spec: ExportSpec,
+    input_size: int,
+    part: str,
+    rebuild: bool = False,
+) -> tuple[Path, bool]:
+    """The folder of ``module``'s export (as it computes now) for ``runtime``, from the cache or built
+    first; not loaded. Returns (folder, whether this call built it)."""
+    chosen = backend(runtime)
+    key = ExportKey(runtime, export_hash(module), input_size, part)
+    return cached_export(key, lambda folder: chosen.build(module, spec, folder), rebuild=rebuild)
+
+
 def load_export(
     runtime: str,
     module: torch.nn.Module,
@@ -62,20 +77,14 @@ def load_export(
       (the runner: input arrays in ``spec``'s order → output arrays, the export's folder, whether
       this call built it).
     """
-    chosen = backend(runtime)
-    key = ExportKey(runtime, export_hash(module), input_size, part)
-
-    def build(folder: Path) -> None:
-        chosen.build(module, spec, folder)
-
     threads = torch.get_num_threads()
-    folder, built = cached_export(key, build)
+    folder, built = cached_graph(runtime, module, spec, input_size, part)
     try:
-        run = chosen.load(folder, precision, threads)
+        run = backend(runtime).load(folder, precision, threads)
     except Exception:
         if built:
             raise
         # verified yet unloadable (a runtime of another version, say): build it again, once
-        folder, built = cached_export(key, build, rebuild=True)
-        run = chosen.load(folder, precision, threads)
+        folder, built = cached_graph(runtime, module, spec, input_size, part, rebuild=True)
+        run = backend(runtime).load(folder, precision, threads)
     return run, folder, built

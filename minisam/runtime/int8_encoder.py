@@ -25,7 +25,7 @@ import torch
 from minisam.errors import ModelError
 from minisam.library_noise import native_output_captured
 from minisam.runtime.adapter_state import export_hash
-from minisam.runtime.backends import Runner, load_export
+from minisam.runtime.backends import Runner, cached_graph
 from minisam.runtime.export_cache import ExportKey, cached_export, exports_dir, is_valid
 from minisam.runtime.onnx_export import encoder_spec
 
@@ -39,9 +39,7 @@ def int8_key(module: torch.nn.Module, input_size: int) -> ExportKey:
     return ExportKey("openvino", export_hash(module), int(input_size), PART)
 
 
-def command_hint(model: str = "MODEL") -> str:
-    """The command that makes the INT8 encoder of ``model``."""
-    return f"minisam calibrate-int8 --model {model} IMAGE..."
+COMMAND = "minisam calibrate-int8 --model MODEL IMAGE..."  # what makes the INT8 encoder
 
 
 def load_int8_encoder(
@@ -59,7 +57,7 @@ def load_int8_encoder(
     if not is_valid(folder, key):
         raise ModelError(
             "--precision int8: no INT8 encoder has been calibrated for this model's weights yet; "
-            f"run `{command_hint()}` once on slices like yours"
+            f"run `{COMMAND}` once on slices like yours"
         )
     # the layers NNCF kept in float run in f32
     return openvino_backend.load(folder, "f32", threads), folder
@@ -98,8 +96,8 @@ def calibrate_encoder(
     if not inputs:
         raise ModelError("calibrate-int8: no slices to calibrate on")
     progress("exporting the f32 encoder (cached)")
-    _, f32_folder, _ = load_export(
-        "openvino", module, encoder_spec(input_size), input_size, "encoder", "f32"
+    f32_folder, _ = cached_graph(
+        "openvino", module, encoder_spec(input_size), input_size, "encoder"
     )
 
     def build(folder: Path) -> None:
