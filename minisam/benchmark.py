@@ -48,6 +48,7 @@ class BenchCase:
     device: str = "cpu"
     runtime: str = "torch"  # where the image encoder runs (minisam.runtime)
     precision: str = "auto"
+    lone_click: str = "refine"  # how a click is answered (minisam.engine.SamEngine)
     implementation: str = "minisam"  # or "upstream": upstream's own code (minisam.upstream_worker)
     official: bool = False  # a preset name with its official trained weights instead of random ones
     images: tuple = ()  # real images with prompts (minisam.bench_images.bench_images); () = random
@@ -128,7 +129,9 @@ def measure(case: BenchCase) -> dict[str, Any]:
         file_mb, file_half_rest_mb = _file_mb(loaded, case.quant != "fp32", folder)
         adapter_mb = _attach_adapter(loaded, folder) if case.adapter else 0.0
     start = time.perf_counter()
-    engine = SamEngine(loaded.sam, loaded.config, device, case.runtime, case.precision)
+    engine = SamEngine(
+        loaded.sam, loaded.config, device, case.runtime, case.precision, case.lone_click
+    )
     setup_s = time.perf_counter() - start
     export_s = load_s = None
     if case.runtime != "torch":
@@ -391,6 +394,8 @@ def _runtime_cell(row: dict[str, Any]) -> str:
         for label, key in (("export", "runtime_export_s"), ("load", "runtime_load_s"))
         if row.get(key) is not None
     ]
+    if row.get("lone_click", "refine") != "refine":
+        times.insert(0, f"lone click {row['lone_click']}")
     return text + (f"; {', '.join(times)}" if times else "")
 
 

@@ -15,10 +15,15 @@ import numpy as np
 import torch
 
 from minisam.model_config import SamConfig
-from minisam.prompts import Prompt
+from minisam.prompts import LONE_CLICK_MODES, Prompt, box_from_mask, dominant_region
 from minisam.runtime import encoder_runtime
 from minisam.runtime.decoder import decoder_runtime
 from minisam.transforms import ResizeTransform
+
+# The margin of the box drawn around a lone click's best mask before the click is answered again with
+# it (:meth:`SamEngine.predict`): chosen on the click-tuning validation slices (CXR lungs, HC18 heads,
+# training volumes), where 0, 0.05 and 0.1 of the mask's size scored within 0.001 of each other.
+REFINE_BOX_MARGIN = 0.05
 
 
 @dataclass
@@ -80,6 +85,9 @@ class SamEngine:
         follows it (:func:`minisam.runtime.decoder.decoder_runtime`).
       precision: the exported encoder's and decoder's precision ("auto": the encoder f32, OpenVINO's
         decoder bf16 where the CPU has it; "f32"; "bf16", OpenVINO only).
+      lone_click: how a lone click is answered when the caller leaves ``multimask`` to the engine:
+        "refine" (default) SAM's best of three candidates answered again with its bounding box,
+        "raw" SAM's best of three as it is (see :meth:`predict`).
     """
 
     def __init__(
@@ -89,7 +97,13 @@ class SamEngine:
         device: str | torch.device = "cpu",
         runtime: str = "torch",
         precision: str = "auto",
+        lone_click: str = "refine",
     ) -> None:
+        if lone_click not in LONE_CLICK_MODES:
+            raise ValueError(
+                f"lone_click {lone_click!r}: expected one of {', '.join(LONE_CLICK_MODES)}"
+            )
+        self.lone_click = lone_click
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
         self.config = config
@@ -147,9 +161,22 @@ class SamEngine:
         self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool | None = None
     ) -> Prediction:
         """Masks at the slice's resolution for ``prompt``; with ``multimask`` three candidates sorted
-        by score. None (the default) asks for three only when the prompt is ambiguous (a lone click)."""
+        by score.
+
+        None (the default) asks for three only when the prompt is ambiguous (a lone click), and then,
+        with ``lone_click="refine"``, answers the click once more together with the bounding box of the
+        best candidate (5 % margin, stray islands left out) and puts that mask first, in place of the
+        candidate it came from: the prompt path is much better at boxes than at lone clicks (the
+        default, one click over the 60 evaluation cases: 0.778 Dice raw, 0.844 refined;
+        docs/eval/lone_click). One more decoder pass; an empty answer keeps the raw candidate."""
+        refine = multimask is None and prompt.is_ambiguous and self.lone_click == "refine"
         if multimask is None:
             multimask = prompt.is_ambiguous
+        prediction = self._decode(embedding, prompt, multimask)
+        return self._refined(embedding, prompt, prediction) if refine else prediction
+
+    def _decode(self, embedding: SliceEmbedding, prompt: Prompt, multimask: bool) -> Prediction:
+        """One prompt encoder and mask decoder pass; candidates sorted by predicted IoU."""
         transform = embedding.transform
         sparse, dense = self.prompt_embeddings(prompt, transform)
         low_res, iou = self.decoder(embedding.features, sparse, dense, multimask)
@@ -158,6 +185,24 @@ class SamEngine:
             scores=iou[0, order].float().cpu().numpy(),
             low_res_logits=low_res[0, order].float().cpu().numpy(),
             to_slice=partial(self.logits_to_masks, transform),
+        )
+
+    def _refined(
+        self, embedding: SliceEmbedding, click: Prompt, candidates: Prediction
+    ) -> Prediction:
+        """``candidates`` with the best replaced by the answer to ``click`` plus the best's box."""
+        box = box_from_mask(dominant_region(candidates.mask), margin=REFINE_BOX_MARGIN)
+        if box is None:
+            return candidates
+        boxed = Prompt(points=click.points, labels=click.labels, box=box)
+        answer = self._decode(embedding, boxed, multimask=False)
+        if not answer.mask.any():
+            return candidates
+        return Prediction(
+            scores=np.concatenate([answer.scores, candidates.scores[1:]]),
+            low_res_logits=np.concatenate([answer.low_res_logits, candidates.low_res_logits[1:]]),
+            to_slice=candidates.to_slice,
+            _best=answer.mask,
         )
 
     @torch.inference_mode()

@@ -9,6 +9,10 @@ from scipy import ndimage
 
 from minisam.errors import PromptError
 
+# How a lone click is answered (minisam.engine.SamEngine.predict): SAM's best of three candidates
+# refined with its own bounding box, or as it is.
+LONE_CLICK_MODES = ("refine", "raw")
+
 
 @dataclass
 class Prompt:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from minisam.bench_images import add_mask_agreement, bench_images, load_rgb, save_masks
-from minisam.benchmark import side_by_side_table, with_ratios
+from minisam.benchmark import _runtime_cell, side_by_side_table, with_ratios
 from minisam.cli import bench_command
 from minisam.cli.main import main
 from minisam.errors import InputError, ModelError
@@ -52,6 +52,25 @@ def test_plan_puts_upstream_beside_minisam_rows_for_the_same_weights() -> None:
         ("minisam", "mobilesam", True, "torch", "auto"),
         ("minisam", "mobilesam", True, "openvino", "f32"),
     ]
+
+
+def test_plan_times_the_click_refined_raw_or_both() -> None:
+    args = _args(
+        "--models", "default", "--quants", "fp32", "--no-adapter-rows", "--upstream", "litemedsam",
+        "--runtimes", "openvino:f32", "--lone-click", "refine", "raw",
+    )  # fmt: skip
+    rows = [(c.implementation, c.model, c.lone_click) for c in bench_command.plan(args)]
+    assert rows == [
+        ("minisam", "default", "refine"),
+        ("minisam", "default", "raw"),
+        ("upstream", "litemedsam", "refine"),  # upstream answers clicks its own way (one pass)
+        ("minisam", "litemedsam", "refine"),
+        ("minisam", "litemedsam", "raw"),
+    ]
+    assert {c.lone_click for c in bench_command.plan(_args("--models", "tiny"))} == {"refine"}
+    row = {"encoder_runtime": "openvino (f32)", "lone_click": "raw", "runtime_load_s": 0.5}
+    assert _runtime_cell(row) == "openvino (f32); lone click raw, load 0.5 s"
+    assert _runtime_cell({**row, "lone_click": "refine"}) == "openvino (f32); load 0.5 s"
 
 
 def test_the_product_never_imports_upstream_code() -> None:

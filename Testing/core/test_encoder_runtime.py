@@ -212,3 +212,17 @@ def test_evaluate_configuration_carries_the_runtime() -> None:
     assert "runtime" not in plain.as_dict()  # older run.json files still resume
     with pytest.raises(MiniSAMError, match="bf16 applies to the openvino runtime"):
         build_configurations([], ["default"], [], [], runtime="onnxruntime", precision="bf16")
+
+
+def test_evaluate_configuration_carries_the_lone_click_mode() -> None:
+    from minisam.evaluation.configs import build_configurations
+    from minisam.evaluation.runner import load_configuration
+
+    raw, refine = build_configurations(["raw=default,lone_click=raw", "refine=default"], [], [], [])
+    assert raw.as_dict()["lone_click"] == "raw"
+    assert "lone_click" not in refine.as_dict()  # the default: older run.json files still resume
+    assert load_configuration(raw).engine.engine.lone_click == "raw"
+    assert load_configuration(refine).engine.engine.lone_click == "refine"
+    with pytest.raises(MiniSAMError, match=r"lone_click='box': expected refine or raw") as error:
+        build_configurations(["x=default,lone_click=box"], [], [], [])
+    assert "\n" not in str(error.value)

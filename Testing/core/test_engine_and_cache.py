@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from minisam.embedding_cache import EmbeddingCache
-from minisam.engine import SamEngine
+from minisam.engine import REFINE_BOX_MARGIN, SamEngine
 from minisam.model_config import build_sam, preset
-from minisam.prompts import Prompt
+from minisam.prompts import Prompt, box_from_mask, dominant_region
 from minisam.volume_session import VolumeSession
 
 
@@ -78,6 +78,7 @@ def test_a_lone_click_gets_three_candidates_unless_told_otherwise(engine: SamEng
 def test_the_best_mask_alone_is_upsampled_alone_and_equals_sams_postprocess(
     engine: SamEngine,
 ) -> None:
+    engine.lone_click = "raw"  # SAM's candidates as they are (the refinement is tested below)
     rgb = np.random.default_rng(1).uniform(0, 255, (70, 90, 3)).astype(np.float32)
     embedding = engine.embed(rgb)
     prompt = Prompt.create(positive=[[20, 30]])
@@ -100,3 +101,31 @@ def test_the_best_mask_alone_is_upsampled_alone_and_equals_sams_postprocess(
     transform = embedding.transform
     reference = engine.sam.postprocess_masks(logits, transform.input_size, transform.original_size)
     np.testing.assert_array_equal(candidates, (reference[0] > engine.sam.mask_threshold).numpy())
+
+
+def test_a_lone_click_is_answered_again_with_the_box_of_its_best_candidate(
+    engine: SamEngine,
+) -> None:
+    rgb = np.random.default_rng(2).uniform(0, 255, (70, 90, 3)).astype(np.float32)
+    embedding = engine.embed(rgb)
+    click = Prompt.create(positive=[[40, 30]])
+    engine.lone_click = "raw"
+    raw = engine.predict(embedding, click)
+    box = box_from_mask(dominant_region(raw.mask), margin=REFINE_BOX_MARGIN)
+    assert box is not None
+    boxed = engine.predict(embedding, Prompt(points=click.points, labels=click.labels, box=box))
+    assert boxed.mask.any() and not np.array_equal(boxed.mask, raw.mask)
+    engine.lone_click = "refine"
+    refined = engine.predict(embedding, click)
+    np.testing.assert_array_equal(refined.mask, boxed.mask)
+    # the refined mask takes the best candidate's place; the other two stay for "next candidate"
+    assert refined.masks.shape == (3, 70, 90)
+    np.testing.assert_array_equal(refined.masks[0], boxed.mask)
+    np.testing.assert_array_equal(refined.masks[1:], raw.masks[1:])
+    np.testing.assert_allclose(refined.scores, [boxed.score, *raw.scores[1:]])
+    np.testing.assert_array_equal(refined.low_res_logits[0], boxed.low_res_logits[0])
+    # only a lone click left to the engine is refined: asked-for candidates are SAM's own
+    asked = engine.predict(embedding, click, multimask=True)
+    np.testing.assert_array_equal(asked.masks, raw.masks)
+    with pytest.raises(ValueError, match="lone_click"):
+        SamEngine(engine.sam, engine.config, lone_click="box")

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minisam.errors import InputError
+from minisam.prompts import LONE_CLICK_MODES
 from minisam.upstream_code import UPSTREAM_MODELS
 
 LARGE = ("vit_h", "vit_l")
@@ -58,6 +59,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="encoder runtimes, each RUNTIME[:PRECISION]: torch, auto, openvino, openvino:f32, "
         "openvino:bf16, onnxruntime; the exported ones run fp32 rows without adapter only, their "
         "exports go to a temporary cache folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lone-click",
+        nargs="+",
+        default=["refine"],
+        choices=LONE_CLICK_MODES,
+        help="how MiniSAM's rows answer the timed click (a lone click): refine (the default: SAM's "
+        "best candidate answered again with its box, two decoder passes), raw (one pass); both: a "
+        "row each (default: %(default)s)",
     )
     parser.add_argument(
         "--upstream",
@@ -130,15 +140,21 @@ def plan(args: argparse.Namespace) -> list:
                 for runtime, precision in runtimes:
                     if runtime != "torch" and (quant != "fp32" or model.startswith("vit_")):
                         continue  # a quantized encoder, and the SAM references, run in torch
-                    case = BenchCase(runtime=runtime, precision=precision, **common)
-                    cases.append(case)
+                    cases += [
+                        BenchCase(runtime=runtime, precision=precision, lone_click=mode, **common)
+                        for mode in args.lone_click
+                    ]
                     if runtime == "torch" and not model.startswith("vit_"):
                         if not args.no_adapter_rows:  # an encoder adapter runs in torch
                             cases.append(BenchCase(adapter=True, **common))
     for model in args.upstream:
         common = dict(model=model, repeats=args.repeats, device=args.device)
         cases.append(BenchCase(implementation="upstream", **common))
-        cases += [BenchCase(official=True, runtime=r, precision=p, **common) for r, p in runtimes]
+        cases += [
+            BenchCase(official=True, runtime=r, precision=p, lone_click=mode, **common)
+            for r, p in runtimes
+            for mode in args.lone_click
+        ]
     return cases
 
 

@@ -15,7 +15,7 @@ from minisam.atomic import full_suffix, refuse_overwriting_inputs, same_file
 from minisam.errors import OutputError, PromptError
 from minisam.modality import PRESET_CHOICES, adapter_family
 from minisam.overlay import render_overlay
-from minisam.prompts import Prompt
+from minisam.prompts import LONE_CLICK_MODES, Prompt
 from minisam.propagation import PropagationSettings
 from minisam.runtime.choice import PRECISIONS, RUNTIMES, check_precision
 
@@ -117,6 +117,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--multimask",
         action="store_true",
         help="ask for 3 candidates and keep the best (always done for a single click alone)",
+    )
+    model.add_argument(
+        "--lone-click",
+        default="refine",
+        choices=LONE_CLICK_MODES,
+        help="a single click alone: refine (default) answers it again with the box of SAM's best "
+        "candidate, raw keeps that candidate as SAM gives it",
     )
     model.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     model.add_argument(
@@ -304,7 +311,9 @@ def _session(loaded, normalized: np.ndarray, is_rgb: bool, args: argparse.Namesp
 
     device = args.device
     try:
-        engine = SamEngine(loaded.sam, loaded.config, device, args.runtime, args.precision)
+        engine = SamEngine(
+            loaded.sam, loaded.config, device, args.runtime, args.precision, args.lone_click
+        )
     except (RuntimeError, AssertionError) as exc:
         raise PromptError(
             f"--device {device} is not usable here ({str(exc).splitlines()[0]})"

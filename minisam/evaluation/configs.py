@@ -13,7 +13,9 @@ each case gets the adapter for its family (DICOM modality, else the family of it
 case row's ``adapter`` cell says which (``auto:<name>`` or ``auto:none``). ``runtime=`` and
 ``precision=`` choose where the image encoder runs (``--runtime``/``--precision`` of ``minisam
 segment``; evaluate's default is torch, the reference), per configuration or for all of them with
-``--runtime``/``--precision``.
+``--runtime``/``--precision``. ``lone_click=raw`` keeps SAM's best of three candidates for a lone click
+as it is instead of refining it with its box (``--lone-click`` of ``minisam segment``; it matters only
+with ``--multimask auto``, the product's protocol).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minisam.errors import InputError
+from minisam.prompts import LONE_CLICK_MODES
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
@@ -37,11 +40,12 @@ class Configuration:
     adapter: str = "none"
     runtime: str = "torch"
     precision: str = "auto"
+    lone_click: str = "refine"
 
     def as_dict(self) -> dict[str, str]:
         values = asdict(self)
         # left out at their defaults, so runs recorded before runtimes existed still resume
-        for key, default in (("runtime", "torch"), ("precision", "auto")):
+        for key, default in (("runtime", "torch"), ("precision", "auto"), ("lone_click", "refine")):
             if values[key] == default:
                 values.pop(key)
         return values
@@ -67,11 +71,15 @@ def _checked(config: Configuration, where: str) -> Configuration:
         precision = check_precision(config.precision, runtime, flag="precision=")
     except MiniSAMError as error:
         raise InputError(f"{where}: {error}") from None
+    if config.lone_click not in LONE_CLICK_MODES:
+        raise InputError(
+            f"{where}: lone_click={config.lone_click!r}: expected {' or '.join(LONE_CLICK_MODES)}"
+        )
     return replace(config, runtime=runtime, precision=precision)
 
 
 def parse_config(text: str, runtime: str = "torch", precision: str = "auto") -> Configuration:
-    """Parse ``NAME=MODEL[,quant=Q][,adapter=A][,runtime=R][,precision=P]``; ``runtime`` and
+    """Parse ``NAME=MODEL[,quant=Q][,adapter=A][,runtime=R][,precision=P][,lone_click=L]``; ``runtime`` and
     ``precision`` are the values when the text does not set them."""
     name, sep, rest = text.partition("=")
     if not sep or not _NAME.match(name.strip()) or not rest.strip():
@@ -80,13 +88,19 @@ def parse_config(text: str, runtime: str = "torch", precision: str = "auto") -> 
             "(NAME: letters, digits, _ . + -)"
         )
     model, *options = [part.strip() for part in rest.split(",")]
-    values = {"quant": "fp32", "adapter": "none", "runtime": runtime, "precision": precision}
+    values = {
+        "quant": "fp32",
+        "adapter": "none",
+        "runtime": runtime,
+        "precision": precision,
+        "lone_click": "refine",
+    }
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key.strip() not in values or not value.strip():
             raise InputError(
                 f"--config {text!r}: unknown option {option!r} "
-                "(quant=, adapter=, runtime=, precision=)"
+                "(quant=, adapter=, runtime=, precision=, lone_click=)"
             )
         values[key.strip()] = value.strip()
     return _checked(Configuration(name.strip(), model, **values), f"--config {text!r}")

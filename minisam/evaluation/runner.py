@@ -132,7 +132,9 @@ def load_configuration(config: Configuration, device: str = "cpu") -> LoadedConf
         quantize_model(loaded, config.quant, device=device)
     adapter = None if _per_case(config) else apply_adapter(config.adapter, loaded)
     engine = TimedEngine(
-        SamEngine(loaded.sam, loaded.config, device, config.runtime, config.precision)
+        SamEngine(
+            loaded.sam, loaded.config, device, config.runtime, config.precision, config.lone_click
+        )
     )
     trained = bool(loaded.card.get("trained", True))
     return LoadedConfiguration(config, engine, adapter, trained, loaded)
