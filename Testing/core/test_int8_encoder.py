@@ -95,6 +95,22 @@ def test_an_edited_int8_export_is_never_used(runtime_cache, model, shared_data: 
         SamEngine(model.sam, model.config, runtime="openvino", precision="int8")
 
 
+def test_an_int8_export_that_will_not_load_fails_even_under_auto(
+    runtime_cache, model, monkeypatch
+) -> None:
+    """`--runtime auto` falls back to torch when an export fails, but torch has no INT8 encoder: the user
+    asked for int8 and gets one line, not f32 in torch."""
+    import minisam.runtime.int8_encoder as int8_encoder
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed\nsecond line")
+
+    monkeypatch.setattr(int8_encoder, "load_int8_encoder", broken)
+    with pytest.raises(ModelError) as error:
+        SamEngine(model.sam, model.config, runtime="auto", precision="int8")
+    assert "compile failed" in str(error.value) and "\n" not in str(error.value)
+
+
 def test_calibrate_bad_input_gives_one_line(
     runtime_cache, shared_data: Path, tmp_path: Path, capsys
 ) -> None:

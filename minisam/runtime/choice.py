@@ -148,8 +148,8 @@ def encoder_runtime(
             )
         return TorchEncoder(sam.image_encoder, note=reason)
     precision = part_precision(precision, chosen, "encoder")
-    encoder = CompiledEncoder(
-        sam.image_encoder, chosen, input_size, precision, fallback=asked == "auto"
-    )
+    # torch has no INT8 encoder: an INT8 export that will not load fails in one line, even under auto
+    fallback = asked == "auto" and precision != "int8"
+    encoder = CompiledEncoder(sam.image_encoder, chosen, input_size, precision, fallback=fallback)
     encoder.prepare()
     return encoder
