@@ -83,3 +83,35 @@ def native_output_captured() -> Iterator[None]:
                     sys.stderr.write(text)
                 else:
                     logging.getLogger("minisam.native").debug(text.rstrip())
+
+
+# ------------------------------------------------------------------------------------ rich progress
+@contextmanager
+def rich_progress_to_stderr(quiet: bool) -> Iterator[None]:
+    """NNCF draws its progress bars with rich on rich's global console, which writes to stdout: while the
+    block runs, send them to the stderr this process had when the block began (so that a
+    :func:`native_output_captured` inside it does not swallow them), or nowhere when ``quiet``."""
+    try:
+        from rich import get_console
+    except ImportError:  # no rich, no bars
+        yield
+        return
+    console = get_console()
+    # ``Console.file`` reads sys.stdout anew at every write while ``_file`` is None; the setter would pin
+    # the stream of the moment, so the attribute itself is saved and restored
+    before = console._file, console.quiet
+    stream = None
+    if not quiet:
+        try:
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (OSError, ValueError, AttributeError):
+            quiet = True  # no file descriptor to write to (an embedded interpreter)
+    console.quiet = quiet
+    if stream is not None:
+        console.file = stream
+    try:
+        yield
+    finally:
+        console._file, console.quiet = before
+        if stream is not None:
+            stream.close()

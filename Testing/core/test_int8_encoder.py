@@ -64,7 +64,10 @@ def test_calibrate_then_int8_runs_quantized_near_f32(
     images = [str(shared_data / name) for name in (*HC18, CT)]
     argv = ["calibrate-int8", *images, "--model", SMALL_MODEL, "--slices-per-volume", "2"]
     assert main([*argv, "--quiet"]) == 0
-    assert "calibrated on 4 slices" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "calibrated on 4 slices" in captured.out
+    # NNCF's rich progress bars obey --quiet (they went to stdout before)
+    assert "Statistics collection" not in captured.out + captured.err
     folder = exports_dir() / int8_key(model.sam.image_encoder, model.config.image_size).folder_name
     record = json.loads((folder / CALIBRATION_FILE).read_text())
     assert record["slices"] == 4 and record["names"][:2] == ["000_HC.png", "002_HC.png"]
@@ -121,3 +124,21 @@ def test_calibrate_bad_input_gives_one_line(
     image = str(shared_data / HC18[0])
     assert main(["calibrate-int8", image, "--slices-per-volume", "0"]) == 2
     assert "--slices-per-volume 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_nncf_progress_goes_to_stderr_or_nowhere(capfd) -> None:
+    """NNCF's rich bars: on the process's stderr (past a native-output capture) or, quiet, nowhere;
+    rich's console follows sys.stdout again afterwards."""
+    from rich import get_console
+
+    from minisam.library_noise import native_output_captured, rich_progress_to_stderr
+
+    with rich_progress_to_stderr(quiet=False), native_output_captured():
+        get_console().print("shown bar")
+    with rich_progress_to_stderr(quiet=True), native_output_captured():
+        get_console().print("hidden bar")
+    get_console().print("a result")
+    captured = capfd.readouterr()
+    assert "shown bar" in captured.err and "shown bar" not in captured.out
+    assert "hidden bar" not in captured.out + captured.err
+    assert "a result" in captured.out

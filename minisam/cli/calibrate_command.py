@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             print(text, file=sys.stderr)
 
     size = loaded.config.image_size
-    folder = calibrate_encoder(loaded.sam.image_encoder, size, inputs, names, say)
+    folder = calibrate_encoder(loaded.sam.image_encoder, size, inputs, names, say, args.quiet)
     error = embedding_error(loaded.sam, size, inputs[:ERROR_CHECK_SLICES])
     print(
         f"INT8 encoder of {args.model} calibrated on {len(inputs)} slices: {folder}\n"

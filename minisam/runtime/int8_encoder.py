@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from minisam.errors import ModelError
-from minisam.library_noise import native_output_captured
+from minisam.library_noise import native_output_captured, rich_progress_to_stderr
 from minisam.runtime.adapter_state import export_hash
 from minisam.runtime.backends import Runner, cached_graph
 from minisam.runtime.export_cache import ExportKey, cached_export, exports_dir, is_valid
@@ -69,6 +69,7 @@ def calibrate_encoder(
     inputs: Sequence[np.ndarray],
     names: Sequence[str],
     progress: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
 ) -> Path:
     """Quantize ``module``'s OpenVINO export to INT8 on ``inputs`` and cache it (replacing any before).
 
@@ -78,6 +79,7 @@ def calibrate_encoder(
       inputs: preprocessed (1, 3, S, S) float32 arrays (``SamEngine.model_input``), at least one.
       names: what each input is (file and slice), recorded in ``calibration.json``.
       progress: told what is being done.
+      quiet: no NNCF progress bars (else they go to stderr).
 
     Returns:
       The INT8 export's folder.
@@ -102,7 +104,7 @@ def calibrate_encoder(
 
     def build(folder: Path) -> None:
         progress(f"quantizing on {len(inputs)} slices (NNCF)")
-        with native_output_captured():
+        with rich_progress_to_stderr(quiet), native_output_captured():
             model = ov.Core().read_model(str(f32_folder / MODEL_FILE))
             quantized = nncf.quantize(
                 model,
