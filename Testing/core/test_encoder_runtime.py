@@ -219,10 +219,39 @@ def test_evaluate_configuration_carries_the_lone_click_mode() -> None:
     from minisam.evaluation.runner import load_configuration
 
     raw, refine = build_configurations(["raw=default,lone_click=raw", "refine=default"], [], [], [])
-    assert raw.as_dict()["lone_click"] == "raw"
-    assert "lone_click" not in refine.as_dict()  # the default: older run.json files still resume
+    # recorded only where it changes masks (--multimask auto), so that older runs resume exactly when
+    # their answers would be the same
+    assert raw.as_dict(lone_clicks_answered=True)["lone_click"] == "raw"
+    assert refine.as_dict(lone_clicks_answered=True)["lone_click"] == "refine"
+    assert "lone_click" not in raw.as_dict() and "lone_click" not in refine.as_dict()
     assert load_configuration(raw).engine.engine.lone_click == "raw"
     assert load_configuration(refine).engine.engine.lone_click == "refine"
     with pytest.raises(MiniSAMError, match=r"lone_click='box': expected refine or raw") as error:
         build_configurations(["x=default,lone_click=box"], [], [], [])
     assert "\n" not in str(error.value)
+
+
+def test_an_older_multimask_auto_run_does_not_resume_with_refined_answers(
+    tmp_path: Path, capsys
+) -> None:
+    """A --multimask auto run recorded before lone clicks were refined (no lone_click in run.json)
+    answered them raw: resuming it with today's default would mix raw and refined rows."""
+    from minisam.evaluation.configs import build_configurations
+    from minisam.evaluation.outputs import CASE_COLUMNS
+    from minisam.evaluation.pipeline import _resume_rows, _run_info
+    from minisam.evaluation.prompting import parse_prompt_mode
+    from minisam.evaluation.runner import EvaluationSettings
+
+    (config,) = build_configurations(["v3=default"], [], [], [])
+    auto = EvaluationSettings(prompt=parse_prompt_mode("clicks:1"), multimask=None)
+    never = EvaluationSettings(prompt=parse_prompt_mode("clicks:1"), multimask=False)
+    (tmp_path / "cases.csv").write_text(",".join(CASE_COLUMNS) + "\n")
+    for settings, resumes in ((auto, False), (never, True)):
+        old = _run_info(settings, [config])
+        old["configs"][0].pop("lone_click", None)  # as written before the option existed
+        (tmp_path / "run.json").write_text(json.dumps(old))
+        if resumes:
+            assert _resume_rows(tmp_path, _run_info(settings, [config]), fresh=False) == {}
+        else:
+            with pytest.raises(MiniSAMError, match="configuration v3 was defined differently"):
+                _resume_rows(tmp_path, _run_info(settings, [config]), fresh=False)

@@ -42,12 +42,18 @@ class Configuration:
     precision: str = "auto"
     lone_click: str = "refine"
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self, lone_clicks_answered: bool = False) -> dict[str, str]:
+        """The fields as recorded in run.json; ``lone_click`` only when ``lone_clicks_answered`` (the
+        protocol leaves a lone click's answer to the engine: ``--multimask auto``), the one case where
+        it changes a mask, so that runs recorded before it existed resume exactly when their answers
+        would be the same."""
         values = asdict(self)
         # left out at their defaults, so runs recorded before runtimes existed still resume
-        for key, default in (("runtime", "torch"), ("precision", "auto"), ("lone_click", "refine")):
+        for key, default in (("runtime", "torch"), ("precision", "auto")):
             if values[key] == default:
                 values.pop(key)
+        if not lone_clicks_answered:
+            values.pop("lone_click")
         return values
 
 

@@ -37,7 +37,8 @@ class EvaluationOutcome:
 
 
 def _run_info(settings: EvaluationSettings, configs: list[Configuration]) -> dict:
-    return {"settings": settings.as_dict(), "configs": [c.as_dict() for c in configs]}
+    answered = settings.multimask is None  # the engine answers lone clicks: lone_click matters
+    return {"settings": settings.as_dict(), "configs": [c.as_dict(answered) for c in configs]}
 
 
 def _resume_rows(out_dir: Path, info: dict, fresh: bool) -> dict[tuple[str, str, str], dict]:
