@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from minisam.checkpoints import save_official_layout
 from minisam.cli.main import main
+from minisam.metrics import dice
 from minisam.model_config import build_sam, preset
 
 CXR = "cxr_lung_montgomery_shenzhen/images/MCUCXR_0003_0.png"
@@ -436,12 +437,12 @@ def test_lone_click_refined_or_raw(shared_data: Path, tmp_path: Path) -> None:
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(head / "masks_filled/269_HC_mask.png"))) > 127
     rows, cols = np.nonzero(truth)
     click = [str(int(cols.mean())), str(int(rows.mean()))]
-    dice = {}
+    scores = {}
     for mode in ("raw", "refine"):
         out = tmp_path / f"{mode}.png"
         argv = ["segment", str(head / "images/269_HC.png"), "--point", *click, "--output", str(out)]
         argv += ["--runtime", "torch", "--lone-click", mode, "--quiet"]
         assert main(argv) == 0
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-        dice[mode] = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
-    assert dice["refine"] > dice["raw"] + 0.1, dice
+        scores[mode] = dice(mask, truth)
+    assert scores["refine"] > scores["raw"] + 0.1, scores
