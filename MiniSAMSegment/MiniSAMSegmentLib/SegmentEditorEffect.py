@@ -77,8 +77,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "<b>Left click</b>: part of the structure. <b>Shift + left click</b>: not part of it. "
             "<b>Left drag</b>: a box around it (right drag still zooms). Each prompt updates the "
             "selected segment on that slice; prompts belong to the selected segment, and Undo also takes "
-            "the last prompt back. A single click gets SAM's three masks (part, organ, both): "
-            "<b>C</b> switches to the next one, <b>P</b> propagates (mouse over a slice view)."
+            "the last prompt back. A single click gets SAM's best mask answered again with its own box, "
+            "then SAM's three masks as they came (part, organ, both): <b>C</b> switches to the next one, "
+            "<b>P</b> propagates (mouse over a slice view)."
             "<p>While MiniSAM installs packages, loads a model or propagates, a new "
             "prompt is refused (the status line says what is running).<p><b>Propagate</b> extends the "
             "mask from the prompted slices to "
@@ -538,7 +539,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         from minisam.errors import PromptError
 
         if self._lastEdit is None or self.logic is None:
-            raise PromptError("click on a structure first: a single click gets SAM's three masks")
+            raise PromptError(
+                "click on a structure first: a single click gets SAM's candidate masks"
+            )
         edit, volumeNode, segmentationNode, segmentId = self._lastEdit
         if (volumeNode, segmentationNode, segmentId) != self._nodes():
             raise PromptError("the masks belong to another segment or volume: click again")

@@ -108,8 +108,9 @@ class SliceEdit(NamedTuple):
     choice: int = 0  # which candidate ``mask`` is
 
     def next_candidate(self) -> SliceEdit:
-        """The same edit with the next of SAM's candidate masks (a lone click has three: part, organ,
-        both; cycling returns to the best-rated one). An edit with one mask gives itself."""
+        """The same edit with the next of SAM's candidate masks (a lone click has four: its refined
+        mask, then SAM's three as they came, part, organ, both; cycling returns to the first). An edit
+        with one mask gives itself."""
         count = 0 if self.candidates is None else len(self.candidates)
         if count < 2:
             return self
@@ -727,7 +728,7 @@ class MiniSAMSegmentLogic:
         with self.guard("switching to the next candidate mask"):
             if edit.candidates is None or len(edit.candidates) < 2:
                 raise PromptError(
-                    "this prompt has one mask: only a single click gets SAM's three candidates"
+                    "this prompt has one mask: only a single click gets SAM's candidate masks"
                 )
             owner = self._owner(volume_node, segmentation_node, segment_id)  # drops undone prompts
             last = self.book.last_edit()

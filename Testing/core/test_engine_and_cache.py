@@ -66,7 +66,8 @@ def test_a_lone_click_gets_three_candidates_unless_told_otherwise(engine: SamEng
     two = Prompt(points=np.array([[30.0, 20.0], [50.0, 40.0]]), labels=np.array([1, 0]))
     box = Prompt(box=np.array([10.0, 10.0, 50.0, 40.0]))
     assert click.is_ambiguous and not two.is_ambiguous and not box.is_ambiguous
-    assert len(engine.predict(embedding, click).masks) == 3
+    assert len(engine.predict(embedding, click, multimask=True).masks) == 3
+    assert len(engine.predict(embedding, click).masks) in (3, 4)  # 4: refined, then SAM's three
     assert len(engine.predict(embedding, click, multimask=False).masks) == 1
     assert len(engine.predict(embedding, two).masks) == 1
     assert len(engine.predict(embedding, box).masks) == 1
@@ -118,12 +119,13 @@ def test_a_lone_click_is_answered_again_with_the_box_of_its_best_candidate(
     engine.lone_click = "refine"
     refined = engine.predict(embedding, click)
     np.testing.assert_array_equal(refined.mask, boxed.mask)
-    # the refined mask takes the best candidate's place; the other two stay for "next candidate"
-    assert refined.masks.shape == (3, 70, 90)
+    # the refined mask comes first; SAM's three follow, its unrefined best first ("next candidate")
+    assert refined.masks.shape == (4, 70, 90)
     np.testing.assert_array_equal(refined.masks[0], boxed.mask)
-    np.testing.assert_array_equal(refined.masks[1:], raw.masks[1:])
-    np.testing.assert_allclose(refined.scores, [boxed.score, *raw.scores[1:]])
+    np.testing.assert_array_equal(refined.masks[1:], raw.masks)
+    np.testing.assert_allclose(refined.scores, [boxed.score, *raw.scores])
     np.testing.assert_array_equal(refined.low_res_logits[0], boxed.low_res_logits[0])
+    np.testing.assert_array_equal(refined.low_res_logits[1:], raw.low_res_logits)
     # only a lone click left to the engine is refined: asked-for candidates are SAM's own
     asked = engine.predict(embedding, click, multimask=True)
     np.testing.assert_array_equal(asked.masks, raw.masks)

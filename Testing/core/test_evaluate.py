@@ -288,7 +288,7 @@ def test_multimask_protocols(
 
     def recording(self, embedding, prompt, multimask=None):
         prediction = real(self, embedding, prompt, multimask=multimask)
-        asked.append(len(prediction.scores) == 3)
+        asked.append(len(prediction.scores) >= 3)  # a refined lone click: 4
         return prediction
 
     monkeypatch.setattr(SamEngine, "predict", recording)

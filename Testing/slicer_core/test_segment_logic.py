@@ -213,17 +213,21 @@ def test_sessions_are_released_with_their_nodes_and_the_scene(context, ct_volume
 def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
     ct_volume, liver_editing
 ) -> None:
-    """SAM's three masks for a lone click, switched in place; Undo walks back candidate, then prompt."""
+    """A lone click's refined mask and SAM's three, switched in place; Undo walks back candidate, then
+    prompt."""
     from minisam.errors import PromptError
 
     logic, segmentation, liver_id, editor = liver_editing
+    # the walk below undoes six states (the logic keeps five unless told, as the widget tells it)
+    editor.logic.SetMaximumNumberOfUndoStates(10)
     i0, j0, i1, j1 = LIVER_BOX
     where = {"segmentation_node": segmentation, "segment_id": liver_id}
     edit = logic.prompt_slice(
         ct_volume, "axial", positive_ijk=[((i0 + i1) / 2, (j0 + j1) / 2, LIVER_SLICE)], **where
     )
-    assert len(edit.candidates) == 3 and edit.choice == 0
-    assert edit.score == max(edit.scores)  # the best-rated candidate comes first
+    # the click answered again with its best candidate's box, then SAM's three, best-rated first
+    assert len(edit.candidates) == 4 and edit.choice == 0
+    assert list(edit.scores[1:]) == sorted(edit.scores[1:], reverse=True)
     logic.apply_edit(editor, ct_volume, segmentation, liver_id, edit)
 
     def written():
@@ -231,19 +235,19 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
 
     seen = [written()]
     current = edit
-    for expected in (1, 2, 0):
+    for expected in (1, 2, 3, 0):
         current = logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, current)
         assert current.choice == expected
         np.testing.assert_array_equal(written(), current.candidates[expected])
         seen.append(written())
-    assert len({mask.tobytes() for mask in seen[:3]}) >= 2  # the candidates differ
-    np.testing.assert_array_equal(seen[3], seen[0])  # back to the best-rated one
+    assert len({mask.tobytes() for mask in seen[:4]}) >= 2  # the candidates differ
+    np.testing.assert_array_equal(seen[4], seen[0])  # back to the first one
 
-    editor.logic.Undo()  # the last switch: candidate 2 again, the click is still remembered
-    np.testing.assert_array_equal(written(), edit.candidates[2])
+    editor.logic.Undo()  # the last switch: candidate 3 again, the click is still remembered
+    np.testing.assert_array_equal(written(), edit.candidates[3])
     axis, prompts = logic.remembered_prompts(ct_volume, segmentation, liver_id)
     assert list(prompts) == [LIVER_SLICE]
-    for _ in range(3):  # the other switches, then the click's own edit
+    for _ in range(4):  # the other switches, then the click's own edit
         editor.logic.Undo()
     assert not written().any()
     assert logic.remembered_prompts(ct_volume, segmentation, liver_id) == (None, {})
@@ -254,5 +258,5 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
         ct_volume, "axial", box_ijk=[(i0, j0, LIVER_SLICE), (i1, j1, LIVER_SLICE)], **where
     )
     assert len(box.candidates) == 1 and box.next_candidate() is box
-    with pytest.raises(PromptError, match="only a single click gets SAM's three candidates"):
+    with pytest.raises(PromptError, match="only a single click gets SAM's candidate masks"):
         logic.apply_next_candidate(editor, ct_volume, segmentation, liver_id, box)

@@ -316,20 +316,20 @@ def test_key_c_cycles_the_single_clicks_candidates_as_undo_steps(
     session = loaded.session
     loaded.click("Axial", label_center(reference_labels, LIVER, AXIAL_SLICE))
     first = session.segment_labels()
-    assert "mask 1 of 3" in session.report.status
+    assert "mask 1 of 4" in session.report.status  # refined, then SAM's three
 
     async def key_c():
         press_key(loaded.views["Axial"], "c")
         await session.idle()
 
     run(key_c())
-    assert session.report.error == "" and "mask 2 of 3" in session.report.status
+    assert session.report.error == "" and "mask 2 of 4" in session.report.status
     second = session.segment_labels()
     assert set(np.nonzero(second)[0]) <= {AXIAL_SLICE}
     assert session.report.prompt["voxels"] == second.sum()
     session.undo()  # back to the first candidate, the click still remembered
     assert np.array_equal(session.segment_labels(), first)
-    assert not np.array_equal(first, second)  # SAM's second mask is another one
+    assert not np.array_equal(first, second)  # SAM's unrefined best differs from the refined mask
 
 
 def test_choices_change_what_segments_and_a_bad_one_keeps_the_previous(loaded: Views) -> None:
