@@ -15,15 +15,10 @@ import numpy as np
 import torch
 
 from minisam.model_config import SamConfig
-from minisam.prompts import LONE_CLICK_MODES, Prompt, box_from_mask, dominant_region
+from minisam.prompts import LONE_CLICK_MODES, Prompt, refinement_box
 from minisam.runtime import encoder_runtime
 from minisam.runtime.decoder import decoder_runtime
 from minisam.transforms import ResizeTransform
-
-# The margin of the box drawn around a lone click's best mask before the click is answered again with
-# it (:meth:`SamEngine.predict`): chosen on the click-tuning validation slices (CXR lungs, HC18 heads,
-# training volumes), where 0, 0.05 and 0.1 of the mask's size scored within 0.001 of each other.
-REFINE_BOX_MARGIN = 0.05
 
 
 @dataclass
@@ -193,7 +188,7 @@ class SamEngine:
         self, embedding: SliceEmbedding, click: Prompt, candidates: Prediction
     ) -> Prediction:
         """The answer to ``click`` plus the box of the best of ``candidates``, then ``candidates``."""
-        box = box_from_mask(dominant_region(candidates.mask), margin=REFINE_BOX_MARGIN)
+        box = refinement_box(candidates.mask)
         if box is None:
             return candidates
         boxed = Prompt(points=click.points, labels=click.labels, box=box)

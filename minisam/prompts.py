@@ -12,6 +12,10 @@ from minisam.errors import PromptError
 # How a lone click is answered (minisam.engine.SamEngine.predict): SAM's best of three candidates
 # refined with its own bounding box, or as it is.
 LONE_CLICK_MODES = ("refine", "raw")
+# The margin of the box drawn around a lone click's best mask before the click is answered again with
+# it (:func:`refinement_box`): chosen on the click-tuning validation slices (CXR lungs, HC18 heads,
+# training volumes), where 0, 0.05 and 0.1 of the mask's size scored within 0.001 of each other.
+REFINE_BOX_MARGIN = 0.05
 
 
 @dataclass
@@ -139,6 +143,13 @@ def dominant_region(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
     sizes = np.bincount(components.ravel())[1:]
     keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
     return np.isin(components, keep)
+
+
+def refinement_box(best: np.ndarray) -> np.ndarray | None:
+    """The box a lone click is answered again with (``lone_click="refine"``): around ``best``, SAM's
+    best-rated mask for the click, stray islands left out, :data:`REFINE_BOX_MARGIN` added; None
+    for an empty mask."""
+    return box_from_mask(dominant_region(best), margin=REFINE_BOX_MARGIN)
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray | None:

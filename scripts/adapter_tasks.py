@@ -23,7 +23,8 @@ quantization-aware stage. Each picks its best epoch by the mean of box and one-c
 and trains with box and click sessions (2 corrective clicks).
 
 Scores: Dice at model-input resolution, exact bounding box (one mask) and one positive click at the
-most interior pixel (SAM's three masks, the best-rated kept: what a user gets), for the base model at
+most interior pixel (SAM's best-rated of three masks answered again with its own box: what a user
+gets; before 2026-12-04 the best-rated mask as it was), for the base model at
 fp32 and at each precision an adapter trained on, and for each adapter on that precision and on the
 fp32 base (``minisam segment --adapter`` applies it to the fp32 default unless ``--quant`` says
 otherwise). Prints one table, writes ``--work``/TASK_results.json; ``--ship FOLDER`` re-saves the

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from minisam.embedding_cache import EmbeddingCache
-from minisam.engine import REFINE_BOX_MARGIN, SamEngine
+from minisam.engine import SamEngine
 from minisam.model_config import build_sam, preset
-from minisam.prompts import Prompt, box_from_mask, dominant_region
+from minisam.prompts import REFINE_BOX_MARGIN, Prompt, box_from_mask, dominant_region
 from minisam.volume_session import VolumeSession
 
 

@@ -9,7 +9,9 @@ import torch
 from model_files import SMALL_MODEL
 
 from minisam.adapters.lora import AdapterSpec, attach_adapter, target_module_names
+from minisam.metrics import dice
 from minisam.model_loader import load_model
+from minisam.prompts import interior_point
 from minisam.training.base_trainer import validation_dice
 from minisam.training.embedding_store import EmbeddingStore, embeddings_of
 from minisam.training.iou_head_tuning import IouHeadSettings, head_samples, tune_iou_head
@@ -117,6 +119,40 @@ def test_iou_head_tuning_changes_the_ranking_not_the_masks(fetal_heads: dict) ->
     assert not any(
         p.requires_grad for p in loaded.sam.mask_decoder.iou_prediction_head.parameters()
     )
+
+
+def test_click_validation_scores_the_refined_answer_a_user_gets(fetal_heads: dict) -> None:
+    """validation_dice's one click is the product's: SAM's best, answered again with its own box."""
+    import numpy as np
+
+    from minisam.prompts import REFINE_BOX_MARGIN, Prompt, box_from_mask, dominant_region
+    from minisam.training.mask_loss import decode
+
+    loaded = load_model(SMALL_MODEL)
+    val, embeddings = fetal_heads["val"], fetal_heads["val_embeddings"]
+    size = loaded.config.image_size
+    by_hand = {"raw": [], "refine": []}
+    with torch.inference_mode():
+        for features, truth in zip(embeddings, val.masks, strict=True):
+            point = interior_point(truth.numpy())
+            click = Prompt(points=point[None], labels=np.ones(1, dtype=np.int64))
+            logits, iou, _ = decode(loaded.sam, features, click, True, size)
+            best = (logits[int(iou.argmax())] > 0).numpy()
+            box = box_from_mask(dominant_region(best), margin=REFINE_BOX_MARGIN)
+            boxed = Prompt(points=click.points, labels=click.labels, box=box)
+            refined = (decode(loaded.sam, features, boxed, False, size)[0][0] > 0).numpy()
+            for mode, mask in (("raw", best), ("refine", refined if refined.any() else best)):
+                by_hand[mode].append(dice(mask, truth.numpy()))
+    for mode in ("raw", "refine"):
+        measured = validation_dice(
+            loaded.sam, val, loaded.config, prompt="click", embeddings=embeddings, lone_click=mode
+        )
+        assert measured == pytest.approx(np.mean(by_hand[mode]), abs=1e-6), mode
+    assert by_hand["raw"] != by_hand["refine"]  # the second pass changed some mask
+    default = validation_dice(loaded.sam, val, loaded.config, prompt="click", embeddings=embeddings)
+    assert default == pytest.approx(np.mean(by_hand["refine"]), abs=1e-6)
+    with pytest.raises(ValueError, match="lone_click"):
+        validation_dice(loaded.sam, val, loaded.config, prompt="click", lone_click="box")
 
 
 def test_stored_embeddings_survive_a_decoder_change(fetal_heads: dict) -> None:

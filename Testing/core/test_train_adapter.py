@@ -328,7 +328,7 @@ def test_cli_progress_json_is_one_event_per_line(hc18: dict[str, list], tmp_path
 
 
 def _base_and_adapted(folder: Path, cases) -> tuple[dict, dict]:
-    """Mean exact-box and one-click (most interior pixel, best-rated of 3) Dice over ``cases``, for
+    """Mean exact-box and one-click (most interior pixel, as the engine answers it) Dice over ``cases``, for
     the fp32 default and with the shipped adapter in ``folder``.
 
     The shipped adapters are decoder-only (checked), so one embedding per case serves both rows.

@@ -78,7 +78,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--validate-with",
         choices=("auto", "box", "click", "both"),
         default="auto",
-        help="prompt that picks the best epoch: exact box, one interior click, or their mean "
+        help="prompt that picks the best epoch: exact box, one interior click (answered as segment "
+        "answers it: refined with its best mask's box), or their mean "
         "(default auto: box for ViT encoders, both for TinyViT ones)",
     )
     parser.add_argument(

@@ -52,7 +52,8 @@ class AdapterTrainSettings(TrainSettings):
     """:class:`TrainSettings` with few-shot defaults and the CPU strategy of the quantized base.
 
     ``validation_prompt``: what picks the best epoch: "box" (exact box Dice), "click" (one click at
-    the most interior pixel) or "both" (their mean), so an adapter for clicks is chosen on clicks.
+    the most interior pixel, answered as the engine answers a lone click: refined with its best
+    candidate's box) or "both" (their mean), so an adapter for clicks is chosen on clicks.
     """
 
     epochs: int = 20

@@ -15,7 +15,13 @@ import torch
 from minisam.atomic import atomic_output
 from minisam.checkpoints import save_checkpoint
 from minisam.model_config import SamConfig
-from minisam.prompts import Prompt, interior_point, mask_bounding_box
+from minisam.prompts import (
+    LONE_CLICK_MODES,
+    Prompt,
+    interior_point,
+    mask_bounding_box,
+    refinement_box,
+)
 from minisam.training.distributed import World
 from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
 from minisam.training.mask_loss import PromptedMaskLoss, SimulatedPromptBatches, decode
@@ -31,15 +37,20 @@ def validation_dice(
     batch_size: int = 8,
     prompt: str = "box",
     embeddings: torch.Tensor | None = None,
+    lone_click: str = "refine",
 ) -> float:
     """Mean Dice over ``data`` at model-input resolution for one kind of prompt.
 
     ``prompt``: "box" = the exact bounding box, one mask; "click" = one positive click at the most
-    interior pixel, and of SAM's three masks the one its IoU head rates best (what a user gets).
+    interior pixel answered as the product answers it (:meth:`minisam.engine.SamEngine.predict`):
+    of SAM's three masks the one its IoU head rates best, then with ``lone_click="refine"`` the
+    click again with that mask's :func:`~minisam.prompts.refinement_box` ("raw": the best as it is).
     ``embeddings``: the images' embeddings when the encoder is frozen and they are cached.
     """
     if prompt not in ("box", "click"):
         raise ValueError(f"unknown validation prompt {prompt!r}")
+    if lone_click not in LONE_CLICK_MODES:
+        raise ValueError(f"unknown lone_click {lone_click!r}")
     was_training = sam.training
     sam.eval()
     dices = []
@@ -53,15 +64,31 @@ def validation_dice(
                 features = embeddings[start : start + batch_size].to(device)
             for j in range(features.shape[0]):
                 truth = data.masks[start + j].to(device)
+                asked = _validation_prompt(truth, prompt)
                 logits, iou, _ = decode(
-                    sam, features[j], _validation_prompt(truth, prompt), prompt == "click",
-                    config.image_size,
-                )  # fmt: skip
+                    sam, features[j], asked, prompt == "click", config.image_size
+                )
                 pred = logits[int(iou.argmax())] > 0
+                if prompt == "click" and lone_click == "refine":
+                    pred = _refined(sam, features[j], asked, pred, config.image_size)
                 inter = (pred & truth).sum().item()
                 dices.append(2 * inter / max(1, pred.sum().item() + truth.sum().item()))
     sam.train(was_training)
     return float(np.mean(dices)) if dices else float("nan")
+
+
+def _refined(
+    sam: torch.nn.Module, features: torch.Tensor, click: Prompt, best: torch.Tensor, size: int
+) -> torch.Tensor:
+    """A lone click's best mask ``best`` replaced by the answer to the click plus its box (kept
+    when that answer is empty), as :meth:`minisam.engine.SamEngine.predict` refines it."""
+    box = refinement_box(best.cpu().numpy())
+    if box is None:
+        return best
+    boxed = Prompt(points=click.points, labels=click.labels, box=box)
+    logits, _, _ = decode(sam, features, boxed, False, size)
+    answer = logits[0] > 0
+    return answer if bool(answer.any()) else best
 
 
 def _validation_prompt(truth: torch.Tensor, kind: str) -> Prompt:
