@@ -252,6 +252,64 @@ def test_a_failed_export_leaves_no_cache_folder(tmp_path: Path, monkeypatch) -> 
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
 
+def test_the_export_cache_keeps_to_its_budget_least_recently_used_first(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Each new export removes the least recently used others beyond $MINISAM_EXPORT_CACHE_MB; a
+    cache hit counts as a use; recent exports, calibrated INT8 encoders and the new export stay;
+    staging leftovers and the earlier versions' folder go once a day old."""
+    import os
+    import time
+
+    from minisam.errors import InputError
+    from minisam.runtime import export_cache
+    from minisam.runtime.export_cache import ExportKey, cached_export
+
+    monkeypatch.setenv("MINISAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(export_cache.BUDGET_ENV, "2")
+
+    def megabyte(folder: Path) -> None:
+        (folder / "model.bin").write_bytes(b"\0" * 900 * 1024)  # with export.json under 1 MB
+
+    def age(folder: Path, hours: float) -> None:
+        then = time.time() - hours * 3600
+        os.utime(folder / export_cache.MANIFEST, (then, then))
+
+    old, older, int8 = (
+        cached_export(ExportKey("openvino", f"{i:016x}", 64, part), megabyte)[0]
+        for i, part in ((1, "decoder"), (2, "decoder"), (3, "encoder-int8"))
+    )
+    for folder, hours in ((old, 2), (older, 3), (int8, 5)):
+        age(folder, hours)
+    leftover = old.parent / ".decoder-openvino-dead-64px.tmp"
+    legacy = old.parent.parent / "encoder_exports"
+    for folder in (leftover, legacy):
+        folder.mkdir()
+        then = time.time() - 2 * 86400
+        os.utime(folder, (then, then))
+    assert cached_export(ExportKey("openvino", f"{1:016x}", 64, "decoder"), megabyte) == (
+        old,
+        False,
+    )
+    age(old, 1)  # the hit made it the most recent of the two (kept an hour back, so prunable)
+
+    new, built = cached_export(ExportKey("openvino", f"{4:016x}", 64, "decoder"), megabyte)
+    assert built and new.exists() and old.exists() and int8.exists()
+    assert not older.exists()  # 3 MB of decoders over a 2 MB budget: the least recently used went
+    assert not leftover.exists() and not legacy.exists()
+
+    # nothing used in the last ten minutes is removed, even over the budget
+    for folder in (old, new):
+        os.utime(folder / export_cache.MANIFEST)
+    third, _ = cached_export(ExportKey("openvino", f"{5:016x}", 64, "decoder"), megabyte)
+    assert old.exists() and new.exists() and third.exists()
+
+    monkeypatch.setenv(export_cache.BUDGET_ENV, "lots")
+    with pytest.raises(InputError, match="MINISAM_EXPORT_CACHE_MB='lots': expected a whole number"):
+        cached_export(ExportKey("openvino", f"{6:016x}", 64, "decoder"), megabyte)
+    assert not (old.parent / ExportKey("openvino", f"{6:016x}", 64, "decoder").folder_name).exists()
+
+
 def test_new_folders_keeps_folders_that_existed_or_were_filled(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic.new_folders(tmp_path / "a" / "b" / "c"):
         (tmp_path / "a" / "kept.txt").write_text("x")

@@ -26,7 +26,13 @@ from minisam.errors import ModelError
 from minisam.library_noise import native_output_captured, rich_progress_to_stderr
 from minisam.runtime.adapter_state import export_hash
 from minisam.runtime.backends import Runner, cached_graph
-from minisam.runtime.export_cache import ExportKey, cached_export, exports_dir, is_valid
+from minisam.runtime.export_cache import (
+    ExportKey,
+    cached_export,
+    exports_dir,
+    is_valid,
+    mark_used,
+)
 from minisam.runtime.onnx_export import encoder_spec
 
 PART = "encoder-int8"
@@ -59,6 +65,7 @@ def load_int8_encoder(
             "--precision int8: no INT8 encoder has been calibrated for this model's weights yet; "
             f"run `{COMMAND}` once on slices like yours"
         )
+    mark_used(folder)
     # the layers NNCF kept in float run in f32
     return openvino_backend.load(folder, "f32", threads), folder
 
