@@ -160,12 +160,12 @@ class SamEngine:
 
         None (the default) asks for three only when the prompt is ambiguous (a lone click), and then,
         with ``lone_click="refine"``, answers the click once more together with the bounding box of the
-        best candidate (5 % margin, stray islands left out) and puts that mask first, in place of the
-        candidate it came from: the prompt path is much better at boxes than at lone clicks (the
-        default, one click over the 60 evaluation cases: 0.778 Dice raw, 0.844 refined;
-        docs/eval/lone_click). SAM's three candidates follow it, its best first, so "next candidate"
-        gives back the unrefined answer (the refinement is worse on some images: 3 of 5 polyps). One
-        more decoder pass; an empty answer keeps the raw candidates alone."""
+        best candidate (5 % margin, stray islands left out) and puts that mask first: the prompt path
+        is much better at boxes than at lone clicks (the default, one click over the 60 evaluation
+        cases: 0.778 Dice raw, 0.844 refined; docs/eval/lone_click). SAM's three candidates follow
+        it, its best first, so "next candidate" gives back the unrefined answer (the refinement is
+        worse on some images: 3 of 5 polyps). One more decoder pass; an empty answer keeps the raw
+        candidates alone."""
         refine = multimask is None and prompt.is_ambiguous and self.lone_click == "refine"
         if multimask is None:
             multimask = prompt.is_ambiguous
