@@ -116,7 +116,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--multimask",
         action="store_true",
-        help="ask for 3 candidates and keep the best (always done for a single click alone)",
+        help="ask for 3 candidates and keep the best, for every prompt (a single click alone gets "
+        "them anyway, then --lone-click applies; with --multimask it is not refined)",
     )
     model.add_argument(
         "--lone-click",
