@@ -384,18 +384,18 @@ def _ratio(value: float | None) -> str:
 
 def _runtime_cell(row: dict[str, Any]) -> str:
     """The runtime that ran (``encoder_runtime``, else the one asked for; the decoder's when it
-    differs) and its setup times."""
+    differs), a lone click's mode when not the default, and the setup times."""
     text = row.get("encoder_runtime") or row.get("runtime", "torch")
     decoder = row.get("decoder_runtime")
     if decoder and decoder != text:
         text += f", decoder {decoder}"
+    if row.get("lone_click", "refine") != "refine":
+        text += f" (lone click {row['lone_click']})"
     times = [
         f"{label} {row[key]:.1f} s"
         for label, key in (("export", "runtime_export_s"), ("load", "runtime_load_s"))
         if row.get(key) is not None
     ]
-    if row.get("lone_click", "refine") != "refine":
-        times.insert(0, f"lone click {row['lone_click']}")
     return text + (f"; {', '.join(times)}" if times else "")
 
 

@@ -69,7 +69,7 @@ def test_plan_times_the_click_refined_raw_or_both() -> None:
     ]
     assert {c.lone_click for c in bench_command.plan(_args("--models", "tiny"))} == {"refine"}
     row = {"encoder_runtime": "openvino (f32)", "lone_click": "raw", "runtime_load_s": 0.5}
-    assert _runtime_cell(row) == "openvino (f32); lone click raw, load 0.5 s"
+    assert _runtime_cell(row) == "openvino (f32) (lone click raw); load 0.5 s"
     assert _runtime_cell({**row, "lone_click": "refine"}) == "openvino (f32); load 0.5 s"
 
 
