@@ -218,7 +218,8 @@ def test_a_single_click_offers_three_candidates_cycled_as_undoable_edits(
     from minisam.errors import PromptError
 
     logic, segmentation, liver_id, editor = liver_editing
-    # the walk below undoes six states (the logic keeps five unless told, as the widget tells it)
+    # the walk below undoes six states: the logic keeps five unless told; Slicer's Segment Editor
+    # widgets are set to ten (setMaximumNumberOfUndoStates(10))
     editor.logic.SetMaximumNumberOfUndoStates(10)
     i0, j0, i1, j1 = LIVER_BOX
     where = {"segmentation_node": segmentation, "segment_id": liver_id}
