@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from minisam.model_config import SamConfig
-from minisam.prompts import LONE_CLICK_MODES, Prompt, refinement_box
+from minisam.prompts import Prompt, check_lone_click, refinement_box
 from minisam.runtime import encoder_runtime
 from minisam.runtime.decoder import decoder_runtime
 from minisam.transforms import ResizeTransform
@@ -94,11 +94,7 @@ class SamEngine:
         precision: str = "auto",
         lone_click: str = "refine",
     ) -> None:
-        if lone_click not in LONE_CLICK_MODES:
-            raise ValueError(
-                f"lone_click {lone_click!r}: expected one of {', '.join(LONE_CLICK_MODES)}"
-            )
-        self.lone_click = lone_click
+        self.lone_click = check_lone_click(lone_click, "lone_click")
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
         self.config = config

@@ -145,6 +145,13 @@ def dominant_region(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
     return np.isin(components, keep)
 
 
+def check_lone_click(value: str, flag: str = "--lone-click") -> str:
+    """``value`` if it is one of :data:`LONE_CLICK_MODES`; else a one-line PromptError naming ``flag``."""
+    if value not in LONE_CLICK_MODES:
+        raise PromptError(f"{flag} {value!r}: expected {' or '.join(LONE_CLICK_MODES)}")
+    return value
+
+
 def refinement_box(best: np.ndarray) -> np.ndarray | None:
     """The box a lone click is answered again with (``lone_click="refine"``): around ``best``, SAM's
     best-rated mask for the click, stray islands left out, :data:`REFINE_BOX_MARGIN` added; None

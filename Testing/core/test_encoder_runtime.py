@@ -226,7 +226,7 @@ def test_evaluate_configuration_carries_the_lone_click_mode() -> None:
     assert "lone_click" not in raw.as_dict() and "lone_click" not in refine.as_dict()
     assert load_configuration(raw).engine.engine.lone_click == "raw"
     assert load_configuration(refine).engine.engine.lone_click == "refine"
-    with pytest.raises(MiniSAMError, match=r"lone_click='box': expected refine or raw") as error:
+    with pytest.raises(MiniSAMError, match=r"lone_click= 'box': expected refine or raw") as error:
         build_configurations(["x=default,lone_click=box"], [], [], [])
     assert "\n" not in str(error.value)
 

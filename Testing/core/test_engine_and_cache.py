@@ -8,6 +8,7 @@ import torch
 
 from minisam.embedding_cache import EmbeddingCache
 from minisam.engine import SamEngine
+from minisam.errors import PromptError
 from minisam.model_config import build_sam, preset
 from minisam.prompts import REFINE_BOX_MARGIN, Prompt, box_from_mask, dominant_region
 from minisam.volume_session import VolumeSession
@@ -129,5 +130,5 @@ def test_a_lone_click_is_answered_again_with_the_box_of_its_best_candidate(
     # only a lone click left to the engine is refined: asked-for candidates are SAM's own
     asked = engine.predict(embedding, click, multimask=True)
     np.testing.assert_array_equal(asked.masks, raw.masks)
-    with pytest.raises(ValueError, match="lone_click"):
+    with pytest.raises(PromptError, match="lone_click 'box': expected refine or raw"):
         SamEngine(engine.sam, engine.config, lone_click="box")

@@ -9,6 +9,7 @@ import torch
 from model_files import SMALL_MODEL
 
 from minisam.adapters.lora import AdapterSpec, attach_adapter, target_module_names
+from minisam.errors import PromptError
 from minisam.metrics import dice
 from minisam.model_loader import load_model
 from minisam.prompts import interior_point
@@ -151,7 +152,7 @@ def test_click_validation_scores_the_refined_answer_a_user_gets(fetal_heads: dic
     assert by_hand["raw"] != by_hand["refine"]  # the second pass changed some mask
     default = validation_dice(loaded.sam, val, loaded.config, prompt="click", embeddings=embeddings)
     assert default == pytest.approx(np.mean(by_hand["refine"]), abs=1e-6)
-    with pytest.raises(ValueError, match="lone_click"):
+    with pytest.raises(PromptError, match="lone_click 'box'"):
         validation_dice(loaded.sam, val, loaded.config, prompt="click", lone_click="box")
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minisam.errors import InputError
-from minisam.prompts import LONE_CLICK_MODES
+from minisam.prompts import check_lone_click
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
@@ -75,12 +75,9 @@ def _checked(config: Configuration, where: str) -> Configuration:
     try:
         runtime = check_runtime(config.runtime, flag="runtime=")
         precision = check_precision(config.precision, runtime, flag="precision=")
+        check_lone_click(config.lone_click, flag="lone_click=")
     except MiniSAMError as error:
         raise InputError(f"{where}: {error}") from None
-    if config.lone_click not in LONE_CLICK_MODES:
-        raise InputError(
-            f"{where}: lone_click={config.lone_click!r}: expected {' or '.join(LONE_CLICK_MODES)}"
-        )
     return replace(config, runtime=runtime, precision=precision)
 
 

@@ -16,8 +16,8 @@ from minisam.atomic import atomic_output
 from minisam.checkpoints import save_checkpoint
 from minisam.model_config import SamConfig
 from minisam.prompts import (
-    LONE_CLICK_MODES,
     Prompt,
+    check_lone_click,
     interior_point,
     mask_bounding_box,
     refinement_box,
@@ -49,8 +49,7 @@ def validation_dice(
     """
     if prompt not in ("box", "click"):
         raise ValueError(f"unknown validation prompt {prompt!r}")
-    if lone_click not in LONE_CLICK_MODES:
-        raise ValueError(f"unknown lone_click {lone_click!r}")
+    check_lone_click(lone_click, "lone_click")
     was_training = sam.training
     sam.eval()
     dices = []
