@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from minisam.dataset_manifest import CaseSpec, read_manifest
 from minisam.errors import InputError
-from minisam.evaluation.manifest_cases import CaseSpec, read_manifest
 from minisam.metrics import dice
 
 _FLAT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from minisam.bench_images import bench_images, load_rgb, truth_mask  # noqa: E402
+from minisam.dataset_manifest import read_manifest  # noqa: E402
 from minisam.engine import SamEngine, SliceEmbedding  # noqa: E402
-from minisam.evaluation.manifest_cases import read_manifest  # noqa: E402
 from minisam.metrics import dice  # noqa: E402
 from minisam.model_loader import load_model  # noqa: E402
 from minisam.prompts import Prompt  # noqa: E402

@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from minisam.dataset_manifest import read_manifest  # noqa: E402
 from minisam.engine import SamEngine  # noqa: E402
 from minisam.evaluation.cases import load_case  # noqa: E402
-from minisam.evaluation.manifest_cases import read_manifest  # noqa: E402
 from minisam.evaluation.prompting import case_rng, parse_prompt_mode, simulate  # noqa: E402
 from minisam.metrics import dice  # noqa: E402
 from minisam.model_loader import load_model  # noqa: E402

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minisam.dataset_manifest import CaseSpec
 from minisam.errors import InputError
-from minisam.evaluation.manifest_cases import CaseSpec
 from minisam.geometry import grid_mismatch
 
 

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minisam.dataset_manifest import CaseSpec, read_manifest
 from minisam.errors import InputError, OutputError
 from minisam.evaluation import outputs, statistics
 from minisam.evaluation.configs import Configuration
-from minisam.evaluation.manifest_cases import CaseSpec, read_manifest
 from minisam.evaluation.runner import (
     EvaluationSettings,
     LoadedConfiguration,

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from minisam.atomic import atomic_output
+from minisam.dataset_manifest import CaseSpec
 from minisam.errors import OutputError
 from minisam.evaluation import outputs, report_plots
-from minisam.evaluation.manifest_cases import CaseSpec
 from minisam.evaluation.pipeline import EvaluationOutcome
 from minisam.evaluation.runner import CASE_ERRORS, EvaluationSettings, LoadedConfiguration
 from minisam.evaluation.statistics import group_key

@@ -17,11 +17,11 @@ import numpy as np
 
 from minisam.adapters.choice import apply_adapter, resolve_adapter
 from minisam.checkpoints import LoadedModel
+from minisam.dataset_manifest import CaseSpec
 from minisam.engine import Prediction, SamEngine, SliceEmbedding
 from minisam.errors import MiniSAMError
 from minisam.evaluation.cases import LoadedCase, load_case
 from minisam.evaluation.configs import Configuration
-from minisam.evaluation.manifest_cases import CaseSpec
 from minisam.evaluation.prompting import PromptMode, case_rng, simulate
 from minisam.evaluation.ssim import mask_ssim
 from minisam.metrics import segmentation_metrics

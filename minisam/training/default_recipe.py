@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from minisam.evaluation.manifest_cases import read_manifest
+from minisam.dataset_manifest import read_manifest
 from minisam.training.slice_samples import (
     SliceSample,
     samples_from_pairs,

@@ -1,6 +1,6 @@
 """Training samples from the manifest CSVs that ``minisam evaluate`` reads (one reader for both).
 
-Columns (see :mod:`minisam.evaluation.manifest_cases`): ``image`` and ``label`` (paths relative to
+Columns (see :mod:`minisam.dataset_manifest`): ``image`` and ``label`` (paths relative to
 the CSV's folder, or absolute), optional ``label_value`` (empty or absent: any non-zero value),
 ``modality`` (a normalisation preset such as "us", "ct-lung", "mr", "xray"; empty or "auto": the
 command's choice, else guessed), ``case`` and ``dataset``. A 2D image gives one slice sample; a 3D volume one per
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minisam.dataset_manifest import CaseSpec, read_manifest
 from minisam.errors import InputError, MiniSAMError
-from minisam.evaluation.manifest_cases import CaseSpec, read_manifest
 from minisam.imageio import read_image
 from minisam.intensity import choose_preset, normalize_intensity, to_rgb
 from minisam.modality import AUTO

@@ -3,7 +3,7 @@
 ``minisam.modality.PRESET_CHOICES``; default auto), ``case`` and ``dataset`` columns.
 
 Only the manifest's own structure is checked here (columns, empty cells, label values, presets);
-missing files and geometry problems belong to single cases and are reported per case by :mod:`.cases`.
+missing files and geometry problems belong to single cases and are reported per case by :mod:`minisam.evaluation.cases`.
 """
 
 from __future__ import annotations
