@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from minisam.model_config import SamConfig
-from minisam.prompts import Prompt, check_lone_click, refinement_box
+from minisam.prompts import Prompt, check_lone_click, refinement_prompt
 from minisam.runtime import encoder_runtime
 from minisam.runtime.decoder import decoder_runtime
 from minisam.transforms import ResizeTransform
@@ -184,10 +184,9 @@ class SamEngine:
         self, embedding: SliceEmbedding, click: Prompt, candidates: Prediction
     ) -> Prediction:
         """The answer to ``click`` plus the box of the best of ``candidates``, then ``candidates``."""
-        box = refinement_box(candidates.mask)
-        if box is None:
+        boxed = refinement_prompt(click, candidates.mask)
+        if boxed is None:
             return candidates
-        boxed = Prompt(points=click.points, labels=click.labels, box=box)
         answer = self._decode(embedding, boxed, multimask=False)
         if not answer.mask.any():
             return candidates

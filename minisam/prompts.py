@@ -13,7 +13,7 @@ from minisam.errors import PromptError
 # refined with its own bounding box, or as it is.
 LONE_CLICK_MODES = ("refine", "raw")
 # The margin of the box drawn around a lone click's best mask before the click is answered again with
-# it (:func:`refinement_box`): chosen on the click-tuning validation slices (CXR lungs, HC18 heads,
+# it (:func:`refinement_prompt`): chosen on the click-tuning validation slices (CXR lungs, HC18 heads,
 # training volumes), where 0, 0.05 and 0.1 of the mask's size scored within 0.001 of each other.
 REFINE_BOX_MARGIN = 0.05
 
@@ -152,11 +152,12 @@ def check_lone_click(value: str, flag: str = "--lone-click") -> str:
     return value
 
 
-def refinement_box(best: np.ndarray) -> np.ndarray | None:
-    """The box a lone click is answered again with (``lone_click="refine"``): around ``best``, SAM's
-    best-rated mask for the click, stray islands left out, :data:`REFINE_BOX_MARGIN` added; None
-    for an empty mask."""
-    return box_from_mask(dominant_region(best), margin=REFINE_BOX_MARGIN)
+def refinement_prompt(click: Prompt, best: np.ndarray) -> Prompt | None:
+    """What a lone ``click`` is answered again with (``lone_click="refine"``): the click plus the box
+    around ``best``, SAM's best-rated mask for it, stray islands left out, :data:`REFINE_BOX_MARGIN`
+    added; None for an empty mask."""
+    box = box_from_mask(dominant_region(best), margin=REFINE_BOX_MARGIN)
+    return None if box is None else Prompt(points=click.points, labels=click.labels, box=box)
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray | None:

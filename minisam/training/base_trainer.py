@@ -20,7 +20,7 @@ from minisam.prompts import (
     check_lone_click,
     interior_point,
     mask_bounding_box,
-    refinement_box,
+    refinement_prompt,
 )
 from minisam.training.distributed import World
 from minisam.training.loop import LoopHooks, ProgressCallback, TrainReport, TrainSettings, fit
@@ -44,7 +44,8 @@ def validation_dice(
     ``prompt``: "box" = the exact bounding box, one mask; "click" = one positive click at the most
     interior pixel answered as the product answers it (:meth:`minisam.engine.SamEngine.predict`):
     of SAM's three masks the one its IoU head rates best, then with ``lone_click="refine"`` the
-    click again with that mask's :func:`~minisam.prompts.refinement_box` ("raw": the best as it is).
+    answer to :func:`~minisam.prompts.refinement_prompt` (the click plus that mask's box; "raw": the
+    best as it is).
     ``embeddings``: the images' embeddings when the encoder is frozen and they are cached.
     """
     if prompt not in ("box", "click"):
@@ -81,10 +82,9 @@ def _refined(
 ) -> torch.Tensor:
     """A lone click's best mask ``best`` replaced by the answer to the click plus its box (kept
     when that answer is empty), as :meth:`minisam.engine.SamEngine.predict` refines it."""
-    box = refinement_box(best.cpu().numpy())
-    if box is None:
+    boxed = refinement_prompt(click, best.cpu().numpy())
+    if boxed is None:
         return best
-    boxed = Prompt(points=click.points, labels=click.labels, box=box)
     logits, _, _ = decode(sam, features, boxed, False, size)
     answer = logits[0] > 0
     return answer if bool(answer.any()) else best
