@@ -2,7 +2,7 @@
 
 Every configuration runs in its own subprocess, so its peak RSS is its own and no configuration warms the
 caches of the next. Timings are medians over repeats after a warm-up pass (one pass only for encoders over
-200 M parameters, where a single forward takes tens of seconds on a CPU). With real images (``images``)
+200 M parameters on a CPU, where a single forward takes tens of seconds; a GPU warms every encoder up). With real images (``images``)
 each image is one new slice and its ground truth's box gives the mask compared across rows
 (:mod:`minisam.bench_images`). Upstream rows run upstream's own code in a subprocess of
 :mod:`minisam.upstream_worker`; this module never imports it.
@@ -145,7 +145,8 @@ def measure(case: BenchCase) -> dict[str, Any]:
         else:
             load_s = setup_s
     size = loaded.config.image_size
-    large = encoder_params > LARGE_ENCODER_PARAMS
+    # one pass of a large encoder on a CPU; on a GPU the first pass (kernel selection) is warm-up for all
+    large = encoder_params > LARGE_ENCODER_PARAMS and device.type != "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if case.images:
