@@ -2,9 +2,9 @@
 
 Every configuration runs in its own subprocess, so its peak RSS is its own and no configuration warms the
 caches of the next. Timings are medians over repeats after a warm-up pass (one pass only for encoders over
-200 M parameters on a CPU, where a single forward takes tens of seconds; a GPU warms every encoder up). With real images (``images``)
-each image is one new slice and its ground truth's box gives the mask compared across rows
-(:mod:`minisam.bench_images`). Upstream rows run upstream's own code in a subprocess of
+200 M parameters on a CPU, where a single forward takes tens of seconds; a GPU warms every encoder up).
+With real images (``images``) each image is one new slice and its ground truth's box gives the mask
+compared across rows (:mod:`minisam.bench_images`). Upstream rows run upstream's own code in a subprocess of
 :mod:`minisam.upstream_worker`; this module never imports it.
 """
 
@@ -307,18 +307,25 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table (ratios to vit_h when it was measured)."""
+    """The rows as a Markdown table (ratios to vit_h when it was measured; GPU columns when a row
+    has them)."""
+    gpu = any("slices_per_s" in r for r in rows)
     header = (
         "| model | quant | encoder runtime | adapter | input | encoder ms | decoder ms | weights MB "
         "| encoder MB | file MB | file MB, fp16 rest | peak RSS MB | encoder × faster than vit_h "
         "| encoder weights % of vit_h | encoder × faster than torch |"
     )
-    lines = [header, "|" + "---|" * 15]
+    if gpu:
+        header += " slices/s | peak VRAM MB |"
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
     for r in rows:
         if "error" in r:
             lines.append(
                 f"| {r['model']} | {r['quant']} | {_runtime_cell(r)} | "
-                f"{'yes' if r['adapter'] else 'no'} | – | error: {r['error']} |" + " |" * 9
+                f"{'yes' if r['adapter'] else 'no'} | – | error: {r['error']} |"
+                + " |"
+                * (columns - 6)
             )
             continue
         speed = r.get("encoder_speedup_vs_vit_h")
@@ -332,6 +339,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {'–' if half is None else f'{half:.1f}'} | {r['peak_rss_mb']:.0f} "
             f"| {'–' if speed is None else f'{speed:.1f}'} | {'–' if share is None else f'{share:.2f}'} "
             f"| {_ratio(r.get('encoder_speedup_vs_torch'))} |"
+            + (f" {_gpu_cells(r)} |" if gpu else "")
         )
     return "\n".join(lines)
 
@@ -370,9 +378,15 @@ def side_by_side_table(rows: list[dict[str, Any]]) -> str:
             _dice_cell(r.get("dice_vs_upstream")),
         ]
         if gpu:
-            cells += [_ratio(r.get("slices_per_s")), _ratio(r.get("peak_vram_mb"))]
+            cells.append(_gpu_cells(r))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _gpu_cells(row: dict[str, Any]) -> str:
+    """The slices/s and peak VRAM MB cells of a GPU row ("–" for a row without them)."""
+    rate, vram = row.get("slices_per_s"), row.get("peak_vram_mb")
+    return f"{'–' if rate is None else f'{rate:.1f}'} | {'–' if vram is None else f'{vram:.0f}'}"
 
 
 def _dice_cell(value: tuple[float, float] | list[float] | None) -> str:

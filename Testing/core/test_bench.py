@@ -85,6 +85,22 @@ def test_failed_row_is_reported_not_dropped() -> None:
     assert "error: bad scheme" in markdown_table(rows)
 
 
+def test_gpu_rows_get_slices_per_second_and_vram_columns() -> None:
+    row = {
+        "model": "default", "name": "litemedsam-clicks", "quant": "fp32", "adapter": False,
+        "input_size": 256, "encoder_ms": 8.3, "decoder_ms": 9.4, "weights_mb": 39.2,
+        "encoder_weights_mb": 22.9, "file_mb": 39.3, "file_half_rest_mb": None,
+        "peak_rss_mb": 1607.0, "slices_per_s": 56.2, "peak_vram_mb": 316.0,
+    }  # fmt: skip
+    failed = {"model": "tiny", "quant": "int3", "adapter": False, "error": "bad scheme"}
+    lines = markdown_table(with_ratios([row, failed])).splitlines()
+    assert lines[0].endswith("| slices/s | peak VRAM MB |")
+    assert lines[2].endswith("| 56.2 | 316 |")
+    assert len({line.count("|") for line in lines}) == 1  # every row as wide as the header
+    cpu_row = {k: v for k, v in row.items() if k not in ("slices_per_s", "peak_vram_mb")}
+    assert "VRAM" not in markdown_table(with_ratios([cpu_row]))
+
+
 def test_bench_bad_arguments(capsys) -> None:
     assert main(["bench", "--models", "vit_x"]) == 2
     assert "--models vit_x" in capsys.readouterr().err
