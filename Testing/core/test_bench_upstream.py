@@ -54,6 +54,16 @@ def test_plan_puts_upstream_beside_minisam_rows_for_the_same_weights() -> None:
     ]
 
 
+def test_upstream_rows_without_images_are_refused_in_one_line(capsys) -> None:
+    """Upstream code times real slices only; without --images its row divided by zero images
+    (seen on the GPU run of 2026-12-04) instead of saying what is missing."""
+    from minisam.cli.main import main
+
+    assert main(["bench", "--models", "tiny", "--upstream", "mobilesam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--upstream mobilesam" in err[0] and "--images" in err[0]
+
+
 def test_plan_times_the_click_refined_raw_or_both() -> None:
     args = _args(
         "--models", "default", "--quants", "fp32", "--no-adapter-rows", "--upstream", "litemedsam",

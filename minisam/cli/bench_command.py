@@ -75,8 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=[],
         choices=UPSTREAM_MODELS,
         help="also run these models as their own code runs them (fetched from their package archives "
-        "into a throw-away folder, run in a subprocess), each beside MiniSAM's rows for the same "
-        "official weights on every --runtimes",
+        "into a throw-away folder, run in a subprocess) on the --images slices, each beside MiniSAM's "
+        "rows for the same official weights on every --runtimes",
     )
     parser.add_argument(
         "--upstream-archives",
@@ -197,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise InputError(f"--max-images {args.max_images} must be at least 1")
     _check_device(args.device)
+    if args.upstream and not args.images:
+        raise InputError(
+            f"--upstream {' '.join(args.upstream)}: upstream code runs on real slices, "
+            "give them with --images MANIFEST..."
+        )
     if args.json_path:
         from minisam.imageio import check_output_path
 
