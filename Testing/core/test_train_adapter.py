@@ -256,6 +256,22 @@ def test_cli_bad_args_exit_2(args: list[str], tmp_path: Path, monkeypatch, capsy
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("tpu0", "--device 'tpu0' is not a device"), ("cuda", "--device cuda: no CUDA device here")],
+)
+def test_cli_device_is_checked_before_the_data(
+    device: str, message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "m.csv").write_text("image,label\n")  # unreadable data: not reached
+    args = ["--manifest", "m.csv", "--modality", "US", "--out", "x", "--device", device]
+    assert cli_main(["train-adapter", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_cli_trains_from_folders(hc18: dict[str, list], tmp_path: Path, capsys) -> None:
     images, masks = tmp_path / "img", tmp_path / "msk"
     images.mkdir(), masks.mkdir()

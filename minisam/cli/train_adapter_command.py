@@ -10,6 +10,7 @@ from pathlib import Path
 from minisam.cli.training_args import (
     JsonLines,
     add_data_arguments,
+    add_device_argument,
     add_optimisation_arguments,
     check_common,
     load_samples,
@@ -18,6 +19,7 @@ from minisam.cli.training_args import (
     refuse_existing,
     settings_from_args,
     split_cases,
+    training_device,
     training_progress,
 )
 from minisam.errors import InputError, MiniSAMError
@@ -44,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_data_arguments(parser)
     parser.add_argument("--modality", required=True, help="adapter modality (US, CT, MR, DX...)")
     parser.add_argument("--model", default="default", help="base model (default: default)")
+    add_device_argument(parser)
     parser.add_argument(
         "--quant",
         default="auto",
@@ -121,6 +124,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.dropout < 1.0:
         raise InputError(f"--dropout must be in [0, 1), not {args.dropout}")
     _check_layers_and_quant(args)
+    training_device(args.device)
     if args.method == "adalora-qat":
         from minisam.training.adapter_trainer import check_quant
 
@@ -260,6 +264,7 @@ def _train(args: argparse.Namespace, lines: JsonLines | None) -> int:
         )  # fmt: skip
     phase("loading model")
     loaded = load_model(args.model)
+    loaded.sam.to(training_device(args.device))  # quantization and training happen where it is
     chosen = resolve_auto(args, loaded.config.family)
     _check_layers_and_quant(args)
     if chosen and not args.quiet:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from minisam.cli.training_args import (
     add_data_arguments,
+    add_device_argument,
     add_optimisation_arguments,
     check_checkpoint_out,
     check_common,
@@ -19,6 +20,7 @@ from minisam.cli.training_args import (
     memory_hint,
     settings_from_args,
     split_cases,
+    training_device,
     training_progress,
 )
 from minisam.errors import InputError
@@ -41,7 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--modality", default="auto", help="intensity normalisation when a row has none"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_device_argument(parser)
     add_optimisation_arguments(parser, epochs=10, batch_size=8, lr=3e-4, patience=None)
     parser.add_argument("--out", required=True, metavar="FILE", help="checkpoint .safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -51,20 +53,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     check_common(args)
     check_checkpoint_out(args)
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device here")
-    return device
 
 
 def _start_model(args: argparse.Namespace):
@@ -85,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from minisam.training.distributed import init_from_env
     from minisam.training.model_inputs import to_model_inputs
 
-    device = _device(args.device)
+    device = training_device(args.device)
     world = init_from_env(device)
     if device.type == "cuda" and world.size > 1:
         import torch

@@ -135,6 +135,29 @@ def settings_from_args(settings_class: type, args: argparse.Namespace, **more):
     )
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to train: cpu, cuda, cuda:N or auto (the GPU when there is one; default)",
+    )
+
+
+def training_device(name: str):
+    """The torch device of ``--device`` (auto: CUDA when available), or a one-line InputError."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device here")
+    return device
+
+
 def check_common(args: argparse.Namespace) -> None:
     """One-line errors for the shared options."""
     if bool(args.manifest) == bool(args.images or args.masks):

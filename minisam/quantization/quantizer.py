@@ -270,14 +270,17 @@ def _build_layer(
 def quantize_model(
     model: LoadedModel,
     scheme: str | QuantScheme,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     cpu_strategy: str | dict[str, str] | None = None,
 ) -> QuantReport:
-    """:func:`quantize_encoder` for a :class:`LoadedModel`, keeping its fp32 ``base_hash()``.
+    """:func:`quantize_encoder` for a :class:`LoadedModel`, keeping its fp32 ``base_hash()``;
+    ``device`` defaults to where the model's weights are (a model moved to a GPU quantizes there).
 
     The base hash is computed (or taken from the model) before any layer changes, so adapters
     trained on the fp32 model still match and quantized checkpoints record it.
     """
     if not hasattr(model.sam, "minisam_base_hash"):
         model.sam.minisam_base_hash = model.base_hash()
+    if device is None:
+        device = next(model.sam.parameters()).device
     return quantize_encoder(model.sam, scheme, device=device, cpu_strategy=cpu_strategy)
