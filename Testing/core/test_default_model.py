@@ -217,10 +217,10 @@ def test_quantized_default_agrees_with_fp32(shared_data: Path, tmp_path: Path, c
         assert main(["segment", image, *box, "--quant", quant, "--output", str(out)]) == 0
         masks[quant] = read_image(out).array > 127
     assert "(nf4)" in capsys.readouterr().out
-    # INT8 keeps LiteMedSAM's TinyViT encoder; NF4 damages it (here 0.83 agreement with fp32; box Dice
-    # on held-out HC18 0.952 -> 0.842, docs/eval), so the shipped adapters train on the fp32 base
+    # Both keep LiteMedSAM's TinyViT encoder (here 0.999 INT8, 0.986 NF4). NF4 gave 0.83 while
+    # bitsandbytes' CPU decoding of its 160-wide layers was used (minisam.quantization.layers.dequantize_nf4)
     assert dice(masks["int8"], masks["fp32"]) > 0.95
-    assert 0.7 < dice(masks["nf4"], masks["fp32"]) < dice(masks["int8"], masks["fp32"])
+    assert dice(masks["nf4"], masks["fp32"]) > 0.95
     bad = tmp_path / "bad.png"
     assert main(["segment", image, *box, "--quant", "int3", "--output", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
