@@ -648,7 +648,7 @@ def test_auto_recipe_follows_the_encoder_family() -> None:
         "nf4", "qkv,proj", False, "box",
     )  # fmt: skip
     tiny = _auto_args()
-    chosen = resolve_auto(tiny, "tiny_vit")  # NF4 damages TinyViT: fp32, decoder only, with heads
+    chosen = resolve_auto(tiny, "tiny_vit")  # TinyViT: fp32, decoder only, with heads
     assert (tiny.quant, tiny.targets, tiny.include_decoder, tiny.validate_with) == (
         "fp32", "none", True, "both",
     )  # fmt: skip

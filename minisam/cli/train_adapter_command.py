@@ -50,8 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quant",
         default="auto",
-        help="frozen base precision: auto (default: nf4 = QLoRA for ViT encoders, fp32 for TinyViT "
-        "ones such as the default, which NF4 damages), nf4, int8, fp32 or a scheme (nf4:mlp+int8:attn)",
+        help="frozen base precision: auto (default: nf4 = QLoRA for ViT encoders, fp32 and a frozen "
+        "encoder embedded once for TinyViT ones such as the default), nf4, int8, fp32 or a scheme "
+        "(nf4:mlp+int8:attn)",
     )
     parser.add_argument(
         "--method",

@@ -4,9 +4,11 @@ The right few-shot recipe depends on the base's image encoder family, as measure
 
 * ViT bases (MiniSAM v3, SAM): QLoRA — LoRA on the encoder's attention over the NF4-quantized
   encoder. NF4 left v3's masks as they were (held-out CXR Dice 0.948 fp32 and NF4, docs/eval).
-* TinyViT bases (LiteMedSAM, the embedded default): NF4 damages this small encoder (8 held-out HC18
-  slices, box / one click 0.952 / 0.726 fp32 → 0.842 / 0.473 NF4), so the encoder stays frozen in
-  fp32 and is run once per slice; a LoRA adapts the mask decoder's attention and its output heads
+* TinyViT bases (LiteMedSAM, the embedded default): the encoder stays frozen in fp32 and is run once
+  per slice, so a 50-slice adapter trains in minutes on a CPU (chosen when NF4 seemed to damage this
+  encoder, box / one click 0.952 / 0.726 → 0.842 / 0.473 on 8 HC18 slices: that was bitsandbytes'
+  CPU NF4 decoding bug, see ``minisam.quantization.layers.dequantize_nf4``; NF4 is within 0.01 box Dice
+  on 5 of 7 held-out sets now, docs/eval); a LoRA adapts the mask decoder's attention and its output heads
   (the hypernetworks and IoU head that turn a click into a mask: on the default v1, HC18 one click
   0.711 → 0.869 with the heads, 0.758 without; on v2, whose IoU head was tuned, neither raises one
   click any more, 0.888 → 0.875 with the heads, 0.881 without, both box 0.962 → 0.967), and the epoch
