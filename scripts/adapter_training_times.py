@@ -26,12 +26,13 @@ from PIL import Image
 
 from minisam.intensity import normalize_intensity, to_rgb
 from minisam.model_loader import load_model
+from minisam.training.adapter_recipe import DECODER_ATTENTION
 from minisam.training.adapter_trainer import AdapterTrainSettings, adapter_spec, train_adapter
 from minisam.training.qat import train_adapter_qat
 from minisam.training.slice_samples import SliceSample
 
 RECIPES = ("lora-decoder", "qlora-nf4", "adalora-qat")
-DECODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+DECODER_TARGETS = tuple(DECODER_ATTENTION.split(","))  # the shipped adapters' layers
 
 
 def read_slices(manifest: Path, count: int) -> list[SliceSample]:
@@ -59,14 +60,14 @@ def time_recipe(
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     decoder_only = dict(
-        target_modules=(), include_decoder=True, decoder_target_modules=DECODER_ATTENTION
+        target_modules=(), include_decoder=True, decoder_target_modules=DECODER_TARGETS
     )
     if recipe == "lora-decoder":
         spec = adapter_spec("lora", 8, steps, **decoder_only)
         _, report = train_adapter(loaded, train, val, spec, settings, "fp32")
     elif recipe == "qlora-nf4":
         spec = adapter_spec(
-            "lora", 8, steps, include_decoder=True, decoder_target_modules=DECODER_ATTENTION
+            "lora", 8, steps, include_decoder=True, decoder_target_modules=DECODER_TARGETS
         )
         _, report = train_adapter(loaded, train, val, spec, settings, "nf4")
     else:
